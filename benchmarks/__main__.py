@@ -1,0 +1,28 @@
+"""``python -m benchmarks [name ...]``: run every benchmark module (or the named ones)."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+# module name in benchmarks/ -> what it measures
+SUITES: dict[str, str] = {
+    # BEGIN suites
+    # END suites
+}
+
+
+def main(argv: list[str]) -> int:
+    names = argv or list(SUITES)
+    unknown = [name for name in names if name not in SUITES]
+    if unknown:
+        print(f"unknown benchmark(s): {', '.join(unknown)}; known: {', '.join(SUITES)}")
+        return 2
+    for name in names:
+        print(f"== {name}: {SUITES[name]}", flush=True)
+        importlib.import_module(f"benchmarks.{name}").main()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

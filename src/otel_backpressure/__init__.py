@@ -1,0 +1,36 @@
+"""OpenTelemetry instrumentation for a service's backpressure.
+
+Connection-pool telemetry, a metered per-client rate limiter and an
+exception-to-span-status mapping, auto-loaded by ``opentelemetry-instrument``
+or wired by hand::
+
+    import otel_backpressure
+
+    handle = otel_backpressure.instrument(engine)   # pool metrics for one engine
+    otel_backpressure.pool_health(engine)           # {"status": "healthy", ...}
+    handle.uninstrument()
+
+The implementation lives in private modules; this is the public surface.
+"""
+
+from __future__ import annotations
+
+from otel_backpressure.instrumentor import BackpressureInstrumentor
+from otel_backpressure.settings import Settings
+
+# BEGIN pool exports
+# END pool exports
+# BEGIN ratelimit exports
+# END ratelimit exports
+# BEGIN errors exports
+# END errors exports
+# BEGIN telemetry exports
+# END telemetry exports
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BackpressureInstrumentor",
+    "Settings",
+    "__version__",
+]

@@ -1,0 +1,73 @@
+"""``BackpressureInstrumentor``: auto-loaded by ``opentelemetry-instrument``.
+
+Usage::
+
+    from otel_backpressure import BackpressureInstrumentor
+
+    BackpressureInstrumentor().instrument(meter_provider=provider, engines=[engine])
+    ...
+    BackpressureInstrumentor().uninstrument()
+
+``OTEL_PYTHON_DISABLED_INSTRUMENTATIONS=backpressure`` keeps the distro from
+loading it; ``OTEL_PYTHON_BACKPRESSURE_*`` variables switch single parts off.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from typing import Any, Final
+
+from opentelemetry.instrumentation.instrumentor import (  # type: ignore[attr-defined]
+    BaseInstrumentor,
+)
+
+from otel_backpressure import _patching
+from otel_backpressure.settings import Settings
+
+__all__ = ["BackpressureInstrumentor"]
+
+# The supported SQLAlchemy range, as data: both instrumentation_dependencies()
+# and the package's core dependency say the same.
+_instruments: Final = ("sqlalchemy >= 2.0",)
+
+
+def _integrations() -> tuple[_patching.Integration, ...]:
+    """Every part, in the order they are enabled (and disabled in reverse)."""
+    integrations: list[_patching.Integration] = []
+    # BEGIN integrations (one line per part)
+    # END integrations
+    return tuple(integrations)
+
+
+class BackpressureInstrumentor(BaseInstrumentor):  # type: ignore[misc]
+    """Pool telemetry, rate-limit metering and error mapping for the whole process."""
+
+    _enabled: list[_patching.Integration]
+    _installed: list[_patching.Patch]
+
+    def instrumentation_dependencies(self) -> Collection[str]:
+        return _instruments
+
+    def _instrument(self, **kwargs: Any) -> None:
+        settings = kwargs.pop("settings", None) or Settings.from_env()
+        context = _patching.InstrumentationContext(
+            settings=settings,
+            meter_provider=kwargs.pop("meter_provider", None),
+            tracer_provider=kwargs.pop("tracer_provider", None),
+            options=kwargs,
+        )
+        self._enabled = []
+        self._installed = []
+        for integration in _integrations():
+            if not getattr(settings, f"{integration.name}_enabled"):
+                continue
+            integration.enable(context)
+            self._enabled.append(integration)
+            self._installed.extend(_patching.apply(integration.patches, context))
+
+    def _uninstrument(self, **kwargs: Any) -> None:
+        _patching.remove(getattr(self, "_installed", []))
+        for integration in reversed(getattr(self, "_enabled", [])):
+            integration.disable()
+        self._installed = []
+        self._enabled = []

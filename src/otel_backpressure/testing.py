@@ -1,0 +1,106 @@
+"""Helpers for testing code that uses this package: a metrics capture and a fake clock.
+
+Example::
+
+    from otel_backpressure.testing import FakeClock, MetricsCapture
+
+    capture = MetricsCapture()
+    instrument(engine, meter_provider=capture.meter_provider)
+    ...
+    assert capture.value("db.client.connection.count",
+                         {"db.client.connection.pool.name": "db",
+                          "db.client.connection.state": "used"}) == 3
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import (
+    HistogramDataPoint,
+    InMemoryMetricReader,
+    Metric,
+    NumberDataPoint,
+)
+
+__all__ = ["FakeClock", "MetricsCapture"]
+
+Attributes = Mapping[str, Any]
+
+
+class FakeClock:
+    """A monotonic clock in seconds that moves only when told to."""
+
+    __slots__ = ("_now",)
+
+    def __init__(self, start: float = 1_000.0) -> None:
+        self._now = float(start)
+
+    def __call__(self) -> float:
+        return self._now
+
+    def advance(self, seconds: float) -> None:
+        if seconds < 0:
+            raise ValueError(f"seconds must be >= 0, got {seconds!r}")
+        self._now += seconds
+
+    def __repr__(self) -> str:
+        return f"FakeClock(now={self._now!r})"
+
+
+class MetricsCapture:
+    """An SDK ``MeterProvider`` backed by an ``InMemoryMetricReader``, with lookups.
+
+    Every lookup runs one collection, so observable callbacks run then, as they
+    would on an exporter's schedule.
+    """
+
+    def __init__(self) -> None:
+        self.reader = InMemoryMetricReader()
+        self.meter_provider = MeterProvider(metric_readers=[self.reader])
+
+    def collect(self) -> dict[str, Metric]:
+        """Collect once and return the metrics by name (all scopes merged)."""
+        data = self.reader.get_metrics_data()
+        metrics: dict[str, Metric] = {}
+        if data is None:
+            return metrics
+        for resource_metrics in data.resource_metrics:
+            for scope_metrics in resource_metrics.scope_metrics:
+                for metric in scope_metrics.metrics:
+                    metrics[metric.name] = metric
+        return metrics
+
+    @staticmethod
+    def points(metric: Metric) -> dict[frozenset[tuple[str, Any]], Any]:
+        """Data points of one metric keyed by their attribute set."""
+        return {
+            frozenset((point.attributes or {}).items()): point for point in metric.data.data_points
+        }
+
+    def value(self, name: str, attributes: Attributes) -> float | None:
+        """The value of a counter/gauge point, or None if the series is absent."""
+        metric = self.collect().get(name)
+        if metric is None:
+            return None
+        point = self.points(metric).get(frozenset(attributes.items()))
+        if point is None:
+            return None
+        assert isinstance(point, NumberDataPoint), f"{name} is not a number metric"
+        return point.value
+
+    def histogram(self, name: str, attributes: Attributes) -> HistogramDataPoint | None:
+        """The histogram point of one series, or None if absent."""
+        metric = self.collect().get(name)
+        if metric is None:
+            return None
+        point = self.points(metric).get(frozenset(attributes.items()))
+        if point is None:
+            return None
+        assert isinstance(point, HistogramDataPoint), f"{name} is not a histogram"
+        return point
+
+    def shutdown(self) -> None:
+        self.meter_provider.shutdown()
