@@ -1,0 +1,284 @@
+"""OTLP tracer and meter providers for apps that do not run under ``opentelemetry-instrument``.
+
+``opentelemetry-instrument`` configures the SDK through the distro; an app that
+starts itself (a worker, a script, a test harness) calls this instead and gets
+the same behaviour from the same standard variables: ``OTEL_TRACES_EXPORTER`` /
+``OTEL_METRICS_EXPORTER`` (default ``otlp``, ``none`` switches a signal off),
+``OTEL_EXPORTER_OTLP_PROTOCOL`` and the per-signal ``..._TRACES_PROTOCOL`` /
+``..._METRICS_PROTOCOL`` (``grpc`` or ``http/protobuf``), endpoints, headers,
+timeouts, ``OTEL_METRIC_EXPORT_INTERVAL``, ``OTEL_SERVICE_NAME`` and
+``OTEL_RESOURCE_ATTRIBUTES``. Arguments given here win over the variables.
+
+Usage::
+
+    from otel_backpressure import configure_telemetry
+
+    telemetry = configure_telemetry(service_name="game-api", instrument=True)
+    try:
+        run_app()
+    finally:
+        telemetry.shutdown()   # flushes both signals; safe to call twice
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Sequence
+from importlib.metadata import entry_points
+from types import TracebackType
+from typing import Any, Final
+from urllib.parse import urlsplit, urlunsplit
+
+from opentelemetry import metrics, trace
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import (
+    MetricExporter,
+    MetricReader,
+    PeriodicExportingMetricReader,
+)
+from opentelemetry.sdk.resources import SERVICE_NAME, Resource
+from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
+
+__all__ = ["Telemetry", "configure_telemetry"]
+
+_logger = logging.getLogger(__name__)
+
+# OTLP protocol value -> the exporter entry point the SDK registers for it
+_OTLP_PROTOCOLS: Final = {"grpc": "otlp_proto_grpc", "http/protobuf": "otlp_proto_http"}
+# signal -> (exporter-list variable, per-signal protocol variable, entry-point group, HTTP path)
+_SIGNALS: Final = {
+    "traces": (
+        "OTEL_TRACES_EXPORTER",
+        "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+        "opentelemetry_traces_exporter",
+        "v1/traces",
+    ),
+    "metrics": (
+        "OTEL_METRICS_EXPORTER",
+        "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL",
+        "opentelemetry_metrics_exporter",
+        "v1/metrics",
+    ),
+}
+
+
+class Telemetry:
+    """The providers ``configure_telemetry`` built, and their orderly shutdown."""
+
+    __slots__ = (
+        "_instrumentor",
+        "_lock",
+        "_shut_down",
+        "exporters",
+        "meter_provider",
+        "tracer_provider",
+    )
+
+    def __init__(
+        self,
+        tracer_provider: TracerProvider,
+        meter_provider: MeterProvider,
+        exporters: dict[str, list[str]],
+        instrumentor: Any = None,
+    ) -> None:
+        self.tracer_provider = tracer_provider
+        self.meter_provider = meter_provider
+        # signal -> exporter entry-point names in use, for logs and __repr__
+        self.exporters = exporters
+        self._instrumentor = instrumentor
+        self._lock = threading.Lock()
+        self._shut_down = False
+
+    @property
+    def is_shut_down(self) -> bool:
+        return self._shut_down
+
+    def force_flush(self, timeout_millis: int = 10_000) -> bool:
+        """Export what is buffered now; False if either signal did not finish in time."""
+        if self._shut_down:
+            return False
+        spans_done = self.tracer_provider.force_flush(timeout_millis)
+        metrics_done = self.meter_provider.force_flush(timeout_millis)
+        return bool(spans_done and metrics_done)
+
+    def shutdown(self) -> None:
+        """Uninstrument, flush and shut both providers down; later calls do nothing.
+
+        Never raises: an exporter that cannot reach its collector is logged, and
+        the app's own shutdown goes on.
+        """
+        with self._lock:
+            if self._shut_down:
+                return
+            self._shut_down = True
+        if self._instrumentor is not None:
+            try:
+                self._instrumentor.uninstrument()
+            except Exception:
+                _logger.exception("Uninstrumenting backpressure telemetry failed")
+        for provider in (self.tracer_provider, self.meter_provider):
+            try:
+                provider.shutdown()
+            except Exception:
+                _logger.exception("Shutting down %s failed", type(provider).__name__)
+
+    def __enter__(self) -> Telemetry:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.shutdown()
+
+    def __repr__(self) -> str:
+        state = "shut down" if self._shut_down else "running"
+        return (
+            f"Telemetry({state}, traces={self.exporters['traces']}, "
+            f"metrics={self.exporters['metrics']}, instrumented={self._instrumentor is not None})"
+        )
+
+
+def configure_telemetry(
+    *,
+    service_name: str | None = None,
+    resource: Resource | None = None,
+    metric_export_interval: float | None = None,
+    endpoint: str | None = None,
+    protocol: str | None = None,
+    export: bool = True,
+    metric_readers: Sequence[MetricReader] = (),
+    span_processors: Sequence[SpanProcessor] = (),
+    set_global: bool = True,
+    instrument: bool = False,
+    **instrument_options: Any,
+) -> Telemetry:
+    """Build a TracerProvider and a MeterProvider exporting as the ``OTEL_*`` variables say.
+
+    ``metric_export_interval`` is in seconds (``OTEL_METRIC_EXPORT_INTERVAL`` is
+    in milliseconds). ``endpoint`` and ``protocol`` (``grpc`` / ``http/protobuf``)
+    override the OTLP variables for both signals. ``export=False`` builds the
+    providers without exporters: only ``metric_readers`` and ``span_processors``
+    see the data. ``set_global`` installs both providers as the process-wide
+    ones. ``instrument=True`` also runs ``BackpressureInstrumentor`` on these
+    providers (``instrument_options`` go to it) and ``shutdown()`` undoes it.
+
+    Raises ValueError naming the argument or variable that is invalid: this
+    runs at start-up, where a wrong exporter setting should stop the deploy.
+    """
+    if metric_export_interval is not None and (
+        isinstance(metric_export_interval, bool)
+        or not isinstance(metric_export_interval, (int, float))
+        or not metric_export_interval > 0
+    ):
+        raise ValueError(
+            f"metric_export_interval must be a positive number of seconds, "
+            f"got {metric_export_interval!r}"
+        )
+    if protocol is not None and protocol not in _OTLP_PROTOCOLS:
+        raise ValueError(f"protocol must be one of {sorted(_OTLP_PROTOCOLS)}, got {protocol!r}")
+    if service_name is not None and not (isinstance(service_name, str) and service_name):
+        raise ValueError(f"service_name must be a non-empty string, got {service_name!r}")
+
+    span_exporters = _exporters("traces", protocol, endpoint) if export else {}
+    metric_exporters = _exporters("metrics", protocol, endpoint) if export else {}
+
+    # Resource.create reads OTEL_RESOURCE_ATTRIBUTES and OTEL_SERVICE_NAME;
+    # explicit arguments are merged over them.
+    full_resource = Resource.create({SERVICE_NAME: service_name} if service_name else {})
+    if resource is not None:
+        full_resource = full_resource.merge(resource)
+
+    tracer_provider = TracerProvider(resource=full_resource)
+    for processor in span_processors:
+        tracer_provider.add_span_processor(processor)
+    for span_exporter in span_exporters.values():
+        # bounded queue (OTEL_BSP_MAX_QUEUE_SIZE): spans are dropped, not kept,
+        # while the collector is away
+        tracer_provider.add_span_processor(BatchSpanProcessor(span_exporter))
+
+    interval_millis = None if metric_export_interval is None else metric_export_interval * 1000
+    readers: list[MetricReader] = [
+        PeriodicExportingMetricReader(metric_exporter, export_interval_millis=interval_millis)
+        for metric_exporter in metric_exporters.values()
+    ]
+    readers.extend(metric_readers)
+    meter_provider = MeterProvider(resource=full_resource, metric_readers=readers)
+
+    if set_global:
+        trace.set_tracer_provider(tracer_provider)
+        metrics.set_meter_provider(meter_provider)
+
+    instrumentor = None
+    if instrument:
+        from otel_backpressure.instrumentor import BackpressureInstrumentor
+
+        instrumentor = BackpressureInstrumentor()
+        instrumentor.instrument(
+            tracer_provider=tracer_provider, meter_provider=meter_provider, **instrument_options
+        )
+    telemetry = Telemetry(
+        tracer_provider,
+        meter_provider,
+        {"traces": list(span_exporters), "metrics": list(metric_exporters)},
+        instrumentor,
+    )
+    _logger.debug("Configured %r", telemetry)
+    return telemetry
+
+
+def _exporters(signal: str, protocol: str | None, endpoint: str | None) -> dict[str, Any]:
+    """Instantiate the exporters the signal's ``OTEL_*_EXPORTER`` list names."""
+    names_variable, protocol_variable, group, http_path = _SIGNALS[signal]
+    names = [name.strip() for name in os.environ.get(names_variable, "otlp").split(",")]
+    if names == ["none"] or names == [""]:
+        return {}
+    exporters: dict[str, SpanExporter | MetricExporter] = {}
+    for name in names:
+        entry_point_name = name
+        kwargs: dict[str, Any] = {}
+        if name in ("otlp", *_OTLP_PROTOCOLS.values()):
+            chosen = _protocol(protocol_variable, protocol)
+            entry_point_name = name if name != "otlp" else _OTLP_PROTOCOLS[chosen]
+            if endpoint is not None:
+                kwargs["endpoint"] = _endpoint_for(endpoint, entry_point_name, http_path)
+        found = _entry_points(group, entry_point_name)
+        if not found:
+            raise ValueError(
+                f"{names_variable} names exporter {name!r}, which is not installed "
+                f"(no {group!r} entry point {entry_point_name!r})"
+            )
+        exporters[entry_point_name] = found[0].load()(**kwargs)
+    return exporters
+
+
+def _protocol(variable: str, protocol: str | None) -> str:
+    if protocol is not None:
+        return protocol
+    for name in (variable, "OTEL_EXPORTER_OTLP_PROTOCOL"):
+        value = os.environ.get(name, "").strip()
+        if value:
+            if value not in _OTLP_PROTOCOLS:
+                raise ValueError(
+                    f"{name}={value!r} is not supported; use one of {sorted(_OTLP_PROTOCOLS)}"
+                )
+            return value
+    return "grpc"  # the specification's default for the Python SDK
+
+
+def _endpoint_for(endpoint: str, entry_point_name: str, http_path: str) -> str:
+    """OTLP/HTTP takes the full signal URL; the variables' base URL gets the path added."""
+    if entry_point_name != "otlp_proto_http":
+        return endpoint
+    parts = urlsplit(endpoint)
+    path = parts.path.rstrip("/") + "/" + http_path
+    return urlunsplit((parts.scheme, parts.netloc, path, parts.query, parts.fragment))
+
+
+def _entry_points(group: str, name: str) -> list[Any]:
+    return list(entry_points(group=group, name=name))
