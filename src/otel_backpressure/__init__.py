@@ -25,6 +25,8 @@ from otel_backpressure.settings import Settings
 # BEGIN errors exports
 # END errors exports
 # BEGIN telemetry exports
+from otel_backpressure.telemetry import Telemetry, configure_telemetry
+
 # END telemetry exports
 
 __version__ = "0.1.0"
@@ -32,5 +34,7 @@ __version__ = "0.1.0"
 __all__ = [
     "BackpressureInstrumentor",
     "Settings",
+    "Telemetry",
     "__version__",
+    "configure_telemetry",
 ]
