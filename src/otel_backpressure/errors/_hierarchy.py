@@ -1,0 +1,180 @@
+"""The exception hierarchy; each class declares its ``ErrorOutcome`` as class data.
+
+This module imports nothing from the rest of the package, so any part can
+raise these errors without an import loop.
+
+Example::
+
+    from otel_backpressure.errors import NotFoundError, ErrorOutcome
+
+    class GameNotFound(NotFoundError):
+        outcome = ErrorOutcome("game_not_found", StatusCode.UNSET, 404,
+                               record_exception=False, description="game not found")
+
+    raise GameNotFound(f"no game {game_id}")   # message stays out of the span
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, ClassVar
+
+from opentelemetry.trace import StatusCode
+
+from otel_backpressure.errors._outcome import ErrorOutcome
+
+__all__ = [
+    "AuthenticationError",
+    "ConfigurationError",
+    "ConflictError",
+    "DatabaseConnectionError",
+    "DatabaseError",
+    "GameEngineError",
+    "NotFoundError",
+    "OperationTimeoutError",
+    "PermissionDeniedError",
+    "PoolExhaustedError",
+    "RateLimitExceededError",
+    "SessionExpiredError",
+    "UpstreamError",
+    "ValidationError",
+]
+
+_ERROR = StatusCode.ERROR
+_UNSET = StatusCode.UNSET
+
+
+def _expected(error_type: str, http_status: int, description: str) -> ErrorOutcome:
+    """An outcome the service meant to produce: no Error status, no exception event."""
+    return ErrorOutcome(error_type, _UNSET, http_status, False, description)
+
+
+def _failure(error_type: str, http_status: int, description: str) -> ErrorOutcome:
+    return ErrorOutcome(error_type, _ERROR, http_status, True, description)
+
+
+class GameEngineError(Exception):
+    """Root of the hierarchy: an unexpected internal failure unless a subclass says otherwise."""
+
+    outcome: ClassVar[ErrorOutcome] = _failure("internal_error", 500, "internal error")
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(type(self).outcome.description if message is None else message)
+
+
+class DatabaseError(GameEngineError):
+    """The database failed a request."""
+
+    outcome = _failure("database_error", 500, "database error")
+
+
+class PoolExhaustedError(DatabaseError):
+    """No connection became free in time; the service is overloaded, not broken."""
+
+    outcome = _failure("pool_exhausted", 503, "connection pool exhausted")
+
+
+class DatabaseConnectionError(DatabaseError):
+    """The database could not be reached or refused the connection."""
+
+    outcome = _failure("database_connection_error", 503, "database connection failed")
+
+
+class RateLimitExceededError(GameEngineError):
+    """A request was rejected by a rate limit: expected, answered with 429.
+
+    ``retry_after`` (seconds) becomes the ``Retry-After`` header of the
+    problem-details response; ``policy`` names the limit that rejected.
+    """
+
+    outcome = _expected("rate_limit_exceeded", 429, "rate limit exceeded")
+
+    def __init__(
+        self,
+        message: str = "rate limit exceeded",
+        *,
+        policy: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        if policy is not None and not isinstance(policy, str):
+            raise TypeError(f"policy must be a str or None, got {type(policy).__name__}")
+        if retry_after is not None and (
+            isinstance(retry_after, bool)
+            or not isinstance(retry_after, (int, float))
+            or not math.isfinite(retry_after)
+            or retry_after < 0
+        ):
+            raise ValueError(f"retry_after must be None or seconds >= 0, got {retry_after!r}")
+        super().__init__(message)
+        self.policy = policy
+        self.retry_after = None if retry_after is None else float(retry_after)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Keyword-only state survives pickling (multiprocessing, task queues).
+        return (_rebuild_rate_limit_error, (type(self), str(self), self.policy, self.retry_after))
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}({str(self)!r}, policy={self.policy!r}, "
+            f"retry_after={self.retry_after!r})"
+        )
+
+
+def _rebuild_rate_limit_error(
+    cls: type[RateLimitExceededError], message: str, policy: str | None, retry_after: float | None
+) -> RateLimitExceededError:
+    return cls(message, policy=policy, retry_after=retry_after)
+
+
+class ValidationError(GameEngineError):
+    """The request was malformed or failed validation."""
+
+    outcome = _expected("validation_error", 422, "invalid request")
+
+
+class NotFoundError(GameEngineError):
+    """The requested thing does not exist."""
+
+    outcome = _expected("not_found", 404, "not found")
+
+
+class AuthenticationError(GameEngineError):
+    """The caller could not be authenticated."""
+
+    outcome = _expected("authentication_failed", 401, "authentication failed")
+
+
+class PermissionDeniedError(GameEngineError):
+    """The caller is authenticated but not allowed to do this."""
+
+    outcome = _expected("permission_denied", 403, "permission denied")
+
+
+class ConflictError(GameEngineError):
+    """The request conflicts with the current state (a duplicate, a stale version)."""
+
+    outcome = _expected("conflict", 409, "conflict")
+
+
+class SessionExpiredError(GameEngineError):
+    """The caller's session ended; they must sign in again."""
+
+    outcome = _expected("session_expired", 401, "session expired")
+
+
+class ConfigurationError(GameEngineError):
+    """The service is misconfigured: a failure, and not the caller's."""
+
+    outcome = _failure("configuration_error", 500, "configuration error")
+
+
+class UpstreamError(GameEngineError):
+    """A service this one depends on failed."""
+
+    outcome = _failure("upstream_error", 502, "upstream dependency failed")
+
+
+class OperationTimeoutError(GameEngineError):
+    """An operation ran out of time (named so it does not shadow the builtin ``TimeoutError``)."""
+
+    outcome = _failure("timeout", 504, "operation timed out")
