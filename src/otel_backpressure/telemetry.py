@@ -72,8 +72,10 @@ class Telemetry:
         "_instrumentor",
         "_lock",
         "_shut_down",
-        "exporters",
         "meter_provider",
+        "metric_exporters",
+        "metric_readers",
+        "span_exporters",
         "tracer_provider",
     )
 
@@ -81,13 +83,18 @@ class Telemetry:
         self,
         tracer_provider: TracerProvider,
         meter_provider: MeterProvider,
-        exporters: dict[str, list[str]],
+        span_exporters: dict[str, SpanExporter],
+        metric_exporters: dict[str, MetricExporter],
+        metric_readers: Sequence[MetricReader] = (),
         instrumentor: Any = None,
     ) -> None:
         self.tracer_provider = tracer_provider
         self.meter_provider = meter_provider
-        # signal -> exporter entry-point names in use, for logs and __repr__
-        self.exporters = exporters
+        # exporter entry-point name (otlp_proto_grpc, ...) -> the exporter built for it
+        self.span_exporters = span_exporters
+        self.metric_exporters = metric_exporters
+        # the periodic readers that drive metric_exporters
+        self.metric_readers = tuple(metric_readers)
         self._instrumentor = instrumentor
         self._lock = threading.Lock()
         self._shut_down = False
@@ -139,8 +146,9 @@ class Telemetry:
     def __repr__(self) -> str:
         state = "shut down" if self._shut_down else "running"
         return (
-            f"Telemetry({state}, traces={self.exporters['traces']}, "
-            f"metrics={self.exporters['metrics']}, instrumented={self._instrumentor is not None})"
+            f"Telemetry({state}, traces={list(self.span_exporters)}, "
+            f"metrics={list(self.metric_exporters)}, "
+            f"instrumented={self._instrumentor is not None})"
         )
 
 
@@ -185,8 +193,11 @@ def configure_telemetry(
     if service_name is not None and not (isinstance(service_name, str) and service_name):
         raise ValueError(f"service_name must be a non-empty string, got {service_name!r}")
 
-    span_exporters = _exporters("traces", protocol, endpoint) if export else {}
-    metric_exporters = _exporters("metrics", protocol, endpoint) if export else {}
+    span_exporters: dict[str, SpanExporter] = {}
+    metric_exporters: dict[str, MetricExporter] = {}
+    if export:
+        span_exporters = _exporters("traces", protocol, endpoint)
+        metric_exporters = _exporters("metrics", protocol, endpoint)
 
     # Resource.create reads OTEL_RESOURCE_ATTRIBUTES and OTEL_SERVICE_NAME;
     # explicit arguments are merged over them.
@@ -203,12 +214,13 @@ def configure_telemetry(
         tracer_provider.add_span_processor(BatchSpanProcessor(span_exporter))
 
     interval_millis = None if metric_export_interval is None else metric_export_interval * 1000
-    readers: list[MetricReader] = [
+    exporting_readers = [
         PeriodicExportingMetricReader(metric_exporter, export_interval_millis=interval_millis)
         for metric_exporter in metric_exporters.values()
     ]
-    readers.extend(metric_readers)
-    meter_provider = MeterProvider(resource=full_resource, metric_readers=readers)
+    meter_provider = MeterProvider(
+        resource=full_resource, metric_readers=[*exporting_readers, *metric_readers]
+    )
 
     if set_global:
         trace.set_tracer_provider(tracer_provider)
@@ -225,7 +237,9 @@ def configure_telemetry(
     telemetry = Telemetry(
         tracer_provider,
         meter_provider,
-        {"traces": list(span_exporters), "metrics": list(metric_exporters)},
+        span_exporters,
+        metric_exporters,
+        exporting_readers,
         instrumentor,
     )
     _logger.debug("Configured %r", telemetry)
@@ -238,7 +252,7 @@ def _exporters(signal: str, protocol: str | None, endpoint: str | None) -> dict[
     names = [name.strip() for name in os.environ.get(names_variable, "otlp").split(",")]
     if names == ["none"] or names == [""]:
         return {}
-    exporters: dict[str, SpanExporter | MetricExporter] = {}
+    exporters: dict[str, Any] = {}
     for name in names:
         entry_point_name = name
         kwargs: dict[str, Any] = {}

@@ -1,0 +1,245 @@
+"""configure_telemetry(): exporter choice from the standard variables, validation, shutdown.
+
+Delivery to a real collector is proven in tests/e2e/test_configure_telemetry.py.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import (
+    OTLPMetricExporter as GrpcMetricExporter,
+)
+from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (
+    OTLPSpanExporter as GrpcSpanExporter,
+)
+from opentelemetry.exporter.otlp.proto.http.metric_exporter import (
+    OTLPMetricExporter as HttpMetricExporter,
+)
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
+    OTLPSpanExporter as HttpSpanExporter,
+)
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader, PeriodicExportingMetricReader
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from otel_backpressure import Telemetry, configure_telemetry
+
+ALL_OTEL_VARIABLES = (
+    "OTEL_TRACES_EXPORTER",
+    "OTEL_METRICS_EXPORTER",
+    "OTEL_EXPORTER_OTLP_PROTOCOL",
+    "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+    "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL",
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
+    "OTEL_SERVICE_NAME",
+    "OTEL_RESOURCE_ATTRIBUTES",
+    "OTEL_METRIC_EXPORT_INTERVAL",
+)
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ALL_OTEL_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    # nothing listens here: exporters are built but never reach anything
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TIMEOUT", "1")
+
+
+def span_exporters(telemetry: Telemetry) -> list[Any]:
+    return list(telemetry.span_exporters.values())
+
+
+def metric_exporters(telemetry: Telemetry) -> list[Any]:
+    return list(telemetry.metric_exporters.values())
+
+
+def configure(**kwargs: Any) -> Telemetry:
+    return configure_telemetry(set_global=False, **kwargs)
+
+
+def test_defaults_to_otlp_grpc_for_both_signals() -> None:
+    telemetry = configure()
+    try:
+        assert [type(e) for e in span_exporters(telemetry)] == [GrpcSpanExporter]
+        assert [type(e) for e in metric_exporters(telemetry)] == [GrpcMetricExporter]
+        assert list(telemetry.span_exporters) == ["otlp_proto_grpc"]
+        assert list(telemetry.metric_exporters) == ["otlp_proto_grpc"]
+    finally:
+        telemetry.shutdown()
+
+
+def test_protocol_variable_selects_http(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
+    telemetry = configure()
+    try:
+        assert [type(e) for e in span_exporters(telemetry)] == [HttpSpanExporter]
+        assert [type(e) for e in metric_exporters(telemetry)] == [HttpMetricExporter]
+    finally:
+        telemetry.shutdown()
+
+
+def test_per_signal_protocol_wins_over_the_general_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_METRICS_PROTOCOL", "http/protobuf")
+    telemetry = configure()
+    try:
+        assert [type(e) for e in span_exporters(telemetry)] == [GrpcSpanExporter]
+        assert [type(e) for e in metric_exporters(telemetry)] == [HttpMetricExporter]
+    finally:
+        telemetry.shutdown()
+
+
+def test_explicit_http_endpoint_gets_the_signal_path() -> None:
+    telemetry = configure(endpoint="http://collector:4318/", protocol="http/protobuf")
+    try:
+        assert span_exporters(telemetry)[0]._endpoint == "http://collector:4318/v1/traces"
+        assert metric_exporters(telemetry)[0]._endpoint == "http://collector:4318/v1/metrics"
+    finally:
+        telemetry.shutdown()
+
+
+def test_none_switches_a_signal_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OTEL_TRACES_EXPORTER", "none")
+    telemetry = configure()
+    try:
+        assert span_exporters(telemetry) == []
+        assert [type(e) for e in metric_exporters(telemetry)] == [GrpcMetricExporter]
+    finally:
+        telemetry.shutdown()
+
+
+def test_export_false_feeds_only_the_given_reader_and_processor() -> None:
+    reader = InMemoryMetricReader()
+    spans = InMemorySpanExporter()
+    telemetry = configure(
+        export=False, metric_readers=[reader], span_processors=[SimpleSpanProcessor(spans)]
+    )
+    try:
+        assert span_exporters(telemetry) == []
+        assert metric_exporters(telemetry) == []
+        telemetry.meter_provider.get_meter("t").create_counter("hits").add(2)
+        with telemetry.tracer_provider.get_tracer("t").start_as_current_span("work"):
+            pass
+        data = reader.get_metrics_data()
+        assert data is not None
+        names = [
+            m.name for rm in data.resource_metrics for sm in rm.scope_metrics for m in sm.metrics
+        ]
+        assert names == ["hits"]
+        assert [s.name for s in spans.get_finished_spans()] == ["work"]
+    finally:
+        telemetry.shutdown()
+
+
+def test_resource_from_arguments_and_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OTEL_SERVICE_NAME", "from-env")
+    monkeypatch.setenv("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment.name=test")
+    telemetry = configure(
+        export=False, service_name="game-api", resource=Resource({"service.version": "1.2"})
+    )
+    try:
+        attributes = telemetry.tracer_provider.resource.attributes
+        assert attributes["service.name"] == "game-api"
+        assert attributes["service.version"] == "1.2"
+        assert attributes["deployment.environment.name"] == "test"
+        assert (
+            telemetry.meter_provider._sdk_config.resource.attributes == attributes
+        )  # no public API
+    finally:
+        telemetry.shutdown()
+
+
+def test_metric_export_interval_is_in_seconds() -> None:
+    telemetry = configure(metric_export_interval=2.5)
+    try:
+        readers = telemetry.metric_readers
+        assert [type(r) for r in readers] == [PeriodicExportingMetricReader]
+        assert [r._export_interval_millis for r in readers] == [2500]  # no public API
+    finally:
+        telemetry.shutdown()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "named"),
+    [
+        ({"metric_export_interval": 0}, "metric_export_interval"),
+        ({"metric_export_interval": -1.0}, "metric_export_interval"),
+        ({"metric_export_interval": True}, "metric_export_interval"),
+        ({"protocol": "http/json"}, "protocol"),
+        ({"service_name": ""}, "service_name"),
+    ],
+)
+def test_bad_arguments_raise_naming_them(kwargs: dict[str, Any], named: str) -> None:
+    with pytest.raises(ValueError, match=named):
+        configure(**kwargs)
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json"),
+        ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "thrift"),
+        ("OTEL_METRICS_EXPORTER", "no_such_exporter"),
+    ],
+)
+def test_bad_variables_raise_naming_them(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str
+) -> None:
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ValueError, match=variable):
+        configure()
+
+
+def test_shutdown_is_safe_twice_and_via_context_manager() -> None:
+    with configure(export=False) as telemetry:
+        assert "running" in repr(telemetry)
+    assert telemetry.is_shut_down
+    assert "shut down" in repr(telemetry)
+    telemetry.shutdown()
+    assert telemetry.force_flush() is False
+
+
+def test_shutdown_with_an_unreachable_collector_does_not_raise() -> None:
+    telemetry = configure()
+    telemetry.meter_provider.get_meter("t").create_counter("hits").add(1)
+    with telemetry.tracer_provider.get_tracer("t").start_as_current_span("work"):
+        pass
+    telemetry.shutdown()
+    assert telemetry.is_shut_down
+
+
+def test_instrument_runs_the_instrumentor_and_shutdown_undoes_it() -> None:
+    from otel_backpressure import BackpressureInstrumentor
+
+    telemetry = configure(export=False, instrument=True)
+    try:
+        assert BackpressureInstrumentor().is_instrumented_by_opentelemetry
+        assert "instrumented=True" in repr(telemetry)
+    finally:
+        telemetry.shutdown()
+    assert not BackpressureInstrumentor().is_instrumented_by_opentelemetry
+
+
+def test_set_global_installs_both_providers() -> None:
+    """Run in a child interpreter: the global providers can be set once per process."""
+    import subprocess
+    import sys
+
+    code = (
+        "from opentelemetry import metrics, trace\n"
+        "from otel_backpressure import configure_telemetry\n"
+        "t = configure_telemetry(export=False)\n"
+        "assert trace.get_tracer_provider() is t.tracer_provider\n"
+        "assert metrics.get_meter_provider() is t.meter_provider\n"
+        "t.shutdown()\n"
+        "print('ok')\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"
