@@ -1,0 +1,268 @@
+"""BackpressureInstrumentor's generic behaviour: entry point, settings switches, symmetry.
+
+The parts' own integrations are tested with their parts; here a recording
+integration stands in for them where the wiring itself is under test, and the
+real ones are round-tripped as a whole.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import types
+from collections.abc import Callable, Iterator
+from importlib.metadata import entry_points
+from typing import Any
+
+import pytest
+
+from otel_backpressure import BackpressureInstrumentor, Settings, instrumentor
+from otel_backpressure._patching import InstrumentationContext, Patch, Wrapper
+
+TARGET_MODULE = "otel_backpressure_test_target"
+
+
+class RecordingIntegration:
+    """An integration that patches one function of a throwaway module and records calls."""
+
+    def __init__(self, name: str, log: list[str], fail: bool = False) -> None:
+        self.name = name
+        self.log = log
+        self.fail = fail
+        self.patches = (Patch(TARGET_MODULE, f"{name}_call", self._build_wrapper),)
+        self.context: InstrumentationContext | None = None
+
+    def _build_wrapper(self, context: InstrumentationContext) -> Wrapper:
+        def wrapper(
+            wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: Any
+        ) -> Any:
+            return ("wrapped", wrapped(*args, **kwargs))
+
+        return wrapper
+
+    def enable(self, context: InstrumentationContext) -> None:
+        if self.fail:
+            raise RuntimeError("integration could not start")
+        self.context = context
+        self.log.append(f"enable {self.name}")
+
+    def disable(self) -> None:
+        self.log.append(f"disable {self.name}")
+
+
+@pytest.fixture
+def target(monkeypatch: pytest.MonkeyPatch) -> types.ModuleType:
+    module = types.ModuleType(TARGET_MODULE)
+    for part in ("pool", "rate_limit", "errors"):
+        setattr(module, f"{part}_call", lambda: "plain")
+    monkeypatch.setitem(sys.modules, TARGET_MODULE, module)
+    return module
+
+
+@pytest.fixture
+def log() -> list[str]:
+    return []
+
+
+@pytest.fixture
+def parts(
+    monkeypatch: pytest.MonkeyPatch, target: types.ModuleType, log: list[str]
+) -> dict[str, RecordingIntegration]:
+    integrations = {
+        name: RecordingIntegration(name, log) for name in ("pool", "rate_limit", "errors")
+    }
+    monkeypatch.setattr(instrumentor, "_integrations", lambda: tuple(integrations.values()))
+    return integrations
+
+
+@pytest.fixture
+def backpressure() -> Iterator[BackpressureInstrumentor]:
+    instance = BackpressureInstrumentor()
+    yield instance
+    instance.uninstrument()
+
+
+def test_entry_point_is_registered_and_loads_the_instrumentor() -> None:
+    found = list(entry_points(group="opentelemetry_instrumentor", name="backpressure"))
+    assert len(found) == 1
+    assert found[0].load() is BackpressureInstrumentor
+    assert found[0].dist is not None
+    assert found[0].dist.metadata["Name"] == "opentelemetry-instrumentation-backpressure"
+
+
+def test_declares_the_sqlalchemy_range_it_supports() -> None:
+    assert list(BackpressureInstrumentor().instrumentation_dependencies()) == ["sqlalchemy >= 2.0"]
+
+
+def test_enables_every_part_then_undoes_in_reverse(
+    parts: dict[str, RecordingIntegration],
+    target: types.ModuleType,
+    log: list[str],
+    backpressure: BackpressureInstrumentor,
+) -> None:
+    backpressure.instrument(settings=Settings())
+    assert log == ["enable pool", "enable rate_limit", "enable errors"]
+    assert target.pool_call() == ("wrapped", "plain")
+    assert target.errors_call() == ("wrapped", "plain")
+
+    backpressure.uninstrument()
+    assert log[3:] == ["disable errors", "disable rate_limit", "disable pool"]
+    assert target.pool_call() == "plain"
+    assert target.errors_call() == "plain"
+
+
+def test_round_trip_instrument_uninstrument_instrument(
+    parts: dict[str, RecordingIntegration],
+    target: types.ModuleType,
+    backpressure: BackpressureInstrumentor,
+) -> None:
+    for _ in range(2):
+        backpressure.instrument(settings=Settings())
+        assert target.rate_limit_call() == ("wrapped", "plain")
+        backpressure.uninstrument()
+        assert target.rate_limit_call() == "plain"
+    backpressure.uninstrument()  # a second uninstrument is harmless
+    assert target.rate_limit_call() == "plain"
+
+
+@pytest.mark.parametrize("part", ["pool", "rate_limit", "errors"])
+def test_a_part_switched_off_in_settings_is_neither_enabled_nor_patched(
+    parts: dict[str, RecordingIntegration],
+    target: types.ModuleType,
+    log: list[str],
+    backpressure: BackpressureInstrumentor,
+    part: str,
+) -> None:
+    backpressure.instrument(settings=Settings(**{f"{part}_enabled": False}))
+    assert f"enable {part}" not in log
+    assert len(log) == 2
+    assert getattr(target, f"{part}_call")() == "plain"
+    others = [name for name in parts if name != part]
+    assert all(getattr(target, f"{name}_call")() == ("wrapped", "plain") for name in others)
+
+
+@pytest.mark.parametrize(
+    ("variable", "part"),
+    [
+        ("OTEL_PYTHON_BACKPRESSURE_POOL_ENABLED", "pool"),
+        ("OTEL_PYTHON_BACKPRESSURE_RATE_LIMIT_ENABLED", "rate_limit"),
+        ("OTEL_PYTHON_BACKPRESSURE_ERRORS_ENABLED", "errors"),
+    ],
+)
+def test_settings_come_from_the_environment_by_default(
+    parts: dict[str, RecordingIntegration],
+    log: list[str],
+    backpressure: BackpressureInstrumentor,
+    monkeypatch: pytest.MonkeyPatch,
+    variable: str,
+    part: str,
+) -> None:
+    monkeypatch.setenv(variable, "false")
+    backpressure.instrument()
+    assert f"enable {part}" not in log
+    assert len(log) == 2
+
+
+def test_a_bad_variable_switches_its_part_off_and_the_rest_still_starts(
+    parts: dict[str, RecordingIntegration],
+    log: list[str],
+    backpressure: BackpressureInstrumentor,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    monkeypatch.setenv("OTEL_PYTHON_BACKPRESSURE_RATE_LIMIT_MAX_KEYS", "lots")
+    with caplog.at_level(logging.ERROR, logger="otel_backpressure.settings"):
+        backpressure.instrument()
+    assert log == ["enable pool", "enable errors"]
+    assert "OTEL_PYTHON_BACKPRESSURE_RATE_LIMIT_MAX_KEYS" in caplog.text
+    assert "'lots'" in caplog.text
+
+
+def test_providers_and_options_reach_the_parts(
+    parts: dict[str, RecordingIntegration], backpressure: BackpressureInstrumentor
+) -> None:
+    meter_provider, tracer_provider = object(), object()
+    settings = Settings(pool_timings=False)
+    backpressure.instrument(
+        settings=settings,
+        meter_provider=meter_provider,
+        tracer_provider=tracer_provider,
+        engines=["e"],
+    )
+    context = parts["pool"].context
+    assert context is not None
+    assert context.settings is settings
+    assert context.meter_provider is meter_provider
+    assert context.tracer_provider is tracer_provider
+    assert context.options == {"engines": ["e"]}
+
+
+def test_a_failing_part_is_logged_and_does_not_stop_the_others(
+    parts: dict[str, RecordingIntegration],
+    target: types.ModuleType,
+    log: list[str],
+    backpressure: BackpressureInstrumentor,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    parts["rate_limit"].fail = True
+    with caplog.at_level(logging.ERROR, logger="otel_backpressure.instrumentor"):
+        backpressure.instrument(settings=Settings())
+    assert log == ["enable pool", "enable errors"]
+    assert "rate_limit" in caplog.text
+    assert target.rate_limit_call() == "plain"
+    assert target.errors_call() == ("wrapped", "plain")
+    backpressure.uninstrument()
+    assert log[2:] == ["disable errors", "disable pool"]
+
+
+def test_the_real_parts_round_trip(backpressure: BackpressureInstrumentor) -> None:
+    """Whatever parts are registered: each names a settings part and undoes cleanly."""
+    names = [integration.name for integration in instrumentor._integrations()]
+    assert all(hasattr(Settings(), f"{name}_enabled") for name in names), names
+    assert len(set(names)) == len(names)
+    for _ in range(2):
+        backpressure.instrument(settings=Settings())
+        assert backpressure.is_instrumented_by_opentelemetry
+        backpressure.uninstrument()
+        assert not backpressure.is_instrumented_by_opentelemetry
+
+
+PROBE = (
+    "from otel_backpressure import BackpressureInstrumentor\n"
+    "print(BackpressureInstrumentor().is_instrumented_by_opentelemetry)\n"
+)
+
+
+def run_under_opentelemetry_instrument(**environment: str) -> str:
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("OTEL_", "OTEL_PYTHON_BACKPRESSURE_"))
+    }
+    env.update(
+        OTEL_TRACES_EXPORTER="none",
+        OTEL_METRICS_EXPORTER="none",
+        OTEL_LOGS_EXPORTER="none",
+        **environment,
+    )
+    bindir = os.path.dirname(sys.executable)
+    result = subprocess.run(
+        [os.path.join(bindir, "opentelemetry-instrument"), sys.executable, "-c", PROBE],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip()
+
+
+def test_opentelemetry_instrument_loads_it_and_the_standard_variable_turns_it_off() -> None:
+    assert run_under_opentelemetry_instrument() == "True"
+    disabled = run_under_opentelemetry_instrument(
+        OTEL_PYTHON_DISABLED_INSTRUMENTATIONS="fastapi, backpressure"
+    )
+    assert disabled == "False"
