@@ -24,6 +24,10 @@ __all__ = ["InstrumentationContext", "Integration", "Patch", "Wrapper", "apply",
 
 _logger = logging.getLogger(__name__)
 
+# What wrapt's FunctionWrapper derives from: ``BaseObjectProxy`` in wrapt 2
+# (where ``ObjectProxy`` is a subclass that FunctionWrapper is not), else ``ObjectProxy``.
+_PROXY: type[Any] = getattr(wrapt, "BaseObjectProxy", wrapt.ObjectProxy)
+
 # wrapt's wrapper signature: (wrapped, instance, args, kwargs) -> result
 Wrapper = Callable[[Callable[..., Any], Any, tuple[Any, ...], dict[str, Any]], Any]
 
@@ -88,7 +92,7 @@ def apply(patches: tuple[Patch, ...], context: InstrumentationContext) -> list[P
             _logger.debug("Not patching %s.%s: not importable", patch.module, patch.attribute)
             continue
         owner, name = target
-        if isinstance(getattr(owner, name), wrapt.ObjectProxy):
+        if isinstance(getattr(owner, name), _PROXY):
             _logger.debug("%s.%s is already wrapped", patch.module, patch.attribute)
             continue
         wrapt.wrap_function_wrapper(owner, name, patch.build_wrapper(context))
@@ -104,5 +108,5 @@ def remove(patches: list[Patch]) -> None:
             continue
         owner, name = target
         current = getattr(owner, name)
-        if isinstance(current, wrapt.ObjectProxy):
+        if isinstance(current, _PROXY):
             setattr(owner, name, current.__wrapped__)

@@ -14,6 +14,7 @@ loading it; ``OTEL_PYTHON_BACKPRESSURE_*`` variables switch single parts off.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Collection
 from typing import Any, Final
 
@@ -29,6 +30,8 @@ __all__ = ["BackpressureInstrumentor"]
 # The supported SQLAlchemy range, as data: both instrumentation_dependencies()
 # and the package's core dependency say the same.
 _instruments: Final = ("sqlalchemy >= 2.0",)
+
+_logger = logging.getLogger(__name__)
 
 
 def _integrations() -> tuple[_patching.Integration, ...]:
@@ -61,9 +64,14 @@ class BackpressureInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         for integration in _integrations():
             if not getattr(settings, f"{integration.name}_enabled"):
                 continue
-            integration.enable(context)
-            self._enabled.append(integration)
-            self._installed.extend(_patching.apply(integration.patches, context))
+            try:
+                integration.enable(context)
+                self._enabled.append(integration)
+                self._installed.extend(_patching.apply(integration.patches, context))
+            except Exception:
+                # opentelemetry-instrument re-raises an instrumentor's error and
+                # the app fails to start: one broken part must not do that.
+                _logger.exception("Backpressure %s telemetry failed to start", integration.name)
 
     def _uninstrument(self, **kwargs: Any) -> None:
         _patching.remove(getattr(self, "_installed", []))
