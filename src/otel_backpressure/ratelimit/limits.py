@@ -23,6 +23,9 @@ import logging
 from collections.abc import Callable
 from typing import Any, Final
 
+from opentelemetry.context import get_value
+from opentelemetry.instrumentation import utils as otel_utils
+
 from otel_backpressure._patching import InstrumentationContext, Patch, Wrapper
 
 __all__ = ["LimitsIntegration", "policy_name"]
@@ -30,8 +33,8 @@ __all__ = ["LimitsIntegration", "policy_name"]
 _logger = logging.getLogger(__name__)
 
 # Strategy classes across limits 3.x-5.x; a class missing from the installed
-# version (the elastic expiry one left in 4.0, the sliding window counter came
-# in 4.1) is skipped by the patch table.
+# version (elastic expiry exists only in older releases, the sliding window
+# counter only from 4.1) is skipped by the patch table.
 _STRATEGIES: Final = (
     "FixedWindowRateLimiter",
     "FixedWindowElasticExpiryRateLimiter",
@@ -39,14 +42,15 @@ _STRATEGIES: Final = (
     "SlidingWindowCounterRateLimiter",
 )
 
-try:
-    from opentelemetry.instrumentation.utils import is_instrumentation_enabled
-except ImportError:  # opentelemetry-instrumentation older than 0.44b0
-    from opentelemetry.context import get_value
-    from opentelemetry.instrumentation.utils import _SUPPRESS_INSTRUMENTATION_KEY
 
-    def is_instrumentation_enabled() -> bool:
-        return not get_value(_SUPPRESS_INSTRUMENTATION_KEY)
+def _suppression_key_unset() -> bool:
+    # opentelemetry-instrumentation before is_instrumentation_enabled() existed
+    return not get_value(getattr(otel_utils, "_SUPPRESS_INSTRUMENTATION_KEY", ""))
+
+
+is_instrumentation_enabled: Callable[[], bool] = getattr(
+    otel_utils, "is_instrumentation_enabled", _suppression_key_unset
+)
 
 
 def policy_name(item: Any) -> str:
@@ -58,9 +62,9 @@ Record = Callable[[str, str], None]
 
 
 def _recorder(context: InstrumentationContext) -> Record:
-    from otel_backpressure.ratelimit.metrics import rate_limit_metrics
+    from otel_backpressure.ratelimit.metrics import RateLimitMetrics
 
-    return rate_limit_metrics(context.meter_provider).record
+    return RateLimitMetrics.for_provider(context.meter_provider).record
 
 
 def _item(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
