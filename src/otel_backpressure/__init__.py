@@ -16,11 +16,13 @@ The implementation lives in private modules; this is the public surface.
 from __future__ import annotations
 
 from otel_backpressure.instrumentor import BackpressureInstrumentor
-from otel_backpressure.settings import Settings
 
 # BEGIN pool exports
 # END pool exports
 # BEGIN ratelimit exports
+from otel_backpressure.ratelimit import Decision, MemoryStore, Policy, RateLimiter, RedisStore
+from otel_backpressure.settings import Settings
+
 # END ratelimit exports
 # BEGIN errors exports
 # END errors exports
@@ -33,6 +35,11 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BackpressureInstrumentor",
+    "Decision",
+    "MemoryStore",
+    "Policy",
+    "RateLimiter",
+    "RedisStore",
     "Settings",
     "Telemetry",
     "__version__",

@@ -1,0 +1,25 @@
+"""Per-client rate limiting (GCRA), metered, in memory and on Redis.
+
+Example::
+
+    from otel_backpressure.ratelimit import Policy, RateLimiter
+
+    limiter = RateLimiter([Policy("per-second", rate=10, period=1.0, burst=20)])
+    decision = await limiter.hit("client-42")
+    if not decision.allowed:
+        ...  # 429, Retry-After: decision.retry_after
+
+The API (``Policy``, ``Decision``, ``RateLimiter``, ``MemoryStore``,
+``RedisStore``) is the one the ASGI middleware and the ``limits`` metering are
+written against; ``metrics.RateLimitMetrics`` is the shared local-count
+metering.
+"""
+
+from __future__ import annotations
+
+from otel_backpressure.ratelimit.limiter import RateLimiter
+from otel_backpressure.ratelimit.memory import MemoryStore
+from otel_backpressure.ratelimit.policy import Decision, Policy
+from otel_backpressure.ratelimit.redis import RedisStore
+
+__all__ = ["Decision", "MemoryStore", "Policy", "RateLimiter", "RedisStore"]

@@ -1,0 +1,192 @@
+"""``RateLimiter``: policies + a store + metering, one core for sync and async callers.
+
+Example::
+
+    from otel_backpressure.ratelimit import Policy, RateLimiter
+
+    limiter = RateLimiter([
+        Policy("per-second", rate=10, period=1.0, burst=20),
+        Policy("per-minute", rate=300, period=60.0),
+    ])
+    decision = await limiter.hit("client-42")        # any store
+    decision = limiter.hit_sync("client-42")         # the in-memory store, no loop needed
+    if not decision.allowed:
+        retry_in = decision.retry_after              # seconds
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Final
+
+from opentelemetry.metrics import MeterProvider
+
+from otel_backpressure.ratelimit import gcra
+from otel_backpressure.ratelimit.memory import MemoryStore
+from otel_backpressure.ratelimit.metrics import RESULTS, Count, RateLimitMetrics
+from otel_backpressure.ratelimit.policy import Decision, Policy
+from otel_backpressure.ratelimit.redis import RedisStore
+
+__all__ = ["RateLimiter"]
+
+_NS: Final = 1e9
+_ALLOWED, _REJECTED, _DRY_RUN_REJECTED = range(3)
+
+
+def _check_policies(policies: Sequence[Policy], argument: str) -> tuple[Policy, ...]:
+    if isinstance(policies, (str, Policy)) or not isinstance(policies, Sequence):
+        raise TypeError(f"{argument} must be a sequence of Policy, got {policies!r}")
+    checked = tuple(policies)
+    if not checked:
+        raise ValueError(f"{argument} must not be empty")
+    for policy in checked:
+        if not isinstance(policy, Policy):
+            raise TypeError(f"{argument} must contain only Policy objects, got {policy!r}")
+    if len({policy.name for policy in checked}) != len(checked):
+        raise ValueError(f"{argument} must not repeat a policy name: {checked!r}")
+    return checked
+
+
+class RateLimiter:
+    """Decides per key under every policy, all or nothing, and meters each decision.
+
+    A request rejected by any policy is rejected and consumes nothing under
+    any of them. ``dry_run=True`` decides and meters exactly the same way but
+    counts rejections as ``dry_run_rejected``; the caller does not enforce
+    them, and since a rejection never consumes, a dry run changes no state
+    that enforcement would not have changed.
+    """
+
+    __slots__ = ("_counters", "_memory", "_metrics", "_policies", "_redis", "_store")
+
+    def __init__(
+        self,
+        policies: Sequence[Policy],
+        *,
+        store: MemoryStore | RedisStore | None = None,
+        meter_provider: MeterProvider | None = None,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        self._policies = _check_policies(policies, "policies")
+        if store is None:
+            store = MemoryStore(clock=clock)
+        elif not isinstance(store, (MemoryStore, RedisStore)):
+            raise TypeError(f"store must be a MemoryStore or RedisStore, got {store!r}")
+        elif clock is not None and store.clock is not clock:
+            raise ValueError(
+                "clock: the store keeps the time; pass the clock to the store "
+                "(MemoryStore(clock=...)) or leave store unset"
+            )
+        self._store = store
+        self._memory = store if isinstance(store, MemoryStore) else None
+        self._redis = store if isinstance(store, RedisStore) else None
+        self._metrics = RateLimitMetrics.for_provider(meter_provider)
+        self._metrics.watch(store)
+        # policy -> its three counts (allowed, rejected, dry run rejected), resolved once
+        self._counters: dict[Policy, tuple[Count, Count, Count]] = {}
+        for policy in self._policies:
+            self._counts_for(policy)
+
+    @property
+    def policies(self) -> tuple[Policy, ...]:
+        return self._policies
+
+    @property
+    def store(self) -> MemoryStore | RedisStore:
+        return self._store
+
+    @property
+    def metrics(self) -> RateLimitMetrics:
+        return self._metrics
+
+    def _counts_for(self, policy: Policy) -> tuple[Count, Count, Count]:
+        counts = self._counters.get(policy)
+        if counts is None:
+            metrics = self._metrics
+            counts = (
+                metrics.counter(policy.name, RESULTS[_ALLOWED]),
+                metrics.counter(policy.name, RESULTS[_REJECTED]),
+                metrics.counter(policy.name, RESULTS[_DRY_RUN_REJECTED]),
+            )
+            self._counters[policy] = counts
+        return counts
+
+    def _arguments(
+        self, key: str, policies: Sequence[Policy] | None, cost: int
+    ) -> tuple[Policy, ...]:
+        if type(key) is not str:
+            raise TypeError(f"key must be a str, got {type(key).__name__}")
+        chosen = self._policies if policies is None else _check_policies(policies, "policies")
+        if cost != 1:
+            if isinstance(cost, bool) or not isinstance(cost, int) or cost < 1:
+                raise ValueError(f"cost must be a positive int, got {cost!r}")
+            for policy in chosen:
+                if cost > policy.burst:
+                    raise ValueError(
+                        f"cost must not exceed the burst of policy {policy.name!r} "
+                        f"({cost} > {policy.burst}): such a request could never be allowed"
+                    )
+        return chosen
+
+    def _finish(
+        self, verdict: gcra.Verdict, policies: tuple[Policy, ...], dry_run: bool
+    ) -> Decision:
+        policy = policies[verdict.deciding]
+        counts = self._counters.get(policy) or self._counts_for(policy)
+        if verdict.allowed:
+            counts[_ALLOWED].value += 1
+        else:
+            counts[_DRY_RUN_REJECTED if dry_run else _REJECTED].value += 1
+        return Decision(
+            verdict.allowed,
+            policy,
+            verdict.remaining,
+            verdict.retry_after_ns / _NS,
+            verdict.reset_after_ns / _NS,
+        )
+
+    def hit_sync(
+        self,
+        key: str,
+        *,
+        policies: Sequence[Policy] | None = None,
+        cost: int = 1,
+        dry_run: bool = False,
+    ) -> Decision:
+        """Decide one request without an event loop (in-memory store only; thread-safe)."""
+        memory = self._memory
+        if memory is None:
+            raise TypeError(
+                f"hit_sync needs a MemoryStore; this limiter's store is "
+                f"{type(self._store).__name__}, use `await limiter.hit(...)`"
+            )
+        chosen = self._arguments(key, policies, cost)
+        with memory.lock:
+            verdict = memory.decide(key, chosen, cost)
+            return self._finish(verdict, chosen, dry_run)
+
+    async def hit(
+        self,
+        key: str,
+        *,
+        policies: Sequence[Policy] | None = None,
+        cost: int = 1,
+        dry_run: bool = False,
+    ) -> Decision:
+        """Decide one request on any store."""
+        chosen = self._arguments(key, policies, cost)
+        memory = self._memory
+        if memory is not None:
+            memory.ensure_cleanup()
+            with memory.lock:
+                verdict = memory.decide(key, chosen, cost)
+                return self._finish(verdict, chosen, dry_run)
+        redis_store = self._redis
+        if redis_store is None:  # unreachable: the constructor accepts only the two stores
+            raise TypeError(f"unsupported store {self._store!r}")
+        verdict = await redis_store.decide(key, chosen, cost)
+        return self._finish(verdict, chosen, dry_run)
+
+    def __repr__(self) -> str:
+        names = ", ".join(policy.name for policy in self._policies)
+        return f"RateLimiter(policies=[{names}], store={self._store!r})"

@@ -1,0 +1,326 @@
+"""The in-memory store: one dict per policy, key -> TAT, bounded and swept.
+
+Each table is kept in *last-seen order*: a decision pops the key and puts it
+back at the end. A key's TAT is never more than ``burst * interval`` past the
+moment it was last seen, so once the oldest-seen key of a table is still
+busy, every key after it was seen within ``burst * interval + idle_timeout``
+too. A sweep therefore walks from the front, drops idle keys and stops at the
+first busy one: it touches only what it drops (plus one), in slices that yield
+to the event loop, and never changes a decision (an idle TAT decides exactly
+like no TAT). ``max_keys`` bounds each policy's table; a full table either
+drops its least-recently-seen keys (``on_full="evict_lru"``, a small batch at
+a time, so the cost is amortised) or refuses new keys (``on_full="reject"``).
+
+Example::
+
+    from otel_backpressure.ratelimit import MemoryStore, Policy, RateLimiter
+
+    async with MemoryStore(max_keys=50_000, eviction_interval=30) as store:
+        limiter = RateLimiter([Policy("api", rate=10, period=1)], store=store)
+        decision = await limiter.hit("client-42")
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import threading
+import time
+import weakref
+from collections.abc import Callable, Iterable, Sequence
+from types import TracebackType
+from typing import Final, Literal
+
+from otel_backpressure.ratelimit import gcra
+from otel_backpressure.ratelimit.metrics import StoreCounts
+from otel_backpressure.ratelimit.policy import Policy
+from otel_backpressure.settings import Settings, check_positive
+
+__all__ = ["MemoryStore"]
+
+_logger = logging.getLogger(__name__)
+
+OnFull = Literal["evict_lru", "reject"]
+_NS: Final = 1_000_000_000
+# keys examined per sweep slice: well under a millisecond of work each
+SWEEP_SLICE: Final = 2_000
+
+
+class MemoryStore:
+    """Per-policy tables of TATs in this process; see the module docstring."""
+
+    __slots__ = (
+        "__weakref__",
+        "_batch",
+        "_clock",
+        "_closed",
+        "_idle_ns",
+        "_interval_ns",
+        "_loop",
+        "_next_sweep",
+        "_tables",
+        "_task",
+        "clock",
+        "counts",
+        "eviction_interval",
+        "idle_timeout",
+        "lock",
+        "max_keys",
+        "on_full",
+    )
+
+    def __init__(
+        self,
+        *,
+        max_keys: int | None = None,
+        eviction_interval: float | None = None,
+        idle_timeout: float | None = None,
+        on_full: OnFull = "evict_lru",
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        settings = (
+            Settings.from_env()
+            if None in (max_keys, eviction_interval, idle_timeout)
+            else Settings()
+        )
+        if max_keys is None:
+            max_keys = settings.rate_limit_max_keys
+        if isinstance(max_keys, bool) or not isinstance(max_keys, int) or max_keys < 1:
+            raise ValueError(f"max_keys must be a positive int, got {max_keys!r}")
+        if eviction_interval is None:
+            eviction_interval = settings.rate_limit_eviction_interval
+        check_positive("eviction_interval", eviction_interval)
+        if idle_timeout is None:
+            idle_timeout = settings.rate_limit_idle_timeout
+        if idle_timeout != 0:
+            try:
+                check_positive("idle_timeout", idle_timeout)
+            except ValueError:
+                raise ValueError(
+                    f"idle_timeout must be 0 or a positive number of seconds, got {idle_timeout!r}"
+                ) from None
+        if on_full not in ("evict_lru", "reject"):
+            raise ValueError(f"on_full must be 'evict_lru' or 'reject', got {on_full!r}")
+        if clock is not None and not callable(clock):
+            raise TypeError(f"clock must be a callable returning seconds, got {clock!r}")
+        self.max_keys: int = max_keys
+        self.eviction_interval: float = float(eviction_interval)
+        self.idle_timeout: float = float(idle_timeout)
+        self.on_full: OnFull = on_full
+        self.clock: Callable[[], float] = clock or time.monotonic
+        self._clock = clock
+        self._idle_ns = round(self.idle_timeout * _NS)
+        self._interval_ns = round(self.eviction_interval * _NS)
+        # a batch of evictions per full table amortises finding the oldest keys
+        self._batch = max(1, min(1024, max_keys // 128))
+        self._tables: dict[Policy, dict[str, int]] = {}
+        self.lock = threading.Lock()
+        self.counts = StoreCounts()
+        self._task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._next_sweep = self.now_ns() + self._interval_ns
+        self._closed = False
+
+    def now_ns(self) -> int:
+        """The store's clock in integer nanoseconds."""
+        clock = self._clock
+        if clock is None:
+            return time.monotonic_ns()
+        return int(clock() * _NS)
+
+    # -- decisions (the caller holds ``lock``) --
+
+    def decide(self, key: str, policies: Sequence[Policy], cost: int) -> gcra.Verdict:
+        """Decide and commit one request; call with ``lock`` held."""
+        now = self.now_ns()
+        task = self._task
+        if (task is None or task.done()) and now >= self._next_sweep:
+            # no cleanup task (no event loop): amortise one bounded slice into a call
+            self._next_sweep = now + self._interval_ns
+            for swept_policy, swept_table in list(self._tables.items()):
+                self._sweep_slice(swept_policy, swept_table, now)
+        tables = self._tables
+        if len(policies) == 1:
+            policy = policies[0]
+            table = tables.get(policy)
+            if table is None:
+                table = tables[policy] = {}
+            tat = table.pop(key, None)
+            if tat is None and len(table) >= self.max_keys:
+                refused = self._make_room(policy, table, now)
+                if refused is not None:
+                    return refused
+            verdict = gcra.decide((tat,), now, policies, cost)
+            if verdict.tats is not None:
+                table[key] = verdict.tats[0]
+            elif tat is not None:
+                table[key] = tat
+            return verdict
+        return self._decide_many(key, policies, cost, now)
+
+    def _decide_many(
+        self, key: str, policies: Sequence[Policy], cost: int, now: int
+    ) -> gcra.Verdict:
+        tables = self._tables
+        resolved: list[dict[str, int]] = []
+        tats: list[int | None] = []
+        for policy in policies:
+            table = tables.get(policy)
+            if table is None:
+                table = tables[policy] = {}
+            resolved.append(table)
+            tats.append(table.pop(key, None))
+        for index, (policy, table, tat) in enumerate(zip(policies, resolved, tats, strict=True)):
+            if tat is None and len(table) >= self.max_keys:
+                refused = self._make_room(policy, table, now)
+                if refused is not None:
+                    self._put_back(key, resolved, tats)
+                    return refused._replace(deciding=index)
+        verdict = gcra.decide(tats, now, policies, cost)
+        self._put_back(key, resolved, verdict.tats if verdict.tats is not None else tats)
+        return verdict
+
+    @staticmethod
+    def _put_back(key: str, tables: list[dict[str, int]], tats: Sequence[int | None]) -> None:
+        for table, tat in zip(tables, tats, strict=True):
+            if tat is not None:
+                table[key] = tat
+
+    def _make_room(self, policy: Policy, table: dict[str, int], now: int) -> gcra.Verdict | None:
+        """Free a slot in a full table, or refuse the new key (``on_full="reject"``)."""
+        swept = self._sweep_slice(policy, table, now)
+        if self.on_full == "reject" and not swept and len(table) >= self.max_keys:
+            self.counts.failed(policy.name, "store_full")
+            return gcra.Verdict(False, 0, 0, self._interval_ns, 0, None)
+        if len(table) < self.max_keys:
+            return None
+        # the least-recently-seen keys are at the front
+        oldest = list(itertools.islice(table, self._batch))
+        idle = 0
+        limit = now - self._idle_ns
+        for old in oldest:
+            if table.pop(old) <= limit:
+                idle += 1
+        if idle:
+            self.counts.evicted(policy.name, "idle", idle)
+        if len(oldest) > idle:
+            self.counts.evicted(policy.name, "capacity", len(oldest) - idle)
+        return None
+
+    # -- cleanup --
+
+    def _sweep_slice(self, policy: Policy, table: dict[str, int], now: int) -> int:
+        """Drop idle keys from the front, at most one slice; return how many."""
+        limit = now - self._idle_ns
+        idle: list[str] = []
+        for key, tat in itertools.islice(table.items(), SWEEP_SLICE):
+            if tat > limit:
+                break
+            idle.append(key)
+        for key in idle:
+            del table[key]
+        if idle:
+            self.counts.evicted(policy.name, "idle", len(idle))
+        return len(idle)
+
+    async def sweep(self) -> int:
+        """One full cleanup pass, yielding to the loop between slices; return keys dropped."""
+        dropped = 0
+        for policy, table in list(self._tables.items()):
+            while True:
+                with self.lock:
+                    count = self._sweep_slice(policy, table, self.now_ns())
+                dropped += count
+                if count < SWEEP_SLICE:
+                    break
+                await asyncio.sleep(0)
+        return dropped
+
+    def sweep_sync(self) -> int:
+        """The same pass without an event loop (holds the lock one slice at a time)."""
+        dropped = 0
+        for policy, table in list(self._tables.items()):
+            while True:
+                with self.lock:
+                    count = self._sweep_slice(policy, table, self.now_ns())
+                dropped += count
+                if count < SWEEP_SLICE:
+                    break
+        return dropped
+
+    def ensure_cleanup(self) -> None:
+        """Start the cleanup task on the running loop, once per loop (cheap to repeat)."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return  # no loop: decide() amortises cleanup into calls
+        if loop is self._loop or self._closed:
+            return
+        self._loop = loop
+        self._task = loop.create_task(
+            _cleanup_loop(weakref.ref(self), self.eviction_interval),
+            name="otel_backpressure.ratelimit.MemoryStore.cleanup",
+        )
+
+    def close(self) -> None:
+        """Stop the cleanup task; the store keeps deciding (cleanup is amortised)."""
+        self._closed = True
+        task, self._task, self._loop = self._task, None, None
+        if task is not None and not task.done():
+            task.cancel()
+
+    async def aclose(self) -> None:
+        task = self._task
+        self.close()
+        if task is not None and task.get_loop() is asyncio.get_running_loop():
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def __aenter__(self) -> MemoryStore:
+        self.ensure_cleanup()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    # -- introspection --
+
+    def key_counts(self) -> Iterable[tuple[str, int]]:
+        """(policy name, keys held) per table, for the ``keys`` metric."""
+        return [(policy.name, len(table)) for policy, table in list(self._tables.items())]
+
+    def __len__(self) -> int:
+        return sum(len(table) for table in list(self._tables.values()))
+
+    def tat(self, key: str, policy: Policy) -> int | None:
+        """The stored TAT (ns) of a key under a policy, None when not held."""
+        table = self._tables.get(policy)
+        return None if table is None else table.get(key)
+
+    def __repr__(self) -> str:
+        running = self._task is not None and not self._task.done()
+        return (
+            f"MemoryStore(keys={len(self)}, policies={len(self._tables)}, "
+            f"max_keys={self.max_keys}, on_full={self.on_full!r}, cleanup_task={running})"
+        )
+
+
+async def _cleanup_loop(store_ref: weakref.ref[MemoryStore], interval: float) -> None:
+    """Sweep every interval; ends when the store is closed or garbage-collected."""
+    while True:
+        await asyncio.sleep(interval)
+        store = store_ref()
+        if store is None or store._closed:
+            return
+        try:
+            await store.sweep()
+        except Exception:  # never let a cleanup failure kill the task
+            _logger.exception("Rate-limit memory store cleanup pass failed")
+        del store

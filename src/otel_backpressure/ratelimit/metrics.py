@@ -1,0 +1,237 @@
+"""Rate-limit metering: local counts on the hot path, exported by asynchronous instruments.
+
+A synchronous SDK counter costs microseconds per call; a decision here costs
+about one. So a decision only bumps a local integer, and the four
+instruments of the telemetry contract read the counts when the SDK collects.
+One ``RateLimitMetrics`` exists per ``MeterProvider`` (``for_provider``), so
+the rate limiter and the ``limits`` library's metering add to the same
+``backpressure.rate_limit.requests`` series.
+
+Example::
+
+    from otel_backpressure.ratelimit.metrics import RateLimitMetrics
+
+    metrics = RateLimitMetrics.for_provider(meter_provider)   # None: the global one
+    metrics.record("per-second", "allowed")                   # a few hundred ns
+    allowed = metrics.counter("per-second", "allowed")        # pre-resolved, cheaper
+    allowed.value += 1
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import weakref
+from collections.abc import Iterable, Iterator
+from typing import ClassVar, Final, Protocol
+
+from opentelemetry import metrics as otel_metrics
+from opentelemetry.metrics import CallbackOptions, MeterProvider, Observation
+
+__all__ = [
+    "EVICTION_REASONS",
+    "RESULTS",
+    "Count",
+    "KeyCounter",
+    "RateLimitMetrics",
+    "StoreCounts",
+]
+
+_logger = logging.getLogger(__name__)
+
+SCOPE: Final = "otel_backpressure"
+POLICY: Final = "backpressure.rate_limit.policy"
+RESULT: Final = "backpressure.rate_limit.result"
+EVICTION_REASON: Final = "backpressure.rate_limit.eviction.reason"
+ERROR_TYPE: Final = "error.type"
+
+RESULTS: Final = ("allowed", "rejected", "dry_run_rejected")
+EVICTION_REASONS: Final = ("idle", "capacity")
+
+
+class Count:
+    """One mutable integer: ``count.value += 1`` is the whole hot-path cost."""
+
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value = 0
+
+    def __repr__(self) -> str:
+        return f"Count({self.value})"
+
+
+class StoreCounts:
+    """A store's evictions and errors, kept by the store and read by every watcher.
+
+    Held apart from the store so that the counts outlive it: a cumulative
+    counter must not drop when a store is garbage-collected.
+    """
+
+    __slots__ = ("errors", "evictions")
+
+    def __init__(self) -> None:
+        # (policy name, reason) -> keys evicted
+        self.evictions: dict[tuple[str, str], int] = {}
+        # (policy name, error.type) -> errors
+        self.errors: dict[tuple[str, str], int] = {}
+
+    def evicted(self, policy_name: str, reason: str, count: int = 1) -> None:
+        key = (policy_name, reason)
+        self.evictions[key] = self.evictions.get(key, 0) + count
+
+    def failed(self, policy_name: str, error_type: str) -> None:
+        key = (policy_name, error_type)
+        self.errors[key] = self.errors.get(key, 0) + 1
+
+    def __repr__(self) -> str:
+        return f"StoreCounts(evictions={self.evictions!r}, errors={self.errors!r})"
+
+
+class KeyCounter(Protocol):
+    """A store that can say how many keys it holds per policy (the in-memory one)."""
+
+    counts: StoreCounts
+
+    def key_counts(self) -> Iterable[tuple[str, int]]: ...
+
+
+def _scope_version() -> str | None:
+    try:
+        from importlib.metadata import version
+
+        return version("opentelemetry-instrumentation-backpressure")
+    except Exception:  # not installed as a distribution (a source checkout)
+        return None
+
+
+class RateLimitMetrics:
+    """The rate-limit instruments of one ``MeterProvider`` over local counts."""
+
+    _registry: ClassVar[weakref.WeakKeyDictionary[object, RateLimitMetrics]] = (
+        weakref.WeakKeyDictionary()
+    )
+    _registry_lock: ClassVar[threading.Lock] = threading.Lock()
+
+    def __init__(self, meter_provider: MeterProvider | None = None) -> None:
+        provider = meter_provider or otel_metrics.get_meter_provider()
+        self._lock = threading.Lock()
+        # (policy name, result) -> count
+        self._requests: dict[tuple[str, str], Count] = {}
+        # stores' counts outlive the stores (cumulative counters never drop)
+        self._store_counts: dict[int, StoreCounts] = {}
+        # key counts are current state: a collected store simply stops reporting
+        self._key_sources: weakref.WeakSet[KeyCounter] = weakref.WeakSet()
+        meter = provider.get_meter(SCOPE, _scope_version())
+        meter.create_observable_counter(
+            "backpressure.rate_limit.requests",
+            callbacks=[self._observe_requests],
+            unit="{request}",
+            description="Rate-limit decisions by deciding policy and result.",
+        )
+        meter.create_observable_up_down_counter(
+            "backpressure.rate_limit.keys",
+            callbacks=[self._observe_keys],
+            unit="{key}",
+            description="Keys currently held by in-memory rate-limit stores.",
+        )
+        meter.create_observable_counter(
+            "backpressure.rate_limit.evictions",
+            callbacks=[self._observe_evictions],
+            unit="{key}",
+            description="Keys evicted from in-memory rate-limit stores, by reason.",
+        )
+        meter.create_observable_counter(
+            "backpressure.rate_limit.store.errors",
+            callbacks=[self._observe_errors],
+            unit="{error}",
+            description="Decisions a rate-limit store could not make (failed open or closed).",
+        )
+
+    @classmethod
+    def for_provider(cls, meter_provider: MeterProvider | None = None) -> RateLimitMetrics:
+        """The one instance for this provider (None: the global provider), created once."""
+        provider: object = meter_provider or otel_metrics.get_meter_provider()
+        with cls._registry_lock:
+            try:
+                existing = cls._registry.get(provider)
+            except TypeError:  # not weak-referenceable: no caching possible
+                return cls(meter_provider)
+            if existing is None:
+                existing = cls(meter_provider)
+                cls._registry[provider] = existing
+            return existing
+
+    def counter(self, policy_name: str, result: str) -> Count:
+        """The count for one series, created on first use; hold it to skip the lookup."""
+        count = self._requests.get((policy_name, result))
+        if count is None:
+            if result not in RESULTS:
+                raise ValueError(f"result must be one of {RESULTS}, got {result!r}")
+            with self._lock:
+                count = self._requests.setdefault((policy_name, result), Count())
+        return count
+
+    def record(self, policy_name: str, result: str) -> None:
+        """Count one decision; safe from several threads."""
+        count = self.counter(policy_name, result)
+        with self._lock:
+            count.value += 1
+
+    def watch(self, store: object) -> None:
+        """Export a store's evictions, errors and (in-memory stores) key counts."""
+        counts = getattr(store, "counts", None)
+        if isinstance(counts, StoreCounts):
+            with self._lock:
+                self._store_counts[id(counts)] = counts
+        if callable(getattr(store, "key_counts", None)):
+            self._key_sources.add(store)  # type: ignore[arg-type]
+
+    # -- observable callbacks: never raise into the SDK --
+
+    def _observe_requests(self, options: CallbackOptions) -> Iterable[Observation]:
+        try:
+            return [
+                Observation(count.value, {POLICY: policy, RESULT: result})
+                for (policy, result), count in list(self._requests.items())
+            ]
+        except Exception:
+            _logger.exception("Failed to observe backpressure.rate_limit.requests")
+            return []
+
+    def _observe_keys(self, options: CallbackOptions) -> Iterable[Observation]:
+        try:
+            totals: dict[str, int] = {}
+            for store in list(self._key_sources):
+                for policy, keys in store.key_counts():
+                    totals[policy] = totals.get(policy, 0) + keys
+            return [Observation(keys, {POLICY: policy}) for policy, keys in totals.items()]
+        except Exception:
+            _logger.exception("Failed to observe backpressure.rate_limit.keys")
+            return []
+
+    def _summed(self, attribute: str, which: str) -> Iterator[Observation]:
+        totals: dict[tuple[str, str], int] = {}
+        for counts in list(self._store_counts.values()):
+            for key, value in list(getattr(counts, which).items()):
+                totals[key] = totals.get(key, 0) + value
+        for (policy, label), value in totals.items():
+            yield Observation(value, {POLICY: policy, attribute: label})
+
+    def _observe_evictions(self, options: CallbackOptions) -> Iterable[Observation]:
+        try:
+            return list(self._summed(EVICTION_REASON, "evictions"))
+        except Exception:
+            _logger.exception("Failed to observe backpressure.rate_limit.evictions")
+            return []
+
+    def _observe_errors(self, options: CallbackOptions) -> Iterable[Observation]:
+        try:
+            return list(self._summed(ERROR_TYPE, "errors"))
+        except Exception:
+            _logger.exception("Failed to observe backpressure.rate_limit.store.errors")
+            return []
+
+    def __repr__(self) -> str:
+        total = sum(count.value for count in list(self._requests.values()))
+        return f"RateLimitMetrics(series={len(self._requests)}, decisions={total})"
