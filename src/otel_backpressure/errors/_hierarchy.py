@@ -178,3 +178,24 @@ class OperationTimeoutError(GameEngineError):
     """An operation ran out of time (named so it does not shadow the builtin ``TimeoutError``)."""
 
     outcome = _failure("timeout", 504, "operation timed out")
+
+
+# Public path in tracebacks, exception.type and pickles, not the private module.
+for _cls in (
+    GameEngineError,
+    DatabaseError,
+    PoolExhaustedError,
+    DatabaseConnectionError,
+    RateLimitExceededError,
+    ValidationError,
+    NotFoundError,
+    AuthenticationError,
+    PermissionDeniedError,
+    ConflictError,
+    SessionExpiredError,
+    ConfigurationError,
+    UpstreamError,
+    OperationTimeoutError,
+):
+    _cls.__module__ = "otel_backpressure.errors"
+del _cls

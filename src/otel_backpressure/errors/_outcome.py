@@ -10,8 +10,9 @@ from opentelemetry.trace import StatusCode
 
 __all__ = ["ErrorOutcome"]
 
-# error.type is a low-cardinality identifier: a code or a dotted class path.
-_ERROR_TYPE_PATTERN: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_.:\-]{0,127}")
+# error.type is a low-cardinality identifier: a code or a dotted class path (no
+# whitespace, commas or "=", which the mapping syntax of the settings uses).
+_ERROR_TYPE_PATTERN: Final = re.compile(r"[^\s,=]{1,255}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,7 +40,7 @@ class ErrorOutcome:
             self.error_type
         ):
             raise ValueError(
-                "error_type must be an identifier or dotted name of at most 128 characters, "
+                "error_type must be 1 to 255 characters without whitespace, commas or =, "
                 f"got {self.error_type!r}"
             )
         if self.status_code not in (StatusCode.ERROR, StatusCode.UNSET):

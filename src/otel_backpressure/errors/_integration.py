@@ -1,0 +1,91 @@
+"""The errors part as ``BackpressureInstrumentor`` sees it.
+
+Enabling registers the mappings of ``OTEL_PYTHON_BACKPRESSURE_ERROR_MAPPINGS``
+(over the defaults) and names the meter provider ``backpressure.exceptions``
+counts into; the instrumentor installs ``PATCHES``. Disabling restores the
+registry exactly as it was.
+
+Example::
+
+    from otel_backpressure.errors._integration import ErrorsIntegration
+
+    integrations.append(ErrorsIntegration())
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Final
+
+from otel_backpressure._patching import InstrumentationContext, Patch
+from otel_backpressure.errors._defaults import registry as default_registry
+from otel_backpressure.errors._mappings import parse_mappings
+from otel_backpressure.errors._metrics import set_default_meter_provider
+from otel_backpressure.errors._outcome import ErrorOutcome
+from otel_backpressure.errors._registry import ErrorRegistry
+from otel_backpressure.errors._spans import record_exception_wrapper, set_status_wrapper
+
+__all__ = ["PATCHES", "ErrorsIntegration"]
+
+_logger = logging.getLogger(__name__)
+
+_VARIABLE: Final = "OTEL_PYTHON_BACKPRESSURE_ERROR_MAPPINGS"
+
+
+def _registry_of(context: InstrumentationContext) -> ErrorRegistry:
+    chosen = context.options.get("error_registry", default_registry)
+    if not isinstance(chosen, ErrorRegistry):
+        raise TypeError(f"error_registry must be an ErrorRegistry, got {chosen!r}")
+    return chosen
+
+
+# The two SDK calls that mark a span an exception escapes; see _spans.
+PATCHES: Final = (
+    Patch(
+        "opentelemetry.sdk.trace",
+        "Span.set_status",
+        lambda context: set_status_wrapper(_registry_of(context)),
+    ),
+    Patch(
+        "opentelemetry.sdk.trace",
+        "Span.record_exception",
+        lambda context: record_exception_wrapper(_registry_of(context)),
+    ),
+)
+
+
+class ErrorsIntegration:
+    """Error mapping on every SDK span, plus the settings' mappings."""
+
+    __slots__ = ("_registered", "_registry")
+
+    name: Final = "errors"
+    patches: Final = PATCHES
+
+    def __init__(self) -> None:
+        self._registry: ErrorRegistry = default_registry
+        # (path, the mapping it replaced) for every mapping the settings added
+        self._registered: list[tuple[str, ErrorOutcome | None]] = []
+
+    def enable(self, context: InstrumentationContext) -> None:
+        registry = self._registry = _registry_of(context)
+        try:
+            mappings = parse_mappings(context.settings.error_mappings)
+        except ValueError as exc:  # Settings.from_env validated already; a hand-built Settings
+            _logger.error("Ignoring %s: %s", _VARIABLE, exc)
+            mappings = ()
+        for path, outcome in mappings:
+            self._registered.append((path, registry.register(path, outcome)))
+        set_default_meter_provider(context.meter_provider)
+
+    def disable(self) -> None:
+        for path, previous in reversed(self._registered):
+            if previous is None:
+                self._registry.unregister(path)
+            else:
+                self._registry.register(path, previous)
+        self._registered = []
+        set_default_meter_provider(None)
+
+    def __repr__(self) -> str:
+        return f"ErrorsIntegration(settings_mappings={len(self._registered)})"

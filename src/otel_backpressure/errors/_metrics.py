@@ -1,0 +1,75 @@
+"""``backpressure.exceptions``: exceptions by ``error.type`` and whether they were handled.
+
+A synchronous Counter, added to only on the exception path: exceptions are not
+the hot path, an add costs a few microseconds against the tens a problem
+response costs to build, and the count is exact at every collection without
+keeping local state. ``handled`` = mapped and turned into a response (or
+suppressed by ``mapped_errors``); ``unhandled`` = it propagated.
+
+Example::
+
+    from otel_backpressure.errors._metrics import count_exception
+
+    count_exception("not_found", handled=True)
+"""
+
+from __future__ import annotations
+
+import logging
+import weakref
+from typing import Final
+
+from opentelemetry import metrics as otel_metrics
+from opentelemetry.metrics import Counter, MeterProvider
+
+__all__ = ["METRIC", "OUTCOME", "SCOPE", "count_exception", "set_default_meter_provider"]
+
+_logger = logging.getLogger(__name__)
+
+SCOPE: Final = "otel_backpressure"
+METRIC: Final = "backpressure.exceptions"
+OUTCOME: Final = "backpressure.exception.outcome"
+
+_counters: weakref.WeakKeyDictionary[MeterProvider, Counter] = weakref.WeakKeyDictionary()
+# The instrumentor's meter provider while the errors part is enabled.
+_default_provider: MeterProvider | None = None
+
+
+def _scope_version() -> str | None:
+    try:
+        from importlib.metadata import version
+
+        return version("opentelemetry-instrumentation-backpressure")
+    except Exception:  # a source checkout, not an installed distribution
+        return None
+
+
+def set_default_meter_provider(meter_provider: MeterProvider | None) -> None:
+    """Count into ``meter_provider`` when a caller names none (None: the global one)."""
+    global _default_provider
+    _default_provider = meter_provider
+
+
+def _counter(meter_provider: MeterProvider | None) -> Counter:
+    provider = meter_provider or _default_provider or otel_metrics.get_meter_provider()
+    counter = _counters.get(provider)
+    if counter is None:
+        counter = provider.get_meter(SCOPE, _scope_version()).create_counter(
+            METRIC,
+            unit="{exception}",
+            description="Exceptions by error.type and whether they were handled.",
+        )
+        _counters[provider] = counter
+    return counter
+
+
+def count_exception(
+    error_type: str, *, handled: bool, meter_provider: MeterProvider | None = None
+) -> None:
+    """Add one exception; never raises."""
+    try:
+        _counter(meter_provider).add(
+            1, {"error.type": error_type, OUTCOME: "handled" if handled else "unhandled"}
+        )
+    except Exception:
+        _logger.warning("Could not count an exception of type %s", error_type, exc_info=True)

@@ -1,0 +1,164 @@
+"""``ErrorRegistry``: any exception class -> ``ErrorOutcome``, along the class's MRO.
+
+Third-party classes are registered by dotted path and never imported for it:
+a path matches a class whose ``module.qualname`` equals it, or, once its module
+is in ``sys.modules``, the object the path names (so re-exported names such as
+``asyncpg.exceptions.PostgresError`` work). Lookups are cached per class; any
+registration clears the cache.
+
+Example::
+
+    from opentelemetry.trace import StatusCode
+    from otel_backpressure.errors import ErrorOutcome, registry
+
+    registry.register("httpx.ConnectTimeout",
+                      ErrorOutcome("upstream_timeout", StatusCode.ERROR, 504))
+    registry.lookup(exc)            # ErrorOutcome(...) or None
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+from collections.abc import Iterable
+from typing import Final
+
+from otel_backpressure.errors._outcome import ErrorOutcome
+
+__all__ = ["ErrorRegistry", "Target", "target_key"]
+
+_logger = logging.getLogger(__name__)
+
+Target = type[BaseException] | str
+
+# Bound on cached classes: programs that build exception classes at run time
+# must not grow the cache without limit.
+_CACHE_LIMIT: Final = 4096
+
+
+def target_key(target: Target) -> type[BaseException] | str:
+    """Validate a registration target: an exception class or a dotted ``module.Class`` path."""
+    if isinstance(target, str):
+        parts = target.split(".")
+        if len(parts) < 2 or not all(part.isidentifier() for part in parts):
+            raise ValueError(f"target must be a dotted path like 'module.Class', got {target!r}")
+        return target
+    if isinstance(target, type) and issubclass(target, BaseException):
+        return target
+    raise TypeError(f"target must be an exception class or a dotted path, got {target!r}")
+
+
+def _class_path(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _resolve_loaded(path: str) -> type[BaseException] | None:
+    """The exception class ``path`` names if its module is already imported, else None."""
+    parts = path.split(".")
+    for split in range(len(parts) - 1, 0, -1):
+        module = sys.modules.get(".".join(parts[:split]))
+        if module is None:
+            continue
+        owner: object = module
+        for name in parts[split:]:
+            owner = getattr(owner, name, None)
+            if owner is None:
+                return None
+        if isinstance(owner, type) and issubclass(owner, BaseException):
+            return owner
+        return None
+    return None
+
+
+class ErrorRegistry:
+    """Maps exception classes to outcomes; safe to share between threads."""
+
+    __slots__ = ("_by_class", "_by_path", "_cache", "_lock", "_resolved")
+
+    def __init__(self, mappings: Iterable[tuple[Target, ErrorOutcome]] = ()) -> None:
+        self._lock = threading.Lock()
+        self._by_class: dict[type[BaseException], ErrorOutcome] = {}
+        self._by_path: dict[str, ErrorOutcome] = {}
+        # dotted path -> the class it named once its module was imported
+        self._resolved: dict[str, type[BaseException]] = {}
+        self._cache: dict[type[BaseException], ErrorOutcome | None] = {}
+        for target, outcome in mappings:
+            self.register(target, outcome)
+
+    def register(self, target: Target, outcome: ErrorOutcome) -> ErrorOutcome | None:
+        """Map ``target`` (and its subclasses) to ``outcome``; return the mapping it replaced."""
+        key = target_key(target)
+        if not isinstance(outcome, ErrorOutcome):
+            raise TypeError(f"outcome must be an ErrorOutcome, got {outcome!r}")
+        with self._lock:
+            if isinstance(key, str):
+                previous = self._by_path.get(key)
+                self._by_path[key] = outcome
+                self._resolved.pop(key, None)
+            else:
+                previous = self._by_class.get(key)
+                self._by_class[key] = outcome
+            self._cache = {}
+        return previous
+
+    def unregister(self, target: Target) -> ErrorOutcome | None:
+        """Remove the mapping registered for exactly ``target``; return it (None if absent)."""
+        key = target_key(target)
+        with self._lock:
+            if isinstance(key, str):
+                previous = self._by_path.pop(key, None)
+                self._resolved.pop(key, None)
+            else:
+                previous = self._by_class.pop(key, None)
+            self._cache = {}
+        return previous
+
+    def lookup(self, exc: BaseException | type[BaseException]) -> ErrorOutcome | None:
+        """The outcome for an exception (or class), or None when it is unmapped.
+
+        The most specific class of the MRO that has a mapping decides; for one
+        class, a registration by class beats one by path, which beats the
+        class's own ``outcome`` attribute.
+        """
+        cls = exc if isinstance(exc, type) else type(exc)
+        try:
+            return self._cache[cls]
+        except KeyError:
+            pass
+        with self._lock:
+            self._resolve_imported()
+            outcome = self._find(cls)
+            if len(self._cache) >= _CACHE_LIMIT:
+                self._cache = {}
+            self._cache[cls] = outcome
+        return outcome
+
+    def _resolve_imported(self) -> None:
+        """Bind dotted paths whose module has been imported since the last look."""
+        for path in self._by_path.keys() - self._resolved.keys():
+            cls = _resolve_loaded(path)
+            if cls is not None:
+                self._resolved[path] = cls
+                self._cache = {}  # a cached "unmapped" may be wrong now
+
+    def _find(self, cls: type[BaseException]) -> ErrorOutcome | None:
+        by_resolved_class = {
+            resolved: self._by_path[path] for path, resolved in self._resolved.items()
+        }
+        for klass in cls.__mro__:
+            outcome = self._by_class.get(klass)
+            if outcome is None:
+                outcome = by_resolved_class.get(klass) or self._by_path.get(_class_path(klass))
+            if outcome is None:
+                declared = klass.__dict__.get("outcome")
+                outcome = declared if isinstance(declared, ErrorOutcome) else None
+            if outcome is not None:
+                return outcome
+        return None
+
+    def __repr__(self) -> str:
+        return (
+            f"ErrorRegistry(classes={len(self._by_class)}, paths={len(self._by_path)}, "
+            f"resolved={len(self._resolved)}, cached={len(self._cache)})"
+        )

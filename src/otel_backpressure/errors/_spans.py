@@ -1,0 +1,282 @@
+"""Mapped outcomes on spans: the SDK patches and the helpers the middleware shares.
+
+OpenTelemetry marks a span that an exception escapes in exactly two calls, made
+while the exception is being handled: ``record_exception(exc)`` and
+``set_status(Status(ERROR, "Type: message"))`` (``use_span``, and so
+``start_as_current_span``; ``Span.__exit__``; the ASGI and FastAPI
+instrumentations, which also use ``str(exc)``). Wrapping those two SDK methods
+is the narrowest patch: a span that ends without an exception never calls
+them, so it pays nothing. For a mapped exception the wrappers replace the
+default with the outcome; anything else is passed through untouched.
+
+Example (what ``BackpressureInstrumentor`` does through ``ErrorsIntegration``)::
+
+    import wrapt
+    from otel_backpressure.errors import registry
+    from otel_backpressure.errors._spans import set_status_wrapper
+
+    wrapt.wrap_function_wrapper("opentelemetry.sdk.trace", "Span.set_status",
+                                set_status_wrapper(registry))
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import sys
+import traceback
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any, Final
+
+from opentelemetry.trace import Span, Status, StatusCode
+from opentelemetry.util.types import AttributeValue
+
+from otel_backpressure.errors._outcome import ErrorOutcome
+from otel_backpressure.errors._registry import ErrorRegistry
+
+__all__ = [
+    "ERROR_TYPE",
+    "Wrapper",
+    "apply_outcome",
+    "exception_type_name",
+    "record_exception_wrapper",
+    "safe_stacktrace",
+    "set_status_wrapper",
+]
+
+_logger = logging.getLogger(__name__)
+
+# wrapt's wrapper signature: (wrapped, instance, args, kwargs) -> result
+Wrapper = Callable[[Callable[..., Any], Any, tuple[Any, ...], dict[str, Any]], Any]
+
+ERROR_TYPE: Final = "error.type"
+_MAX_FRAMES: Final = 64  # per exception in a safe stack trace
+_MAX_CHAIN: Final = 8  # exceptions followed through __cause__/__context__
+# Span ids an exception's event was already recorded on, kept on the exception
+# itself so the marker dies with it.
+_RECORDED_ON: Final = "_otel_backpressure_recorded_on"
+
+# True while this module sets a status itself, so its own calls are not remapped.
+_applying: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "otel_backpressure_errors_applying", default=False
+)
+
+
+def exception_type_name(exc: BaseException) -> str:
+    """The exception's class as OpenTelemetry's ``exception.type`` spells it."""
+    cls = type(exc)
+    module = cls.__module__
+    return f"{module}.{cls.__qualname__}" if module and module != "builtins" else cls.__qualname__
+
+
+def safe_stacktrace(exc: BaseException) -> str:
+    """A stack trace with frames and class names only: no messages, no source lines.
+
+    Messages of the exception and of its causes (SQLAlchemy's carries the SQL
+    and its parameters) and source lines (which may hold literals) stay out.
+    """
+    chain: list[tuple[BaseException, str | None]] = []
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    link: str | None = None
+    while current is not None and id(current) not in seen and len(chain) < _MAX_CHAIN:
+        seen.add(id(current))
+        chain.append((current, link))
+        if current.__cause__ is not None:
+            current, link = current.__cause__, "direct cause"
+        elif current.__context__ is not None and not current.__suppress_context__:
+            current, link = current.__context__, "context"
+        else:
+            current = None
+    lines: list[str] = []
+    for position, (item, _) in enumerate(reversed(chain)):
+        if position:
+            # the link that led to the previous (older) exception
+            older_link = chain[len(chain) - position][1]
+            lines.append(
+                "\nThe above exception was the direct cause of the following exception:\n\n"
+                if older_link == "direct cause"
+                else "\nDuring handling of the above exception, another exception occurred:\n\n"
+            )
+        frames = traceback.extract_tb(item.__traceback__, limit=_MAX_FRAMES)
+        if frames:
+            lines.append("Traceback (most recent call last):\n")
+            lines.extend(
+                f'  File "{frame.filename}", line {frame.lineno}, in {frame.name}\n'
+                for frame in frames
+            )
+        lines.append(f"{exception_type_name(item)}\n")
+    return "".join(lines)
+
+
+def _already_recorded(exc: BaseException, span: Span) -> bool:
+    recorded = getattr(exc, _RECORDED_ON, ())
+    return span.get_span_context().span_id in recorded
+
+
+def _mark_recorded(exc: BaseException, span: Span) -> None:
+    try:
+        recorded = getattr(exc, _RECORDED_ON, ())
+        setattr(exc, _RECORDED_ON, (*recorded, span.get_span_context().span_id)[-16:])
+    except Exception:  # an exception type that refuses attributes: accept duplicates
+        _logger.debug("Cannot mark %s as recorded", type(exc).__name__)
+
+
+def _record_event(
+    span: Span,
+    exc: BaseException,
+    outcome: ErrorOutcome,
+    *,
+    escaped: bool,
+    attributes: Mapping[str, AttributeValue] | None = None,
+    timestamp: int | None = None,
+) -> None:
+    """Record the exception event the outcome asks for, once per span and exception."""
+    if not outcome.record_exception or _already_recorded(exc, span):
+        return
+    _mark_recorded(exc, span)
+    if outcome.expose_message:
+        span.record_exception(exc, attributes, timestamp, escaped)
+        return
+    event: dict[str, AttributeValue] = {
+        "exception.type": exception_type_name(exc),
+        "exception.message": outcome.description,
+        "exception.stacktrace": safe_stacktrace(exc),
+        "exception.escaped": str(escaped),
+    }
+    if attributes:
+        event.update(attributes)
+    span.add_event("exception", event, timestamp)
+
+
+@contextmanager
+def _own_calls() -> Iterator[None]:
+    token = _applying.set(True)
+    try:
+        yield
+    finally:
+        _applying.reset(token)
+
+
+def apply_outcome(
+    span: Span,
+    exc: BaseException,
+    outcome: ErrorOutcome,
+    *,
+    escaped: bool,
+    http_status: int | None = None,
+) -> None:
+    """Put ``outcome`` on ``span``: ``error.type``, status, exception event.
+
+    With ``http_status`` (a server span that answered), the HTTP rule decides
+    the status instead of the outcome: 5xx is Error, anything else stays Unset.
+    """
+    if not span.is_recording():
+        return
+    is_error = outcome.is_error if http_status is None else http_status >= 500
+    with _own_calls():
+        span.set_attribute(ERROR_TYPE, outcome.error_type)
+        if is_error:
+            span.set_status(Status(StatusCode.ERROR, outcome.describe(exc)))
+        _record_event(span, exc, outcome, escaped=escaped)
+
+
+def _is_default_description(exc: BaseException, description: str) -> bool:
+    """Whether ``description`` is one OpenTelemetry derives from ``exc`` by default."""
+    try:
+        message = str(exc)
+    except Exception:
+        return False
+    return description in (f"{type(exc).__name__}: {message}", message)
+
+
+def _status_replacement(
+    registry: ErrorRegistry, exc: BaseException, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> ErrorOutcome | None:
+    """The outcome to apply instead of this ``set_status`` call, or None to pass it on."""
+    status = args[0] if args else kwargs.get("status")
+    code: object
+    if isinstance(status, Status):
+        code, description = status.status_code, status.description
+    else:
+        code = status
+        description = args[1] if len(args) > 1 else kwargs.get("description")
+    if code is not StatusCode.ERROR or description is None:
+        return None
+    outcome = registry.lookup(exc)
+    if outcome is None or not _is_default_description(exc, description):
+        return None
+    return outcome
+
+
+def set_status_wrapper(registry: ErrorRegistry) -> Wrapper:
+    def set_status(
+        wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        exc = sys.exc_info()[1]
+        if exc is None or _applying.get():
+            return wrapped(*args, **kwargs)
+        try:
+            outcome = _status_replacement(registry, exc, args, kwargs)
+        except Exception:
+            _logger.warning("Error mapping failed; OpenTelemetry's default applies", exc_info=True)
+            outcome = None
+        if outcome is None:
+            return wrapped(*args, **kwargs)
+        try:
+            with _own_calls():
+                instance.set_attribute(ERROR_TYPE, outcome.error_type)
+                if outcome.is_error:
+                    wrapped(Status(StatusCode.ERROR, outcome.describe(exc)))
+        except Exception:
+            _logger.warning("Error mapping failed in set_status", exc_info=True)
+        return None
+
+    return set_status
+
+
+def record_exception_wrapper(registry: ErrorRegistry) -> Wrapper:
+    def record_exception(
+        wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        if _applying.get():
+            return wrapped(*args, **kwargs)
+        try:
+            bound = _bind_record_exception(*args, **kwargs)
+            exc = bound["exception"]
+            outcome = registry.lookup(exc) if isinstance(exc, BaseException) else None
+        except Exception:
+            _logger.warning("Error mapping failed; OpenTelemetry's default applies", exc_info=True)
+            outcome = None
+        if outcome is None:
+            return wrapped(*args, **kwargs)
+        try:
+            with _own_calls():
+                _record_event(
+                    instance,
+                    exc,
+                    outcome,
+                    escaped=bool(bound["escaped"]),
+                    attributes=bound["attributes"],
+                    timestamp=bound["timestamp"],
+                )
+        except Exception:
+            _logger.warning("Error mapping failed in record_exception", exc_info=True)
+        return None
+
+    return record_exception
+
+
+def _bind_record_exception(
+    exception: BaseException,
+    attributes: Mapping[str, AttributeValue] | None = None,
+    timestamp: int | None = None,
+    escaped: bool = False,
+) -> dict[str, Any]:
+    return {
+        "exception": exception,
+        "attributes": attributes,
+        "timestamp": timestamp,
+        "escaped": escaped,
+    }

@@ -1,0 +1,158 @@
+"""``ErrorMappingMiddleware``: mapped exceptions become RFC 9457 problem details.
+
+Pure ASGI. A mapped exception that leaves the app before a response started
+becomes an ``application/problem+json`` response with the mapped HTTP status;
+the current span (the server span, when the OpenTelemetry ASGI or FastAPI
+instrumentation wraps this middleware) gets ``error.type`` and the HTTP rule's
+status (4xx Unset, 5xx Error). Everything is counted in
+``backpressure.exceptions``. Unmapped exceptions propagate unchanged.
+
+Example::
+
+    from starlette.applications import Starlette
+    from starlette.middleware import Middleware
+    from otel_backpressure.errors import ErrorMappingMiddleware
+
+    app = Starlette(routes=routes, middleware=[Middleware(ErrorMappingMiddleware)])
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Awaitable, Callable, MutableMapping
+from http import HTTPStatus
+from typing import Any
+
+from opentelemetry import trace
+from opentelemetry.metrics import MeterProvider
+
+from otel_backpressure.errors._defaults import registry as default_registry
+from otel_backpressure.errors._metrics import count_exception
+from otel_backpressure.errors._outcome import ErrorOutcome
+from otel_backpressure.errors._registry import ErrorRegistry
+from otel_backpressure.errors._spans import apply_outcome, exception_type_name
+
+__all__ = ["ErrorMappingMiddleware", "problem_details"]
+
+_logger = logging.getLogger(__name__)
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+def _phrase(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:  # a valid but unregistered code, e.g. 499
+        return "Client Error" if status < 500 else "Server Error"
+
+
+def problem_details(exc: BaseException, outcome: ErrorOutcome, instance: str) -> dict[str, Any]:
+    """The RFC 9457 body for ``exc``: the detail is the outcome's safe text."""
+    return {
+        "type": outcome.problem_type or "about:blank",
+        "title": _phrase(outcome.http_status),
+        "status": outcome.http_status,
+        "detail": str(exc) if outcome.expose_message else outcome.description,
+        "instance": instance,
+    }
+
+
+def _retry_after(exc: BaseException) -> bytes | None:
+    seconds = getattr(exc, "retry_after", None)
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
+        return None
+    if not (math.isfinite(seconds) and seconds >= 0):
+        return None
+    return str(math.ceil(seconds)).encode("ascii")
+
+
+class ErrorMappingMiddleware:
+    """Turns mapped exceptions into problem-details responses; see the module docstring."""
+
+    __slots__ = ("_app", "_meter_provider", "_registry")
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        registry: ErrorRegistry | None = None,
+        meter_provider: MeterProvider | None = None,
+    ) -> None:
+        if not callable(app):
+            raise TypeError(f"app must be an ASGI application, got {app!r}")
+        if registry is not None and not isinstance(registry, ErrorRegistry):
+            raise TypeError(f"registry must be an ErrorRegistry, got {registry!r}")
+        self._app = app
+        self._registry = registry or default_registry
+        self._meter_provider = meter_provider
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self._app(scope, receive, send)
+            return
+        started = False
+
+        async def send_tracking_start(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self._app(scope, receive, send_tracking_start)
+        except Exception as exc:
+            outcome = self._lookup(exc)
+            if outcome is None or started:
+                error_type = exception_type_name(exc) if outcome is None else outcome.error_type
+                count_exception(error_type, handled=False, meter_provider=self._meter_provider)
+                raise
+            failure: Exception = exc
+        else:
+            return
+        # Answer outside the except block: the response is ours, not the exception's.
+        await self._respond(scope, send, failure, outcome)
+
+    def _lookup(self, exc: Exception) -> ErrorOutcome | None:
+        try:
+            return self._registry.lookup(exc)
+        except Exception:
+            _logger.warning("Error lookup failed; letting the exception propagate", exc_info=True)
+            return None
+
+    async def _respond(
+        self, scope: Scope, send: Send, exc: Exception, outcome: ErrorOutcome
+    ) -> None:
+        span = trace.get_current_span()
+        instance = str(scope.get("root_path", "")) + str(scope.get("path", ""))
+        try:
+            body = json.dumps(problem_details(exc, outcome, instance)).encode("utf-8")
+        except Exception:
+            _logger.warning("Could not build problem details", exc_info=True)
+            body = b"{}"
+        headers = [
+            (b"content-type", b"application/problem+json"),
+            (b"content-length", str(len(body)).encode("ascii")),
+        ]
+        retry_after = _retry_after(exc)
+        if retry_after is not None:
+            headers.append((b"retry-after", retry_after))
+        await send(
+            {"type": "http.response.start", "status": outcome.http_status, "headers": headers}
+        )
+        await send({"type": "http.response.body", "body": body})
+        # After the response: the ASGI instrumentation sets status from the
+        # status code while the response starts; this refines it.
+        try:
+            apply_outcome(span, exc, outcome, escaped=False, http_status=outcome.http_status)
+        except Exception:
+            _logger.warning("Could not put the error outcome on the span", exc_info=True)
+        count_exception(outcome.error_type, handled=True, meter_provider=self._meter_provider)
+
+    def __repr__(self) -> str:
+        return f"ErrorMappingMiddleware(app={self._app!r}, registry={self._registry!r})"
