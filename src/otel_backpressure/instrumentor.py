@@ -41,6 +41,9 @@ def _integrations() -> tuple[_patching.Integration, ...]:
     from otel_backpressure.ratelimit.limits import LimitsIntegration
 
     integrations.append(LimitsIntegration())
+    from otel_backpressure.errors._integration import ErrorsIntegration
+
+    integrations.append(ErrorsIntegration())
     # END integrations
     return tuple(integrations)
 

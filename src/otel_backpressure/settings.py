@@ -166,6 +166,14 @@ def _parse_text(raw: str) -> str:
     return raw.strip()
 
 
+def _parse_error_mappings(raw: str) -> str:
+    # Imported here: the errors part depends on settings, not the other way round.
+    from otel_backpressure.errors._mappings import parse_mappings
+
+    parse_mappings(raw)  # ValueError naming the bad entry
+    return raw.strip()
+
+
 _PARSERS: Final[Mapping[str, Callable[[str], object]]] = {
     "pool_enabled": _parse_bool,
     "pool_timings": _parse_bool,
@@ -176,7 +184,7 @@ _PARSERS: Final[Mapping[str, Callable[[str], object]]] = {
     "rate_limit_idle_timeout": _parse_non_negative_seconds,
     "rate_limit_max_keys": _parse_positive_int,
     "errors_enabled": _parse_bool,
-    "error_mappings": _parse_text,
+    "error_mappings": _parse_error_mappings,
 }
 
 
