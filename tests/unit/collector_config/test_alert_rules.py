@@ -1,0 +1,82 @@
+"""The alert rules and the Prometheus config pass promtool, and every alert is unit-tested.
+
+promtool is a real dependency of these tests: scripts/ensure_promtool.py
+installs it (the nox `tests` session runs it first). Without it they fail.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+PROMETHEUS = Path(__file__).resolve().parents[3] / "collector-config" / "prometheus"
+
+
+def promtool(*args: str) -> subprocess.CompletedProcess[str]:
+    executable = shutil.which("promtool")
+    assert executable, "promtool not found: run `python scripts/ensure_promtool.py`"
+    return subprocess.run(
+        [executable, *args],
+        cwd=PROMETHEUS,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def alert_names() -> list[str]:
+    rules = yaml.safe_load((PROMETHEUS / "alerts.yml").read_text())
+    return [rule["alert"] for group in rules["groups"] for rule in group["rules"]]
+
+
+def rule_tests() -> list[dict[str, Any]]:
+    cases = yaml.safe_load((PROMETHEUS / "alerts.test.yml").read_text())["tests"]
+    return [check for case in cases for check in case["alert_rule_test"]]
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("check", "rules", "alerts.yml"),
+        ("check", "config", "prometheus.yml"),
+        ("test", "rules", "alerts.test.yml"),
+    ],
+    ids=" ".join,
+)
+def test_promtool_passes(args: tuple[str, ...]) -> None:
+    result = promtool(*args)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_promtool_test_rules_catches_a_wrong_expectation(tmp_path: Path) -> None:
+    """The unit tests are live: a wrong expected label makes promtool fail."""
+    (tmp_path / "alerts.yml").write_text((PROMETHEUS / "alerts.yml").read_text())
+    broken = (
+        (PROMETHEUS / "alerts.test.yml").read_text().replace("severity: critical", "severity: page")
+    )
+    (tmp_path / "alerts.test.yml").write_text(broken)
+    result = promtool("test", "rules", str(tmp_path / "alerts.test.yml"))
+    assert result.returncode != 0
+    assert 'severity="critical"' in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("alert", alert_names())
+def test_each_alert_has_a_firing_and_a_quiet_case(alert: str) -> None:
+    checks = [check for check in rule_tests() if check["alertname"] == alert]
+    assert any(check["exp_alerts"] for check in checks), f"{alert}: no case where it fires"
+    assert any(not check["exp_alerts"] for check in checks), f"{alert}: no case where it does not"
+
+
+@pytest.mark.parametrize("alert", alert_names())
+def test_each_alert_has_severity_for_and_annotations(alert: str) -> None:
+    rules = yaml.safe_load((PROMETHEUS / "alerts.yml").read_text())
+    (rule,) = [r for g in rules["groups"] for r in g["rules"] if r["alert"] == alert]
+    assert rule["labels"]["severity"] in {"info", "warning", "critical"}
+    assert rule.get("for"), f"{alert}: fires on a single evaluation"
+    assert {"summary", "description"} <= set(rule["annotations"])
