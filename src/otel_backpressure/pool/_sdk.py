@@ -1,0 +1,135 @@
+"""Hand many buffered durations to an SDK histogram at the cost of a bisect each.
+
+``Histogram.record()`` costs several microseconds per value (a ``Measurement``,
+the exemplar filter, attribute hashing, locks). Pool timings are buffered on the
+hot path and handed over at collection time; doing that through ``record()``
+would only move the cost, not remove it. So for the OpenTelemetry SDK's own
+explicit-bucket aggregation, ``HistogramSink`` adds the values straight into the
+aggregation that ``record()`` would have reached (same lock, same bucket rule,
+same sum/min/max), giving an identical exported point. The first value of each
+batch goes through ``record()`` so that the SDK itself creates the series with
+every view, attribute filter and cardinality limit applied.
+
+Anything else (another SDK, another aggregation such as the exponential
+histogram, a future SDK whose internals moved) gets the public ``record()`` for
+every value: slower, still exact. Exemplars are not sampled for the merged
+values; they were measured outside any request context anyway.
+
+Example::
+
+    sink = HistogramSink(histogram, {"db.client.connection.pool.name": "db"})
+    sink.record_many([0.002, 0.004])
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from bisect import bisect_left
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from opentelemetry.metrics import Histogram
+
+__all__ = ["HistogramSink"]
+
+_logger = logging.getLogger(__name__)
+
+try:  # the SDK's internals, used only when they are exactly what was tested
+    from opentelemetry.sdk.metrics._internal._view_instrument_match import (
+        _hash_attributes,
+    )
+    from opentelemetry.sdk.metrics._internal.aggregation import (
+        _DropAggregation,
+        _ExplicitBucketHistogramAggregation,
+    )
+    from opentelemetry.sdk.metrics._internal.instrument import _Histogram
+
+    _FAST_PATH_AVAILABLE = True
+except ImportError:  # pragma: no cover - depends on the installed SDK
+    _FAST_PATH_AVAILABLE = False
+
+
+class HistogramSink:
+    """One histogram series (instrument + attributes) fed in batches."""
+
+    __slots__ = ("_attributes", "_fast", "_histogram")
+
+    def __init__(self, histogram: Histogram, attributes: Mapping[str, Any]) -> None:
+        self._histogram = histogram
+        self._attributes = dict(attributes)
+        self._fast = _FAST_PATH_AVAILABLE and isinstance(histogram, _Histogram)
+
+    @property
+    def fast(self) -> bool:
+        """Whether values are merged into the SDK aggregation directly."""
+        return self._fast
+
+    def record_many(self, values: Sequence[float]) -> None:
+        if not values:
+            return
+        record = self._histogram.record
+        record(values[0], self._attributes)
+        rest = values[1:]
+        if not rest:
+            return
+        if self._fast:
+            try:
+                aggregations = self._aggregations()
+            except Exception:
+                _logger.debug("SDK histogram internals differ; using record()", exc_info=True)
+                aggregations = None
+            if aggregations is not None:
+                _merge(aggregations, rest)
+                return
+            self._fast = False
+        for value in rest:
+            record(value, self._attributes)
+
+    def _aggregations(self) -> list[tuple[Any, Any]] | None:
+        """Every (view match, aggregation) that ``record()`` reaches; None if one is unknown."""
+        histogram: Any = self._histogram
+        if hasattr(histogram, "_is_enabled") and not histogram._is_enabled():
+            return []  # record() would drop the values as well
+        found = []
+        consumer = histogram._measurement_consumer
+        for storage in consumer._reader_storages.values():
+            for match in storage._instrument_view_instrument_matches.get(histogram, ()):
+                attributes = dict(self._attributes)
+                keys = match._view._attribute_keys
+                if keys is not None:
+                    attributes = {k: v for k, v in attributes.items() if k in keys}
+                with match._lock:
+                    aggregation = match._get_or_create_aggregation(
+                        _hash_attributes(attributes), attributes
+                    )
+                if isinstance(aggregation, _DropAggregation):
+                    continue
+                if type(aggregation) is not _ExplicitBucketHistogramAggregation:
+                    return None
+                found.append((match, aggregation))
+        return found
+
+
+def _merge(aggregations: list[tuple[Any, Any]], values: Sequence[float]) -> None:
+    """What ``aggregate()`` does per value, for a batch; the same arithmetic, in order."""
+    values = [value for value in values if math.isfinite(value)]
+    if not values:
+        return
+    low, high = min(values), max(values)
+    for match, aggregation in aggregations:
+        # The view match's lock is held as record() holds it, so a delta
+        # collection cannot discard the aggregation halfway through.
+        with match._lock, aggregation._lock:
+            if aggregation._value is None:
+                aggregation._value = aggregation._get_empty_bucket_counts()
+            counts = aggregation._value
+            boundaries = aggregation._boundaries
+            total = aggregation._sum
+            for value in values:
+                total += value
+                counts[bisect_left(boundaries, value)] += 1
+            aggregation._sum = total
+            if aggregation._record_min_max:
+                aggregation._min = min(aggregation._min, low)
+                aggregation._max = max(aggregation._max, high)

@@ -1,0 +1,214 @@
+"""Read an ``asyncpg.Pool``, and time its acquires and releases.
+
+``asyncpg.Pool`` has ``__slots__`` (no instance attributes to shadow, no weak
+references), so an instrumented pool's class is swapped for a subclass that
+only adds timing around ``_acquire`` and ``release``; the pool's behaviour and
+``isinstance`` checks are unchanged, other pools are untouched, and closing the
+source swaps the class back. Connection creation is timed by wrapping the
+pool's own ``connect`` callable. Counts come from ``get_size()``,
+``get_idle_size()``, ``get_min_size()`` and ``get_max_size()`` at collection time.
+
+Because the pool cannot be referenced weakly, a pool drops out of the metrics
+when it is closed (``Pool.close()``/``terminate()``), not when it is dropped.
+
+Example::
+
+    from otel_backpressure.pool.asyncpg import AsyncpgPool
+
+    source = AsyncpgPool(pool, name="127.0.0.1:5432/app")
+    source.read()     # PoolReading(used=0, idle=2, max=10, ...)
+    source.close()
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from otel_backpressure.pool.metrics import MAX_BUFFERED, PoolReading, TimingRecorder
+
+__all__ = ["AsyncpgPool", "is_asyncpg_pool"]
+
+_logger = logging.getLogger(__name__)
+
+# id(pool) -> its source; the subclass looks itself up here on every acquire
+_SOURCES: dict[int, AsyncpgPool] = {}
+_SUBCLASSES: dict[type, type] = {}
+
+
+def is_asyncpg_pool(target: object) -> bool:
+    try:
+        from asyncpg.pool import Pool
+    except ImportError:
+        return False
+    return isinstance(target, Pool)
+
+
+class AsyncpgPool:
+    """A ``PoolSource`` over one ``asyncpg.Pool``; the pool lives on one event loop."""
+
+    __slots__ = (
+        "_clock",
+        "_original_class",
+        "_original_connect",
+        "_pool",
+        "_starts",
+        "name",
+        "pending",
+        "recorders",
+        "timeouts",
+    )
+
+    def __init__(
+        self, pool: Any, *, name: str, clock: Callable[[], float] = time.perf_counter
+    ) -> None:
+        if id(pool) in _SOURCES:
+            raise ValueError(f"pool {name!r} is already instrumented")
+        self.name = name
+        self.pending = 0
+        self.timeouts = 0
+        self.recorders: tuple[TimingRecorder, ...] = ()
+        self._clock = clock
+        self._pool = pool
+        self._starts: dict[int, float] = {}  # id(connection holder) -> acquired at
+        self._original_class = type(pool)
+        self._original_connect = pool._connect
+        pool._connect = self._timed_connect(pool._connect)
+        pool.__class__ = _instrumented(type(pool))
+        _SOURCES[id(pool)] = self
+
+    @property
+    def alive(self) -> bool:
+        return not self._pool.is_closing()
+
+    def read(self) -> PoolReading:
+        pool = self._pool
+        size = pool.get_size()
+        idle = pool.get_idle_size()
+        minimum = pool.get_min_size()
+        maximum = pool.get_max_size()
+        return PoolReading(
+            used=max(0, size - idle),
+            idle=idle,
+            pending=self.pending,
+            timeouts=self.timeouts,
+            max=maximum,
+            idle_max=maximum,
+            idle_min=minimum,
+            overflow=max(0, size - minimum),
+        )
+
+    def add_recorder(self, recorder: TimingRecorder) -> None:
+        self.recorders = (*self.recorders, recorder)
+
+    def remove_recorder(self, recorder: TimingRecorder) -> None:
+        self.recorders = tuple(r for r in self.recorders if r is not recorder)
+
+    def close(self) -> None:
+        """Give the pool back its own class and connect callable."""
+        self.recorders = ()
+        pool = self._pool
+        if _SOURCES.get(id(pool)) is self:
+            del _SOURCES[id(pool)]
+            pool.__class__ = self._original_class
+            pool._connect = self._original_connect
+
+    def __repr__(self) -> str:
+        return (
+            f"AsyncpgPool(name={self.name!r}, alive={self.alive}, pending={self.pending}, "
+            f"timeouts={self.timeouts}, recorders={len(self.recorders)})"
+        )
+
+    # -- hot path -------------------------------------------------------------------------
+
+    def _timed_connect(self, connect: Callable[..., Any]) -> Callable[..., Any]:
+        source = self
+
+        async def timed_connect(*args: Any, **kwargs: Any) -> Any:
+            start = source._clock()
+            connection = await connect(*args, **kwargs)
+            try:
+                recorders = source.recorders
+                if recorders:
+                    took = source._clock() - start
+                    for recorder in recorders:
+                        recorder.create.append(took)
+            except Exception:
+                _logger.debug("asyncpg connect telemetry failed", exc_info=True)
+            return connection
+
+        return timed_connect
+
+    def acquired(self, proxy: Any, start: float) -> None:
+        now = self._clock()
+        self._starts[id(proxy._holder)] = now
+        for recorder in self.recorders:
+            waits = recorder.wait
+            waits.append(now - start)
+            if len(waits) > MAX_BUFFERED:
+                recorder.flush()
+
+    def releasing(self, connection: Any) -> None:
+        start = self._starts.pop(id(connection._holder), None)
+        if start is None or connection._con is None:
+            return
+        used_for = self._clock() - start
+        for recorder in self.recorders:
+            uses = recorder.use
+            uses.append(used_for)
+            if len(uses) > MAX_BUFFERED:
+                recorder.flush()
+
+
+def _instrumented(base: type) -> type:
+    """A same-layout subclass of ``base`` that times acquire and release."""
+    existing = _SUBCLASSES.get(base)
+    if existing is not None:
+        return existing
+    base_acquire = base._acquire  # type: ignore[attr-defined]
+    base_release = base.release  # type: ignore[attr-defined]
+
+    async def _acquire(self: Any, timeout: float | None) -> Any:
+        source = _SOURCES.get(id(self))
+        if source is None:
+            return await base_acquire(self, timeout)
+        source.pending += 1  # the pool's loop is the only writer: no lock needed
+        start = source._clock()
+        try:
+            proxy = await base_acquire(self, timeout)
+        except asyncio.TimeoutError:
+            source.timeouts += 1
+            raise
+        finally:
+            source.pending -= 1
+        try:
+            source.acquired(proxy, start)
+        except Exception:
+            _logger.debug("asyncpg acquire telemetry failed", exc_info=True)
+        return proxy
+
+    async def release(self: Any, connection: Any, *, timeout: float | None = None) -> Any:
+        source = _SOURCES.get(id(self))
+        if source is not None:
+            try:
+                source.releasing(connection)
+            except Exception:
+                _logger.debug("asyncpg release telemetry failed", exc_info=True)
+        return await base_release(self, connection, timeout=timeout)
+
+    subclass = type(
+        base.__name__,
+        (base,),
+        {
+            "__slots__": (),
+            "__module__": base.__module__,
+            "__qualname__": base.__qualname__,
+            "_acquire": _acquire,
+            "release": release,
+        },
+    )
+    _SUBCLASSES[base] = subclass
+    return subclass

@@ -1,0 +1,99 @@
+"""The pool part as ``BackpressureInstrumentor`` sees it.
+
+Every engine is caught once, however it was made: the patch point is
+``Engine.__init__``, which ``create_engine`` (under any import spelling taken at
+any time), ``create_async_engine`` (through its own ``create_engine``) and
+``engine_from_config`` all reach exactly once, while ``Engine.execution_options()``
+copies (which share the pool) do not. asyncpg pools are caught at
+``asyncpg.pool.Pool.__init__``, which ``asyncpg.create_pool`` calls.
+
+Example::
+
+    BackpressureInstrumentor().instrument(meter_provider=provider, engines=[engine])
+"""
+
+from __future__ import annotations
+
+import logging
+import weakref
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from otel_backpressure._patching import InstrumentationContext, Patch, Wrapper
+from otel_backpressure.pool.api import PoolInstrumentation, instrument, resolve_engine
+from otel_backpressure.pool.asyncpg import is_asyncpg_pool
+
+__all__ = ["PoolIntegration"]
+
+_logger = logging.getLogger(__name__)
+
+
+class PoolIntegration:
+    """Instruments the ``engines`` option, then every engine and asyncpg pool created."""
+
+    __slots__ = ("_context", "_handles")
+
+    name = "pool"
+
+    def __init__(self) -> None:
+        self._context: InstrumentationContext | None = None
+        self._handles: weakref.WeakSet[PoolInstrumentation] = weakref.WeakSet()
+
+    @property
+    def patches(self) -> tuple[Patch, ...]:
+        return (
+            Patch("sqlalchemy.engine.base", "Engine.__init__", self._wrapper),
+            Patch("asyncpg.pool", "Pool.__init__", self._wrapper),
+        )
+
+    def enable(self, context: InstrumentationContext) -> None:
+        engines = context.options.get("engines") or ()
+        if not isinstance(engines, Iterable) or isinstance(engines, (str, bytes)):
+            raise TypeError(f"engines must be a list of engines, got {type(engines).__name__}")
+        engines = list(engines)
+        for engine in engines:
+            if resolve_engine(engine) is None and not is_asyncpg_pool(engine):
+                raise TypeError(
+                    "engines must hold SQLAlchemy Engines/AsyncEngines or asyncpg Pools, "
+                    f"got {type(engine).__name__}"
+                )
+        self._context = context
+        for engine in engines:
+            self._instrument(engine)
+
+    def disable(self) -> None:
+        for handle in list(self._handles):
+            handle.uninstrument()
+        self._handles.clear()
+        self._context = None
+
+    def _instrument(self, target: Any) -> None:
+        context = self._context
+        if context is None:
+            return
+        try:
+            handle = instrument(
+                target,
+                meter_provider=context.meter_provider,
+                timings=context.settings.pool_timings,
+            )
+        except Exception:
+            _logger.exception("Cannot instrument the pool of %s", type(target).__name__)
+            return
+        self._handles.add(handle)
+
+    def _wrapper(self, context: InstrumentationContext) -> Wrapper:
+        def after_init(
+            wrapped: Callable[..., Any],
+            instance: Any,
+            args: tuple[Any, ...],
+            kwargs: dict[str, Any],
+        ) -> Any:
+            result = wrapped(*args, **kwargs)
+            self._instrument(instance)
+            return result
+
+        return after_init
+
+    def __repr__(self) -> str:
+        return f"PoolIntegration(enabled={self._context is not None}, pools={len(self._handles)})"

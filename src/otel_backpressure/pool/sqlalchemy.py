@@ -1,0 +1,245 @@
+"""Read a SQLAlchemy engine's pool, and time its checkouts; sync and async engines alike.
+
+SQLAlchemy has no "before checkout" pool event, and its events cost a dispatch
+per listener, so the instrumented pool (only that one, no class is patched)
+gets instance attributes shadowing four of its methods: ``connect`` (pending
+requests, wait time, timeouts), ``_return_conn`` (use time), ``_invoke_creator``
+(create time) and ``recreate`` (so the pool that ``Engine.dispose()`` puts in
+place is hooked too). Counts are read from ``engine.pool`` at collection time,
+so series continue across ``dispose()``.
+
+Example::
+
+    from otel_backpressure.pool.sqlalchemy import EnginePool
+
+    source = EnginePool(engine, name="orders-db")
+    source.read()        # PoolReading(used=0, idle=1, max=15, ...)
+    source.close()       # unhooks every pool it hooked
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+from sqlalchemy.pool import NullPool, Pool, QueuePool
+
+from otel_backpressure.pool.metrics import MAX_BUFFERED, PoolReading, TimingRecorder
+
+__all__ = ["EnginePool", "read_pool"]
+
+_logger = logging.getLogger(__name__)
+
+_HOOKED = ("connect", "_return_conn", "_invoke_creator", "recreate")
+# checkout start times kept per connection record; a detached connection never
+# comes back, so the table is cleared past this size rather than grow forever
+_MAX_OPEN_CHECKOUTS = 65_536
+
+
+def read_pool(pool: Pool, *, used: int, pending: int, timeouts: int) -> PoolReading:
+    """What the pool itself can tell; ``used`` is the fallback for pools without counters."""
+    if isinstance(pool, QueuePool):
+        size = pool.size()
+        max_overflow = pool._max_overflow
+        bounded = max_overflow > -1 and size > 0
+        return PoolReading(
+            used=pool.checkedout(),
+            idle=pool.checkedin(),
+            pending=pending,
+            timeouts=timeouts,
+            max=size + max_overflow if bounded else None,
+            idle_max=size if size > 0 else None,
+            idle_min=0,
+            overflow=max(0, pool.overflow()),
+        )
+    if isinstance(pool, NullPool):  # connections close on checkin: never idle
+        return PoolReading(used=used, idle=0, pending=pending, timeouts=timeouts, idle_max=0)
+    return PoolReading(used=used, pending=pending, timeouts=timeouts)
+
+
+class EnginePool:
+    """A ``PoolSource`` over one SQLAlchemy ``Engine`` (an ``AsyncEngine``'s ``sync_engine``)."""
+
+    __slots__ = (
+        "__weakref__",
+        "_clock",
+        "_engine",
+        "_hooked",
+        "_lock",
+        "_starts",
+        "name",
+        "pending",
+        "recorders",
+        "timeouts",
+        "used",
+    )
+
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        name: str,
+        clock: Callable[[], float] = time.perf_counter,
+        on_collected: Callable[[EnginePool], None] | None = None,
+    ) -> None:
+        self.name = name
+        self.pending = 0
+        self.timeouts = 0
+        self.used = 0  # only meaningful for pools without counters
+        # Read on every checkout: a tuple swapped whole, so never seen half-built.
+        self.recorders: tuple[TimingRecorder, ...] = ()
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._starts: dict[int, list[float]] = {}
+        # pool -> the instance attributes the hooks shadowed (restored by close())
+        self._hooked: weakref.WeakKeyDictionary[Pool, dict[str, Any]] = weakref.WeakKeyDictionary()
+        callback = None
+        if on_collected is not None:
+            source_ref = weakref.ref(self)
+
+            def callback(_: object) -> None:
+                source = source_ref()
+                if source is not None:
+                    on_collected(source)
+
+        self._engine = weakref.ref(engine, callback)
+        self._hook(engine.pool)
+
+    @property
+    def alive(self) -> bool:
+        return self._engine() is not None
+
+    def read(self) -> PoolReading:
+        engine = self._engine()
+        if engine is None:
+            raise RuntimeError("the engine was garbage collected")
+        return read_pool(engine.pool, used=self.used, pending=self.pending, timeouts=self.timeouts)
+
+    def add_recorder(self, recorder: TimingRecorder) -> None:
+        self.recorders = (*self.recorders, recorder)
+
+    def remove_recorder(self, recorder: TimingRecorder) -> None:
+        self.recorders = tuple(r for r in self.recorders if r is not recorder)
+
+    def close(self) -> None:
+        """Unhook every pool this source hooked (the current one and disposed ones)."""
+        self.recorders = ()
+        for pool, shadowed in list(self._hooked.items()):
+            for attribute in _HOOKED:
+                pool.__dict__.pop(attribute, None)
+            pool.__dict__.update(shadowed)
+        self._hooked.clear()
+
+    def __repr__(self) -> str:
+        return (
+            f"EnginePool(name={self.name!r}, alive={self.alive}, pending={self.pending}, "
+            f"timeouts={self.timeouts}, recorders={len(self.recorders)})"
+        )
+
+    # -- hot path -------------------------------------------------------------------------
+
+    def _hook(self, pool: Pool) -> None:
+        if "connect" in pool.__dict__:
+            return  # hooked already (a pool is hooked by one source only)
+        shadowed = {name: pool.__dict__[name] for name in _HOOKED if name in pool.__dict__}
+        counts_used = not isinstance(pool, QueuePool)
+        connect = pool.connect
+        return_conn = pool._return_conn
+        invoke_creator = pool._invoke_creator
+        recreate = pool.recreate
+        clock = self._clock
+        lock = self._lock
+        starts = self._starts
+        source = self
+
+        def hooked_connect() -> Any:
+            with lock:
+                source.pending += 1
+            start = clock()
+            try:
+                fairy = connect()
+            except PoolTimeoutError:
+                with lock:
+                    source.pending -= 1
+                    source.timeouts += 1
+                raise
+            except BaseException:
+                with lock:
+                    source.pending -= 1
+                raise
+            try:
+                now = clock()
+                fresh = getattr(fairy, "_counter", 1) == 1  # not a nested re-checkout
+                with lock:
+                    source.pending -= 1
+                    if counts_used and fresh:
+                        source.used += 1
+                recorders = source.recorders
+                if fresh and (recorders or counts_used):
+                    key = id(fairy._connection_record)
+                    if len(starts) >= _MAX_OPEN_CHECKOUTS:
+                        starts.clear()
+                    starts.setdefault(key, []).append(now)
+                for recorder in recorders:
+                    waits = recorder.wait
+                    waits.append(now - start)
+                    if len(waits) > MAX_BUFFERED:
+                        recorder.flush()
+            except Exception:
+                _logger.debug("Pool checkout telemetry failed", exc_info=True)
+            return fairy
+
+        def hooked_return_conn(record: Any) -> None:
+            try:
+                opened = starts.get(id(record))
+                if opened:
+                    start = opened.pop()
+                    if not opened:
+                        del starts[id(record)]
+                    if counts_used:
+                        with lock:
+                            source.used -= 1
+                    recorders = source.recorders
+                    if recorders:
+                        used_for = clock() - start
+                        for recorder in recorders:
+                            uses = recorder.use
+                            uses.append(used_for)
+                            if len(uses) > MAX_BUFFERED:
+                                recorder.flush()
+            except Exception:
+                _logger.debug("Pool checkin telemetry failed", exc_info=True)
+            return_conn(record)
+
+        def hooked_invoke_creator(record: Any) -> Any:
+            start = clock()
+            connection = invoke_creator(record)
+            try:
+                recorders = source.recorders
+                if recorders:
+                    took = clock() - start
+                    for recorder in recorders:
+                        recorder.create.append(took)
+            except Exception:
+                _logger.debug("Pool connect telemetry failed", exc_info=True)
+            return connection
+
+        def hooked_recreate() -> Pool:
+            new_pool = recreate()
+            try:
+                source._hook(new_pool)
+            except Exception:
+                _logger.exception("Cannot follow the pool of %r across dispose()", source.name)
+            return new_pool
+
+        pool.connect = hooked_connect  # type: ignore[method-assign]
+        pool._return_conn = hooked_return_conn  # type: ignore[method-assign]
+        pool._invoke_creator = hooked_invoke_creator  # type: ignore[assignment]
+        pool.recreate = hooked_recreate  # type: ignore[method-assign]
+        self._hooked[pool] = shadowed
