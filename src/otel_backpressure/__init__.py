@@ -18,6 +18,9 @@ from __future__ import annotations
 from otel_backpressure.instrumentor import BackpressureInstrumentor
 
 # BEGIN pool exports
+from otel_backpressure.pool.api import PoolInstrumentation, instrument
+from otel_backpressure.pool.health import PoolHealth, pool_health
+
 # END pool exports
 # BEGIN ratelimit exports
 from otel_backpressure.ratelimit import Decision, MemoryStore, Policy, RateLimiter, RedisStore
@@ -38,10 +41,14 @@ __all__ = [
     "Decision",
     "MemoryStore",
     "Policy",
+    "PoolHealth",
+    "PoolInstrumentation",
     "RateLimiter",
     "RedisStore",
     "Settings",
     "Telemetry",
     "__version__",
     "configure_telemetry",
+    "instrument",
+    "pool_health",
 ]

@@ -38,6 +38,9 @@ def _integrations() -> tuple[_patching.Integration, ...]:
     """Every part, in the order they are enabled (and disabled in reverse)."""
     integrations: list[_patching.Integration] = []
     # BEGIN integrations (one line per part)
+    from otel_backpressure.pool.integration import PoolIntegration
+
+    integrations.append(PoolIntegration())
     from otel_backpressure.ratelimit.limits import LimitsIntegration
 
     integrations.append(LimitsIntegration())
