@@ -8,6 +8,7 @@ import sys
 # module name in benchmarks/ -> what it measures
 SUITES: dict[str, str] = {
     # BEGIN suites
+    "ratelimit_asgi": "ASGI overhead per request: RateLimitMiddleware vs slowapi's middleware",
     # END suites
 }
 

@@ -38,7 +38,8 @@ from typing import TYPE_CHECKING, Any, Final
 from opentelemetry import trace
 
 if TYPE_CHECKING:
-    from otel_backpressure.ratelimit import Decision, Policy, RateLimiter
+    from otel_backpressure.ratelimit.limiter import RateLimiter
+    from otel_backpressure.ratelimit.policy import Decision, Policy
 
 __all__ = ["ClientAddress", "RateLimitMiddleware"]
 
@@ -49,7 +50,8 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
-KeyFunc = Callable[[Scope], str | Awaitable[str | None] | None]
+# Takes the ASGI scope; typed Any so dict, Starlette's and asgiref's scope types all fit.
+KeyFunc = Callable[[Any], str | Awaitable[str | None] | None]
 PathRule = str | re.Pattern[str]
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -218,21 +220,24 @@ def _policy_item(policy: Policy) -> bytes:
 
 
 class _PathRules:
-    """First-match lookup of path rules (prefix strings or patterns), memoised per path."""
+    """First-match lookup of path rules (prefix strings or patterns), memoised per path.
+
+    A rule's value is the route to apply, or None for an exempt path.
+    """
 
     __slots__ = ("_cache", "_default", "_rules")
 
-    def __init__(self, rules: Sequence[tuple[PathRule, object]], default: object) -> None:
+    def __init__(self, rules: Sequence[tuple[PathRule, _Route | None]], default: _Route) -> None:
         self._rules = tuple(rules)
         self._default = default
-        self._cache: dict[str, object] = {}
+        self._cache: dict[str, _Route | None] = {}
 
-    def __call__(self, path: str) -> object:
+    def __call__(self, path: str) -> _Route | None:
         try:
             return self._cache[path]
         except KeyError:
             pass
-        found = self._default
+        found: _Route | None = self._default
         for rule, value in self._rules:
             if _matches(rule, path):
                 found = value
@@ -256,9 +261,6 @@ def _check_rule(rule: object, argument: str) -> PathRule:
     if isinstance(rule, re.Pattern) or (isinstance(rule, str) and rule.startswith("/")):
         return rule
     raise ValueError(f"{argument}: {rule!r} must be a path starting with '/' or a re.Pattern")
-
-
-_EXEMPT: Final = object()
 
 
 class RateLimitMiddleware:
@@ -322,8 +324,8 @@ class RateLimitMiddleware:
 
         base: tuple[Policy, ...] = tuple(limiter.policies)
         default = _Route(None, base)
-        rules: list[tuple[PathRule, object]] = [
-            (_check_rule(rule, "exempt_paths"), _EXEMPT) for rule in exempt_paths
+        rules: list[tuple[PathRule, _Route | None]] = [
+            (_check_rule(rule, "exempt_paths"), None) for rule in exempt_paths
         ]
         for rule, policies in (route_policies or {}).items():
             extra = tuple(policies)
@@ -334,7 +336,7 @@ class RateLimitMiddleware:
         self._single_route: _Route | None = None if rules else default
         # Policy name -> b'"name";r=' prefix of its RateLimit item, built once.
         self._policy_items: dict[str, bytes] = {}
-        for route in [default, *(value for _, value in rules if isinstance(value, _Route))]:
+        for route in [default, *(value for _, value in rules if value is not None)]:
             for policy in route.policies or base:
                 self._policy_items[policy.name] = _sf_string(policy.name, "policies") + b";r="
 
@@ -343,11 +345,11 @@ class RateLimitMiddleware:
             await self._app(scope, receive, send)
             return
         route = self._single_route or self._routes(scope["path"])
-        if route is _EXEMPT:
+        if route is None:
             await self._app(scope, receive, send)
             return
         try:
-            decision = await self._decide(scope, route)  # type: ignore[arg-type]
+            decision = await self._decide(scope, route)
         except Exception:
             self._log_failure()
             decision = None
@@ -358,12 +360,12 @@ class RateLimitMiddleware:
             self._rejections += 1
             _mark_span(decision, self._dry_run)
             if not self._dry_run:
-                await self._reject(send, decision, route)  # type: ignore[arg-type]
+                await self._reject(send, decision, route)
                 return
         if not self._headers:
             await self._app(scope, receive, send)
             return
-        extra = self._response_headers(decision, route)  # type: ignore[arg-type]
+        extra = self._response_headers(decision, route)
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -374,6 +376,7 @@ class RateLimitMiddleware:
 
     async def _decide(self, scope: Scope, route: _Route) -> Decision | None:
         key_func = self._key_func
+        key: str | None
         if key_func is None:
             key = self._client_address(scope)
         else:
