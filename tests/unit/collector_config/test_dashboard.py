@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
+import shutil
+import subprocess
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -93,3 +96,37 @@ def test_dashboard_provider_loads_the_mounted_directory() -> None:
     assert provider["type"] == "file"
     assert provider["options"]["path"] == "/var/lib/grafana/dashboards"
     assert dashboard()["uid"] == "otel-backpressure"
+
+
+GRAFANA_MACROS = {"$__rate_interval": "1m", "$__range": "1h"}
+
+
+def as_promql(expr: str) -> str:
+    """A panel query as Prometheus receives it, with the variables at their defaults (All)."""
+    for macro, value in GRAFANA_MACROS.items():
+        expr = expr.replace(macro, value)
+    return re.sub(r"\$\w+", ".*", expr)
+
+
+def test_every_panel_query_is_valid_promql(tmp_path: Path) -> None:
+    """promtool parses each query (as a recording rule), so a typo cannot ship."""
+    rules = [
+        {"record": f"dashboard:panel_{panel['id']}_{target['refId']}", "expr": as_promql(expr)}
+        for panel in dashboard()["panels"]
+        for target in panel.get("targets", [])
+        for expr in [target["expr"]]
+    ]
+    assert len(rules) > 20
+    path = tmp_path / "dashboard-queries.yml"
+    path.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}))
+    executable = shutil.which("promtool")
+    assert executable, "promtool not found: run `python scripts/ensure_promtool.py`"
+    result = subprocess.run(
+        [executable, "check", "rules", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"SUCCESS: {len(rules)} rules found" in result.stdout
