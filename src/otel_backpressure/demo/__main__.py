@@ -1,0 +1,229 @@
+"""``python -m otel_backpressure.demo``: see the package's telemetry in one command.
+
+Usage::
+
+    python -m otel_backpressure.demo                       # SQLite, 20 s, summary only
+    python -m otel_backpressure.demo --otlp-endpoint http://localhost:4317
+    python -m otel_backpressure.demo --database-url postgresql+asyncpg://user@host/db
+
+Without ``--otlp-endpoint`` the standard ``OTEL_EXPORTER_OTLP_*`` variables decide
+where telemetry goes; with none of them set nothing is exported, and the
+terminal summary (read through an in-process metric reader) still works.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import random
+import sys
+import tempfile
+import uuid
+from pathlib import Path
+from typing import Any
+
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+from otel_backpressure.demo.summary import DemoSummary, read_snapshot
+from otel_backpressure.telemetry import configure_telemetry
+
+__all__ = ["main"]
+
+_ENDPOINT_VARIABLES = (
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
+)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m otel_backpressure.demo",
+        description="A small game service under load: pool pressure, rate limits, mapped errors.",
+    )
+    parser.add_argument("--duration", type=_positive(float), default=20.0, help="seconds (20)")
+    parser.add_argument(
+        "--players", type=_positive(int), default=20, help="concurrent players (20)"
+    )
+    parser.add_argument(
+        "--database-url",
+        default=None,
+        help="SQLAlchemy async URL, e.g. postgresql+asyncpg://postgres@127.0.0.1/test "
+        "(default: an embedded SQLite file through aiosqlite)",
+    )
+    parser.add_argument(
+        "--otlp-endpoint",
+        default=None,
+        help="OTLP collector, e.g. http://localhost:4317 (default: the OTEL_* variables)",
+    )
+    parser.add_argument(
+        "--otlp-protocol",
+        choices=["grpc", "http/protobuf"],
+        default=None,
+        help="with --otlp-endpoint (default: OTEL_EXPORTER_OTLP_PROTOCOL, else grpc)",
+    )
+    parser.add_argument(
+        "--interval", type=_positive(float), default=2.0, help="seconds between summaries (2)"
+    )
+    parser.add_argument("--pool-size", type=_positive(int), default=4, help="pool_size (4)")
+    parser.add_argument("--max-overflow", type=_positive(int), default=2, help="max_overflow (2)")
+    parser.add_argument(
+        "--pool-timeout", type=_positive(float), default=0.25, help="pool checkout timeout (0.25 s)"
+    )
+    parser.add_argument("--seed", type=int, default=7, help="random seed of the players (7)")
+    parser.add_argument("--summary-json", type=Path, default=None, help="also write the summary")
+    return parser.parse_args(argv)
+
+
+def _positive(kind: type[Any]) -> Any:
+    def convert(text: str) -> Any:
+        value = kind(text)
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"must be positive, got {text!r}")
+        return value
+
+    return convert
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return asyncio.run(run(args))
+    except KeyboardInterrupt:
+        return 130
+
+
+async def run(args: argparse.Namespace) -> int:
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    from otel_backpressure.demo.app import GameService, build_app, player_policy
+    from otel_backpressure.ratelimit import RateLimiter
+
+    export = args.otlp_endpoint is not None or any(os.environ.get(v) for v in _ENDPOINT_VARIABLES)
+    reader = InMemoryMetricReader()
+    telemetry = configure_telemetry(
+        service_name=os.environ.get("OTEL_SERVICE_NAME") or "backpressure-demo",
+        endpoint=args.otlp_endpoint,
+        protocol=args.otlp_protocol,
+        export=export,
+        metric_export_interval=5.0 if "OTEL_METRIC_EXPORT_INTERVAL" not in os.environ else None,
+        metric_readers=[reader],
+        instrument=True,
+    )
+    workdir = None
+    url = args.database_url
+    if url is None:
+        workdir = tempfile.TemporaryDirectory(prefix="backpressure-demo-")
+        url = f"sqlite+aiosqlite:///{workdir.name}/game.db"
+    engine = create_async_engine(
+        url,
+        pool_size=args.pool_size,
+        max_overflow=args.max_overflow,
+        pool_timeout=args.pool_timeout,
+    )
+    service = GameService(engine, suffix=uuid.uuid4().hex[:8])
+    limiter = RateLimiter([player_policy()], meter_provider=telemetry.meter_provider)
+    summary = DemoSummary()
+    destination = args.otlp_endpoint or next(
+        (os.environ[v] for v in _ENDPOINT_VARIABLES if os.environ.get(v)), ""
+    )
+    print(
+        f"backpressure demo: {args.players} players for {args.duration:g} s on "
+        f"{engine.url.get_backend_name()} (pool_size={args.pool_size}, "
+        f"max_overflow={args.max_overflow}, pool_timeout={args.pool_timeout:g}s); "
+        + (f"exporting OTLP to {destination}" if export else "no OTLP endpoint: summary only"),
+        flush=True,
+    )
+    try:
+        await service.create_schema(args.players)
+        traffic = await _drive(args, build_app(service, limiter), summary, reader)
+        summary.update(read_snapshot(reader))
+        telemetry.force_flush()  # export the pools' last readings while they still exist
+    finally:
+        await _close(service, limiter)
+        await engine.dispose()
+        telemetry.shutdown()
+        if workdir is not None:
+            workdir.cleanup()
+    _print_final(args, traffic, summary, export)
+    if args.summary_json is not None:
+        document = summary.as_dict()
+        document["requests"] = {str(k): v for k, v in sorted(traffic.statuses.items())}
+        document["client_failures"] = dict(traffic.failures)
+        args.summary_json.write_text(json.dumps(document, indent=2, sort_keys=True))
+    return 0
+
+
+async def _drive(
+    args: argparse.Namespace, app: Any, summary: DemoSummary, reader: InMemoryMetricReader
+) -> Any:
+    import httpx
+
+    from otel_backpressure.demo.players import Traffic, play
+
+    traffic = Traffic()
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    deadline = started + args.duration
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://demo") as client:
+        players = [
+            asyncio.ensure_future(
+                play(client, n, args.players, deadline, traffic, random.Random(args.seed + n))
+            )
+            for n in range(1, args.players + 1)
+        ]
+        next_print = started + args.interval
+        while not all(task.done() for task in players):
+            await asyncio.sleep(0.25)
+            summary.update(read_snapshot(reader))  # sample often: peaks are short
+            now = loop.time()
+            if now >= next_print:
+                next_print += args.interval
+                statuses = " ".join(f"{c}:{n}" for c, n in sorted(traffic.statuses.items()))
+                print(
+                    f"[{now - started:5.1f}s/{args.duration:g}s] requests {traffic.total} "
+                    f"({statuses}) | {summary.live_line()}",
+                    flush=True,
+                )
+        await asyncio.gather(*players)
+    return traffic
+
+
+async def _close(service: Any, limiter: Any) -> None:
+    try:
+        await service.drop_schema()
+    except Exception as exc:  # the database may be the thing that broke
+        print(f"could not drop the demo table: {type(exc).__name__}", file=sys.stderr)
+    close = getattr(limiter.store, "close", None)
+    if close is not None:
+        result = close()
+        if asyncio.iscoroutine(result):
+            await result
+
+
+def _print_final(
+    args: argparse.Namespace, traffic: Any, summary: DemoSummary, export: bool
+) -> None:
+    statuses = " ".join(f"{code}={n}" for code, n in sorted(traffic.statuses.items()))
+    print(f"\n== summary after {args.duration:g} s, {args.players} players ==")
+    print(f"requests: total={traffic.total} {statuses}")
+    if traffic.failures:
+        failures = " ".join(f"{kind}={n}" for kind, n in sorted(traffic.failures.items()))
+        print(f"client failures: {failures}")
+    for line in summary.report():
+        print(line)
+    print(
+        "telemetry: exported over OTLP"
+        if export
+        else "telemetry: not exported (set --otlp-endpoint or OTEL_EXPORTER_OTLP_ENDPOINT)"
+    )
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

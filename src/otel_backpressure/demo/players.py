@@ -1,0 +1,78 @@
+"""Simulated players: concurrent tasks sending the game's requests through httpx in process."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections import Counter
+from typing import Any
+
+import httpx
+
+from otel_backpressure.demo.app import MAX_SCORE, PLAYER_ID_HEADER
+
+__all__ = ["Traffic", "play"]
+
+
+class Traffic:
+    """Responses by status code, and failures that reached the client (none expected)."""
+
+    __slots__ = ("failures", "statuses")
+
+    def __init__(self) -> None:
+        self.statuses: Counter[int] = Counter()
+        self.failures: Counter[str] = Counter()
+
+    @property
+    def total(self) -> int:
+        return sum(self.statuses.values())
+
+    def __repr__(self) -> str:
+        return f"Traffic(total={self.total}, statuses={dict(self.statuses)})"
+
+
+async def play(
+    client: httpx.AsyncClient,
+    player: int,
+    players: int,
+    deadline: float,
+    traffic: Traffic,
+    rng: random.Random,
+) -> None:
+    """One player until ``deadline`` (loop time): lookups, scores, sign-ups, leaderboards."""
+    loop = asyncio.get_running_loop()
+    headers = {PLAYER_ID_HEADER: str(player)}
+    while loop.time() < deadline:
+        try:
+            response = await _one_request(client, player, players, headers, rng)
+            traffic.statuses[response.status_code] += 1
+        except Exception as exc:  # the demo keeps playing; the summary shows it
+            traffic.failures[type(exc).__name__] += 1
+        await asyncio.sleep(rng.uniform(0.005, 0.05))
+
+
+async def _one_request(
+    client: httpx.AsyncClient,
+    player: int,
+    players: int,
+    headers: dict[str, str],
+    rng: random.Random,
+) -> httpx.Response:
+    roll = rng.random()
+    if roll < 0.35:
+        # one lookup in ten asks for a player who does not exist: 404
+        target = rng.randint(1, players) if rng.random() > 0.1 else players + 10_000
+        return await client.get(f"/players/{target}", headers=headers)
+    if roll < 0.60:
+        # one score in ten is out of range: 422
+        points: Any = rng.randint(0, MAX_SCORE) if rng.random() > 0.1 else MAX_SCORE * 10
+        return await client.post(
+            f"/players/{player}/score", json={"points": points}, headers=headers
+        )
+    if roll < 0.68:
+        # half the sign-ups pick a taken name: 409
+        name = f"player-{rng.randint(1, players)}" if rng.random() < 0.5 else f"new-{rng.random()}"
+        return await client.post("/players", json={"name": name}, headers=headers)
+    if roll < 0.93:
+        return await client.get("/leaderboard", headers=headers)
+    return await client.post("/matches", headers=headers)

@@ -1,0 +1,93 @@
+"""``python -m otel_backpressure.demo`` as a user runs it: exit code, summary, collector."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from e2e.collector import Collector
+
+pytestmark = pytest.mark.e2e
+
+
+def run_demo(tmp_path: Path, *arguments: str) -> tuple[str, dict[str, Any]]:
+    summary_path = tmp_path / "summary.json"
+    env = {key: value for key, value in os.environ.items() if not key.startswith("OTEL_")}
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "otel_backpressure.demo",
+            "--duration",
+            "3",
+            "--interval",
+            "1",
+            "--summary-json",
+            str(summary_path),
+            *arguments,
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    return result.stdout, json.loads(summary_path.read_text())
+
+
+def assert_backpressure_happened(stdout: str, summary: dict[str, Any]) -> None:
+    (pool,) = summary["pools"].values()
+    assert pool["max"] == 6  # pool_size 4 + max_overflow 2, read from the pool
+    assert pool["peak_overflow"] >= 1
+    assert pool["timeouts"] >= 1
+    rejected = {
+        policy: results.get("rejected", 0) for policy, results in summary["rate_limits"].items()
+    }
+    assert rejected["player"] + rejected["leaderboard"] >= 1, rejected
+    handled = {kind: outcomes.get("handled", 0) for kind, outcomes in summary["exceptions"].items()}
+    assert handled.get("not_found", 0) + handled.get("validation_error", 0) >= 1, handled
+    assert handled.get("pool_exhausted", 0) >= 1, handled
+    assert summary["requests"].get("503", 0) >= 1
+    assert summary["client_failures"] == {}
+    # the terminal shows the same facts
+    assert re.search(r"^\[\s*\d+\.\ds/3s\] requests \d+", stdout, re.MULTILINE), stdout
+    assert re.search(r"peak_overflow=[1-9]", stdout), stdout
+    assert re.search(r"timeouts=[1-9]", stdout), stdout
+    assert re.search(r"rate limit (player|leaderboard): allowed=\d+ .*rejected=[1-9]", stdout)
+    assert re.search(r"exceptions (not_found|validation_error): handled=[1-9]", stdout), stdout
+
+
+def test_demo_on_sqlite_feeds_a_collector(tmp_path: Path, collector: Collector) -> None:
+    stdout, summary = run_demo(tmp_path, "--otlp-endpoint", collector.grpc_endpoint)
+    assert_backpressure_happened(stdout, summary)
+    assert f"exporting OTLP to {collector.grpc_endpoint}" in stdout
+    received = collector.received()  # the demo flushed on exit
+    for name in (
+        "backpressure.pool.overflow",
+        "db.client.connection.timeouts",
+        "backpressure.rate_limit.requests",
+        "backpressure.exceptions",
+    ):
+        assert name in received.metrics, sorted(received.metrics)
+    assert received.metrics["db.client.connection.timeouts"].total() >= 1
+    assert received.resource["service.name"] == "backpressure-demo"
+    statuses = {span.attributes.get("error.type"): span.status_code for span in received.spans}
+    assert statuses.get("pool_exhausted") == "STATUS_CODE_ERROR"
+
+
+@pytest.mark.integration
+def test_demo_on_postgresql(tmp_path: Path, postgres_dsn: str) -> None:
+    url = postgres_dsn.replace("postgresql://", "postgresql+asyncpg://", 1)
+    stdout, summary = run_demo(tmp_path, "--database-url", url)
+    assert_backpressure_happened(stdout, summary)
+    assert "no OTLP endpoint: summary only" in stdout
+    assert "password" not in stdout
