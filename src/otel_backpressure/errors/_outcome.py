@@ -56,6 +56,9 @@ class ErrorOutcome:
             raise ValueError(
                 f"http_status must be an int from 400 to 599, got {self.http_status!r}"
             )
+        for flag in ("record_exception", "expose_message"):
+            if not isinstance(getattr(self, flag), bool):
+                raise TypeError(f"{flag} must be a bool, got {getattr(self, flag)!r}")
         if not isinstance(self.description, str):
             raise TypeError(f"description must be a str, got {type(self.description).__name__}")
         if not self.description:

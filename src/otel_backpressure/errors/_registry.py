@@ -74,7 +74,7 @@ def _resolve_loaded(path: str) -> type[BaseException] | None:
 class ErrorRegistry:
     """Maps exception classes to outcomes; safe to share between threads."""
 
-    __slots__ = ("_by_class", "_by_path", "_cache", "_lock", "_resolved")
+    __slots__ = ("_by_class", "_by_path", "_cache", "_lock", "_modules_seen", "_resolved")
 
     def __init__(self, mappings: Iterable[tuple[Target, ErrorOutcome]] = ()) -> None:
         self._lock = threading.Lock()
@@ -83,6 +83,7 @@ class ErrorRegistry:
         # dotted path -> the class it named once its module was imported
         self._resolved: dict[str, type[BaseException]] = {}
         self._cache: dict[type[BaseException], ErrorOutcome | None] = {}
+        self._modules_seen = -1  # len(sys.modules) when paths were last resolved
         for target, outcome in mappings:
             self.register(target, outcome)
 
@@ -123,9 +124,14 @@ class ErrorRegistry:
         """
         cls = exc if isinstance(exc, type) else type(exc)
         try:
-            return self._cache[cls]
+            cached = self._cache[cls]
         except KeyError:
             pass
+        else:
+            # "Unmapped" is final only while no module was imported that a
+            # pending path may name (len() is O(1): the common case stays cheap).
+            if cached is not None or len(sys.modules) == self._modules_seen:
+                return cached
         with self._lock:
             self._resolve_imported()
             outcome = self._find(cls)
@@ -136,6 +142,7 @@ class ErrorRegistry:
 
     def _resolve_imported(self) -> None:
         """Bind dotted paths whose module has been imported since the last look."""
+        self._modules_seen = len(sys.modules)
         for path in self._by_path.keys() - self._resolved.keys():
             cls = _resolve_loaded(path)
             if cls is not None:
