@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import json
 import re
 import shutil
@@ -12,6 +13,8 @@ from types import ModuleType
 from typing import Any
 
 import yaml
+
+import contract
 
 GRAFANA = Path(__file__).resolve().parents[3] / "collector-config" / "grafana"
 DASHBOARD = GRAFANA / "dashboards" / "backpressure.json"
@@ -98,6 +101,14 @@ def test_dashboard_provider_loads_the_mounted_directory() -> None:
     assert dashboard()["uid"] == "otel-backpressure"
 
 
+def promtool(*args: str) -> subprocess.CompletedProcess[str]:
+    executable = shutil.which("promtool")
+    assert executable, "promtool not found: run `python scripts/ensure_promtool.py`"
+    return subprocess.run(
+        [executable, *args], capture_output=True, text=True, timeout=60, check=False
+    )
+
+
 GRAFANA_MACROS = {"$__rate_interval": "1m", "$__range": "1h"}
 
 
@@ -119,14 +130,89 @@ def test_every_panel_query_is_valid_promql(tmp_path: Path) -> None:
     assert len(rules) > 20
     path = tmp_path / "dashboard-queries.yml"
     path.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}))
-    executable = shutil.which("promtool")
-    assert executable, "promtool not found: run `python scripts/ensure_promtool.py`"
-    result = subprocess.run(
-        [executable, "check", "rules", str(path)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = promtool("check", "rules", str(path))
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"SUCCESS: {len(rules)} rules found" in result.stdout
+
+
+SAMPLE_VALUES = {  # free-form attribute values for the synthetic series
+    contract.POOL_NAME: "db:5432/game",
+    contract.POLICY: "login",
+    contract.ERROR_TYPE: "DatabaseError",
+}
+BUCKETS = ("0.005", "0.05", "0.5", "+Inf")
+
+
+def series(name: str, labels: dict[str, str], values: str) -> dict[str, str]:
+    rendered = ", ".join(f'{key}="{value}"' for key, value in labels.items())
+    return {"series": f"{name}{{{rendered}}}", "values": values}
+
+
+def synthetic_series() -> list[dict[str, str]]:
+    """promtool input series shaped like the package's output after the collector.
+
+    Every contract metric, with every fixed attribute value (each result, state,
+    reason, outcome), scraped every 15s for 20 minutes.
+    """
+    result = []
+    for spec in contract.METRICS.values():
+        keys = list(spec.attributes)
+        choices = [sorted(spec.allowed_values[key] or {SAMPLE_VALUES[key]}) for key in keys]
+        for values in itertools.product(*choices):
+            labels = {
+                contract.prometheus_label_name(key): value
+                for key, value in zip(keys, values, strict=True)
+            }
+            labels |= {"job": "game", "instance": "i-1", "otel_scope_name": contract.SCOPE_NAME}
+            family = spec.prometheus_name
+            if spec.data_type is contract.DataType.HISTOGRAM:
+                for rank, bound in enumerate(BUCKETS, start=1):
+                    result.append(
+                        series(f"{family}_bucket", {**labels, "le": bound}, f"0+{rank}x80")
+                    )
+                result.append(series(f"{family}_sum", labels, "0+0.5x80"))
+                result.append(series(f"{family}_count", labels, f"0+{len(BUCKETS)}x80"))
+            elif spec.data_type is contract.DataType.MONOTONIC_SUM:
+                result.append(series(family, labels, "0+5x80"))
+            elif spec.data_type is contract.DataType.GAUGE:
+                result.append(series(family, labels, "0.5x80"))
+            else:
+                result.append(series(family, labels, "3x80"))
+    return result
+
+
+def test_every_panel_query_returns_numbers_for_the_package_output(tmp_path: Path) -> None:
+    """Evaluated by promtool on series shaped like the package's: no panel stays empty.
+
+    This catches what name checks cannot: a label value that never occurs, a
+    vector match that drops every series, a division that yields only NaN.
+    """
+    rules, checks = [], []
+    for panel in dashboard()["panels"]:
+        for target in panel.get("targets", []):
+            name = f"Panel{panel['id']}{target['refId']}"
+            query = as_promql(target["expr"])
+            rules.append({"alert": name, "expr": f"count(({query}) >= 0) > 0"})
+            checks.append(
+                {"eval_time": "10m", "alertname": name, "exp_alerts": [{"exp_labels": {}}]}
+            )
+    (tmp_path / "queries.yml").write_text(
+        yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]})
+    )
+    (tmp_path / "queries.test.yml").write_text(
+        yaml.safe_dump(
+            {
+                "rule_files": ["queries.yml"],
+                "evaluation_interval": "15s",
+                "tests": [
+                    {
+                        "interval": "15s",
+                        "input_series": synthetic_series(),
+                        "alert_rule_test": checks,
+                    }
+                ],
+            }
+        )
+    )
+    result = promtool("test", "rules", str(tmp_path / "queries.test.yml"))
+    assert result.returncode == 0, result.stdout + result.stderr
