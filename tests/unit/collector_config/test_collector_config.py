@@ -190,6 +190,8 @@ def test_collector_reaches_jaeger_on_the_compose_network(
     endpoint = collector["exporters"]["otlp_grpc/jaeger"]["endpoint"]
     assert host(endpoint) in compose["services"]
     assert port(endpoint) == 4317  # Jaeger v2 all-in-one's OTLP gRPC receiver
+    # ... which listens on localhost only, unreachable from the collector, unless:
+    assert compose["services"][host(endpoint)]["environment"]["JAEGER_LISTEN_HOST"] == "0.0.0.0"
 
 
 def test_grafana_provisions_datasources_and_the_dashboard(compose: dict[str, Any]) -> None:
