@@ -191,26 +191,26 @@ def _is_default_description(exc: BaseException, description: str) -> bool:
     return description in (f"{type(exc).__name__}: {message}", message)
 
 
-def _status_replacement(
-    registry: ErrorRegistry, exc: BaseException, args: tuple[Any, ...], kwargs: dict[str, Any]
-) -> ErrorOutcome | None:
-    """The outcome to apply instead of this ``set_status`` call, or None to pass it on."""
+def _error_description(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[bool, str | None]:
+    """(whether this ``set_status`` call sets Error, its description)."""
     status = args[0] if args else kwargs.get("status")
-    code: object
     if isinstance(status, Status):
-        code, description = status.status_code, status.description
-    else:
-        code = status
-        description = args[1] if len(args) > 1 else kwargs.get("description")
-    if code is not StatusCode.ERROR or description is None:
-        return None
-    outcome = registry.lookup(exc)
-    if outcome is None or not _is_default_description(exc, description):
-        return None
-    return outcome
+        return status.status_code is StatusCode.ERROR, status.description
+    description = args[1] if len(args) > 1 else kwargs.get("description")
+    return status is StatusCode.ERROR, description
 
 
 def set_status_wrapper(registry: ErrorRegistry) -> Wrapper:
+    """Replace the Error status OpenTelemetry derives from a mapped exception.
+
+    Three cases while a mapped exception is being handled: a default
+    description (``"Type: message"`` or ``str(exc)``) is replaced by the
+    outcome; no description (the ASGI instrumentation answering a 5xx that
+    the exception caused) keeps Error, per the HTTP rule, and gains the
+    outcome's ``error.type`` and description; any other description is the
+    application's own and is kept.
+    """
+
     def set_status(
         wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
@@ -218,7 +218,10 @@ def set_status_wrapper(registry: ErrorRegistry) -> Wrapper:
         if exc is None or _applying.get():
             return wrapped(*args, **kwargs)
         try:
-            outcome = _status_replacement(registry, exc, args, kwargs)
+            is_error, description = _error_description(args, kwargs)
+            outcome = registry.lookup(exc) if is_error else None
+            if outcome is not None and description is not None:
+                outcome = outcome if _is_default_description(exc, description) else None
         except Exception:
             _logger.warning("Error mapping failed; OpenTelemetry's default applies", exc_info=True)
             outcome = None
@@ -226,9 +229,11 @@ def set_status_wrapper(registry: ErrorRegistry) -> Wrapper:
             return wrapped(*args, **kwargs)
         try:
             with _own_calls():
-                instance.set_attribute(ERROR_TYPE, outcome.error_type)
                 if outcome.is_error:
                     wrapped(Status(StatusCode.ERROR, outcome.describe(exc)))
+                elif description is None:
+                    wrapped(*args, **kwargs)  # an HTTP 5xx: Error whatever the outcome
+                instance.set_attribute(ERROR_TYPE, outcome.error_type)
         except Exception:
             _logger.warning("Error mapping failed in set_status", exc_info=True)
         return None

@@ -145,14 +145,15 @@ class ErrorMappingMiddleware:
         await send(
             {"type": "http.response.start", "status": outcome.http_status, "headers": headers}
         )
-        await send({"type": "http.response.body", "body": body})
-        # After the response: the ASGI instrumentation sets status from the
-        # status code while the response starts; this refines it.
+        # Between start and body: the ASGI instrumentation sets the status from
+        # the status code as the response starts, and ends the server span
+        # with the last body message; this refines the span in between.
         try:
             apply_outcome(span, exc, outcome, escaped=False, http_status=outcome.http_status)
         except Exception:
             _logger.warning("Could not put the error outcome on the span", exc_info=True)
         count_exception(outcome.error_type, handled=True, meter_provider=self._meter_provider)
+        await send({"type": "http.response.body", "body": body})
 
     def __repr__(self) -> str:
         return f"ErrorMappingMiddleware(app={self._app!r}, registry={self._registry!r})"
