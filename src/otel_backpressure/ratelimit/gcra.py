@@ -28,7 +28,7 @@ from typing import NamedTuple
 
 from otel_backpressure.ratelimit.policy import Policy
 
-__all__ = ["Verdict", "decide", "is_idle"]
+__all__ = ["Verdict", "decide", "decide_one", "is_idle"]
 
 
 class Verdict(NamedTuple):
@@ -44,6 +44,22 @@ class Verdict(NamedTuple):
     tats: list[int] | None
 
 
+def decide_one(
+    tat: int | None, now: int, interval: int, burst: int, cost: int
+) -> tuple[bool, int, int, int, int]:
+    """One policy: ``(allowed, new_tat, remaining, retry_after_ns, reset_after_ns)``.
+
+    ``new_tat`` is what to store when allowed; when rejected it is the TAT
+    unchanged (``max(tat, now)``), since a rejection consumes nothing.
+    """
+    base = now if tat is None or tat < now else tat
+    new_tat = base + cost * interval
+    wait = new_tat - now - burst * interval
+    if wait > 0:
+        return False, base, (burst * interval - (base - now)) // interval, wait, base - now
+    return True, new_tat, -wait // interval, 0, new_tat - now
+
+
 def decide(tats: Sequence[int | None], now: int, policies: Sequence[Policy], cost: int) -> Verdict:
     """Decide one request for one key under every policy; all or nothing.
 
@@ -53,31 +69,25 @@ def decide(tats: Sequence[int | None], now: int, policies: Sequence[Policy], cos
     """
     new_tats: list[int] = []
     rejected = -1
-    longest_wait = -1
+    longest_wait = 0
     fewest = -1
     fewest_remaining = 0
+    outcomes = []
     for i, policy in enumerate(policies):
-        interval = policy.interval_ns
-        limit = policy.burst * interval
-        tat = tats[i]
-        base = now if tat is None or tat < now else tat
-        new_tat = base + cost * interval
-        wait = new_tat - now - limit
-        if wait > 0:
+        outcome = decide_one(tats[i], now, policy.interval_ns, policy.burst, cost)
+        outcomes.append(outcome)
+        allowed, new_tat, remaining, wait, _ = outcome
+        new_tats.append(new_tat)
+        if not allowed:
             if wait > longest_wait:
                 rejected, longest_wait = i, wait
-            new_tats.append(base)
-            continue
-        remaining = -wait // interval
-        if fewest < 0 or remaining < fewest_remaining:
+        elif fewest < 0 or remaining < fewest_remaining:
             fewest, fewest_remaining = i, remaining
-        new_tats.append(new_tat)
     if rejected >= 0:
-        policy = policies[rejected]
-        base = new_tats[rejected]
-        remaining = (policy.burst * policy.interval_ns - (base - now)) // policy.interval_ns
-        return Verdict(False, rejected, remaining, longest_wait, base - now, None)
-    return Verdict(True, fewest, fewest_remaining, 0, new_tats[fewest] - now, new_tats)
+        _, _, remaining, wait, reset = outcomes[rejected]
+        return Verdict(False, rejected, remaining, wait, reset, None)
+    _, _, remaining, _, reset = outcomes[fewest]
+    return Verdict(True, fewest, remaining, 0, reset, new_tats)
 
 
 def is_idle(tat: int, now: int, idle_timeout_ns: int = 0) -> bool:

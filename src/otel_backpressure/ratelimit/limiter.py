@@ -31,6 +31,8 @@ __all__ = ["RateLimiter"]
 
 _NS: Final = 1e9
 _ALLOWED, _REJECTED, _DRY_RUN_REJECTED = range(3)
+# a Decision straight from its fields, skipping NamedTuple's Python-level __new__
+_new_decision = tuple.__new__
 
 
 def _check_policies(policies: Sequence[Policy], argument: str) -> tuple[Policy, ...]:
@@ -57,7 +59,7 @@ class RateLimiter:
     that enforcement would not have changed.
     """
 
-    __slots__ = ("_counters", "_memory", "_metrics", "_policies", "_redis", "_store")
+    __slots__ = ("_counters", "_memory", "_metrics", "_policies", "_redis", "_single", "_store")
 
     def __init__(
         self,
@@ -86,6 +88,11 @@ class RateLimiter:
         self._counters: dict[Policy, tuple[Count, Count, Count]] = {}
         for policy in self._policies:
             self._counts_for(policy)
+        # the common case, one policy on the in-memory store, resolved once
+        self._single: tuple[dict[str, int], Policy, tuple[Count, Count, Count]] | None = None
+        if self._memory is not None and len(self._policies) == 1:
+            only = self._policies[0]
+            self._single = (self._memory.table(only), only, self._counters[only])
 
     @property
     def policies(self) -> tuple[Policy, ...]:
@@ -137,12 +144,15 @@ class RateLimiter:
             counts[_ALLOWED].value += 1
         else:
             counts[_DRY_RUN_REJECTED if dry_run else _REJECTED].value += 1
-        return Decision(
-            verdict.allowed,
-            policy,
-            verdict.remaining,
-            verdict.retry_after_ns / _NS,
-            verdict.reset_after_ns / _NS,
+        return _new_decision(
+            Decision,
+            (
+                verdict.allowed,
+                policy,
+                verdict.remaining,
+                verdict.retry_after_ns / _NS,
+                verdict.reset_after_ns / _NS,
+            ),
         )
 
     def hit_sync(
@@ -153,13 +163,27 @@ class RateLimiter:
         cost: int = 1,
         dry_run: bool = False,
     ) -> Decision:
-        """Decide one request without an event loop (in-memory store only; thread-safe)."""
+        """Decide one request without an event loop (in-memory store only; thread-safe).
+
+        This is also the in-memory core of ``hit``: one code path for both.
+        """
         memory = self._memory
         if memory is None:
             raise TypeError(
                 f"hit_sync needs a MemoryStore; this limiter's store is "
                 f"{type(self._store).__name__}, use `await limiter.hit(...)`"
             )
+        single = self._single
+        if single is not None and policies is None and cost == 1 and type(key) is str:
+            # the common case, kept to a handful of operations
+            table, policy, counts = single
+            with memory.lock:
+                allowed, remaining, retry, reset = memory.decide_one(table, key, policy, 1)
+                if allowed:
+                    counts[_ALLOWED].value += 1
+                else:
+                    counts[_DRY_RUN_REJECTED if dry_run else _REJECTED].value += 1
+            return _new_decision(Decision, (allowed, policy, remaining, retry / _NS, reset / _NS))
         chosen = self._arguments(key, policies, cost)
         with memory.lock:
             verdict = memory.decide(key, chosen, cost)
@@ -174,13 +198,11 @@ class RateLimiter:
         dry_run: bool = False,
     ) -> Decision:
         """Decide one request on any store."""
-        chosen = self._arguments(key, policies, cost)
         memory = self._memory
         if memory is not None:
             memory.ensure_cleanup()
-            with memory.lock:
-                verdict = memory.decide(key, chosen, cost)
-                return self._finish(verdict, chosen, dry_run)
+            return self.hit_sync(key, policies=policies, cost=cost, dry_run=dry_run)
+        chosen = self._arguments(key, policies, cost)
         redis_store = self._redis
         if redis_store is None:  # unreachable: the constructor accepts only the two stores
             raise TypeError(f"unsupported store {self._store!r}")

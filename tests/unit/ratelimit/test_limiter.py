@@ -1,0 +1,167 @@
+from __future__ import annotations
+
+import pytest
+
+from otel_backpressure.ratelimit import MemoryStore, Policy, RateLimiter, RedisStore
+from otel_backpressure.testing import FakeClock, MetricsCapture
+
+PER_SECOND = Policy("per-second", rate=2, period=1, burst=2)
+PER_MINUTE = Policy("per-minute", rate=3, period=60)
+RESULT = "backpressure.rate_limit.result"
+POLICY = "backpressure.rate_limit.policy"
+
+
+def requests(capture: MetricsCapture, policy: str, result: str) -> float | None:
+    return capture.value("backpressure.rate_limit.requests", {POLICY: policy, RESULT: result})
+
+
+@pytest.fixture
+def capture() -> MetricsCapture:
+    capture = MetricsCapture()
+    yield capture  # type: ignore[misc]
+    capture.shutdown()
+
+
+def limiter_for(clock: FakeClock, capture: MetricsCapture, *policies: Policy) -> RateLimiter:
+    return RateLimiter(
+        policies or (PER_SECOND,),
+        store=MemoryStore(max_keys=1000, clock=clock),
+        meter_provider=capture.meter_provider,
+    )
+
+
+def test_decision_fields_follow_the_policy(clock: FakeClock, capture: MetricsCapture) -> None:
+    limiter = limiter_for(clock, capture)
+    first = limiter.hit_sync("k")
+    assert (first.allowed, first.remaining, first.retry_after, first.limit) == (True, 1, 0.0, 2)
+    assert first.reset_after == pytest.approx(0.5)
+    limiter.hit_sync("k")
+    rejected = limiter.hit_sync("k")
+    assert not rejected.allowed
+    assert rejected.remaining == 0
+    assert rejected.retry_after == pytest.approx(0.5)
+    assert rejected.reset_after == pytest.approx(1.0)
+    assert rejected.policy is PER_SECOND
+    clock.advance(0.5)
+    assert limiter.hit_sync("k").allowed
+
+
+def test_keys_are_independent(clock: FakeClock, capture: MetricsCapture) -> None:
+    limiter = limiter_for(clock, capture)
+    assert [limiter.hit_sync("a").allowed for _ in range(3)] == [True, True, False]
+    assert limiter.hit_sync("b").allowed
+
+
+def test_rejection_by_one_policy_consumes_nothing_under_the_others(
+    clock: FakeClock, capture: MetricsCapture
+) -> None:
+    limiter = limiter_for(clock, capture, PER_SECOND, PER_MINUTE)
+    outcomes = []
+    for _ in range(6):  # bursts of per-second rejections must not eat the per-minute budget
+        outcomes.append(limiter.hit_sync("k"))
+    assert [d.allowed for d in outcomes] == [True, True, False, False, False, False]
+    # allowed: the deciding policy is the one with the fewest remaining
+    assert (outcomes[0].policy, outcomes[0].remaining) == (PER_SECOND, 1)
+    assert (outcomes[1].policy, outcomes[1].remaining) == (PER_SECOND, 0)
+    assert outcomes[2].policy == PER_SECOND
+    clock.advance(1)
+    third = limiter.hit_sync("k")
+    assert (third.allowed, third.policy, third.remaining) == (True, PER_MINUTE, 0)
+    fourth = limiter.hit_sync("k")
+    assert (fourth.allowed, fourth.policy) == (False, PER_MINUTE)
+    assert fourth.retry_after == pytest.approx(20.0 - 1.0)
+    assert requests(capture, "per-second", "rejected") == 4
+    # each decision is counted once, under its deciding policy
+    assert requests(capture, "per-second", "allowed") == 2
+    assert requests(capture, "per-minute", "allowed") == 1
+    assert requests(capture, "per-minute", "rejected") == 1
+
+
+def test_per_call_policies_override(clock: FakeClock, capture: MetricsCapture) -> None:
+    limiter = limiter_for(clock, capture)
+    strict = Policy("login", rate=1, period=60)
+    assert limiter.hit_sync("k", policies=[strict]).allowed
+    assert not limiter.hit_sync("k", policies=[strict]).allowed
+    assert limiter.hit_sync("k").allowed  # the default policies keep their own state
+    assert requests(capture, "login", "rejected") == 1
+
+
+def test_cost_takes_several_slots(clock: FakeClock, capture: MetricsCapture) -> None:
+    limiter = limiter_for(clock, capture, Policy("p", rate=5, period=1))
+    assert limiter.hit_sync("k", cost=3).remaining == 2
+    rejected = limiter.hit_sync("k", cost=3)
+    assert (rejected.allowed, rejected.remaining) == (False, 2)
+    assert rejected.retry_after == pytest.approx(0.2)
+    assert limiter.hit_sync("k", cost=2).allowed
+
+
+def test_dry_run_meters_and_never_consumes_over_limit(
+    clock: FakeClock, capture: MetricsCapture
+) -> None:
+    limiter = limiter_for(clock, capture)
+    assert limiter.hit_sync("k", dry_run=True).allowed
+    assert limiter.hit_sync("k", dry_run=True).allowed
+    shadow = [limiter.hit_sync("k", dry_run=True) for _ in range(5)]
+    assert not any(shadow)  # the decision enforcement would have made
+    assert requests(capture, "per-second", "dry_run_rejected") == 5
+    assert requests(capture, "per-second", "rejected") == 0  # series exist from the start
+    clock.advance(0.5)  # over-limit dry-run requests consumed nothing: a slot is back
+    assert limiter.hit_sync("k").allowed
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "match"),
+    [
+        (lambda lim: lim.hit_sync(b"k"), TypeError, "key"),
+        (lambda lim: lim.hit_sync("k", cost=0), ValueError, "cost"),
+        (lambda lim: lim.hit_sync("k", cost=3), ValueError, "cost"),
+        (lambda lim: lim.hit_sync("k", policies=[]), ValueError, "policies"),
+        (lambda lim: lim.hit_sync("k", policies=["x"]), TypeError, "policies"),
+    ],
+)
+def test_bad_calls_name_the_argument(
+    clock: FakeClock, capture: MetricsCapture, call: object, error: type[Exception], match: str
+) -> None:
+    limiter = limiter_for(clock, capture)
+    with pytest.raises(error, match=match):
+        call(limiter)  # type: ignore[operator]
+
+
+def test_bad_construction_names_the_argument(clock: FakeClock) -> None:
+    with pytest.raises(ValueError, match="policies"):
+        RateLimiter([])
+    with pytest.raises(TypeError, match="policies"):
+        RateLimiter(PER_SECOND)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="policies"):
+        RateLimiter([PER_SECOND, Policy("per-second", rate=9, period=1)])
+    with pytest.raises(TypeError, match="store"):
+        RateLimiter([PER_SECOND], store=object())  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="clock"):
+        RateLimiter([PER_SECOND], store=MemoryStore(max_keys=1), clock=clock)
+
+
+def test_hit_sync_on_redis_names_the_store() -> None:
+    limiter = RateLimiter([PER_SECOND], store=RedisStore("redis://127.0.0.1:1/0"))
+    with pytest.raises(TypeError, match="RedisStore"):
+        limiter.hit_sync("k")
+
+
+def test_default_store_uses_the_given_clock(clock: FakeClock) -> None:
+    limiter = RateLimiter([PER_SECOND], clock=clock)
+    assert isinstance(limiter.store, MemoryStore)
+    assert limiter.store.clock is clock
+    assert limiter.policies == (PER_SECOND,)
+    limiter.hit_sync("k")
+    limiter.hit_sync("k")
+    assert not limiter.hit_sync("k")
+    clock.advance(1)
+    assert limiter.hit_sync("k")
+    assert "per-second" in repr(limiter)
+
+
+async def test_async_hit_is_the_same_core(clock: FakeClock, capture: MetricsCapture) -> None:
+    limiter = limiter_for(clock, capture)
+    outcomes = [await limiter.hit("k") for _ in range(3)]
+    assert [d.allowed for d in outcomes] == [True, True, False]
+    assert outcomes[0] == limiter_for(FakeClock(), MetricsCapture()).hit_sync("k")
+    await limiter.store.aclose()  # type: ignore[union-attr]
