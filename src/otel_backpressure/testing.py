@@ -102,5 +102,26 @@ class MetricsCapture:
         assert isinstance(point, HistogramDataPoint), f"{name} is not a histogram"
         return point
 
+    def snapshot(self, attributes: Attributes) -> dict[str, Any]:
+        """One collection: every point whose attributes include ``attributes``.
+
+        Keys are the metric name plus its other attributes (``"name{k=v}"``);
+        values are numbers, or ``(count, sum, bucket_counts)`` for histograms.
+        """
+        wanted = set(attributes.items())
+        found: dict[str, Any] = {}
+        for name, metric in self.collect().items():
+            for point in metric.data.data_points:
+                items = set((point.attributes or {}).items())
+                if not wanted <= items:
+                    continue
+                rest = ",".join(f"{k}={v!s}" for k, v in sorted(items - wanted))
+                key = f"{name}{{{rest}}}" if rest else name
+                if isinstance(point, HistogramDataPoint):
+                    found[key] = (point.count, point.sum, tuple(point.bucket_counts))
+                elif isinstance(point, NumberDataPoint):
+                    found[key] = point.value
+        return found
+
     def shutdown(self) -> None:
         self.meter_provider.shutdown()

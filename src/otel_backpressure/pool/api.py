@@ -81,10 +81,12 @@ class PoolInstrumentation:
 def resolve_engine(target: object) -> Engine | None:
     """The sync ``Engine`` behind ``target``, or None if it is not an engine."""
     if isinstance(target, AsyncEngine):
-        return target.sync_engine
-    if isinstance(target, Engine):
-        return target
-    return None
+        target = target.sync_engine
+    if not isinstance(target, Engine):
+        return None
+    # Engine.execution_options() returns a copy sharing the pool: report the original
+    proxied = getattr(target, "_proxied", None)
+    return proxied if isinstance(proxied, Engine) else target
 
 
 def instrument(

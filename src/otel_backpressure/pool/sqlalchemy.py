@@ -28,7 +28,7 @@ from typing import Any
 
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
-from sqlalchemy.pool import NullPool, Pool, QueuePool
+from sqlalchemy.pool import NullPool, Pool, QueuePool, StaticPool
 
 from otel_backpressure.pool.metrics import MAX_BUFFERED, PoolReading, TimingRecorder
 
@@ -60,6 +60,15 @@ def read_pool(pool: Pool, *, used: int, pending: int, timeouts: int) -> PoolRead
         )
     if isinstance(pool, NullPool):  # connections close on checkin: never idle
         return PoolReading(used=used, idle=0, pending=pending, timeouts=timeouts, idle_max=0)
+    if isinstance(pool, StaticPool):
+        # One connection shared by every checkout: it is used while any fairy holds it.
+        record = pool.__dict__.get("connection")  # memoized on first use
+        if record is None or record.dbapi_connection is None:
+            in_use = idle = 0
+        else:
+            in_use = int(record.fairy_ref is not None)
+            idle = 1 - in_use
+        return PoolReading(used=in_use, idle=idle, pending=pending, timeouts=timeouts, idle_max=1)
     return PoolReading(used=used, pending=pending, timeouts=timeouts)
 
 
@@ -148,7 +157,7 @@ class EnginePool:
         if "connect" in pool.__dict__:
             return  # hooked already (a pool is hooked by one source only)
         shadowed = {name: pool.__dict__[name] for name in _HOOKED if name in pool.__dict__}
-        counts_used = not isinstance(pool, QueuePool)
+        counts_used = not isinstance(pool, (QueuePool, StaticPool))
         connect = pool.connect
         return_conn = pool._return_conn
         invoke_creator = pool._invoke_creator
