@@ -80,3 +80,9 @@ def test_each_alert_has_severity_for_and_annotations(alert: str) -> None:
     assert rule["labels"]["severity"] in {"info", "warning", "critical"}
     assert rule.get("for"), f"{alert}: fires on a single evaluation"
     assert {"summary", "description"} <= set(rule["annotations"])
+
+
+def test_docs_explain_every_alert() -> None:
+    docs = (PROMETHEUS.parents[1] / "docs" / "collector.md").read_text()
+    for alert in alert_names():
+        assert f"| `{alert}` |" in docs, alert

@@ -216,3 +216,11 @@ def test_every_panel_query_returns_numbers_for_the_package_output(tmp_path: Path
     )
     result = promtool("test", "rules", str(tmp_path / "queries.test.yml"))
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_docs_explain_every_panel() -> None:
+    docs = (GRAFANA.parents[1] / "docs" / "collector.md").read_text()
+    for panel in dashboard()["panels"]:
+        if panel["type"] != "row":
+            assert f"| {panel['title']} |" in docs, panel["title"]
+    assert dashboard()["title"] in docs
