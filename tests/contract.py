@@ -36,8 +36,16 @@ from typing import Any
 
 __all__ = [
     "ATTRIBUTE_VALUES",
+    "CONNECTION_STATE",
+    "ERROR_TYPE",
+    "EVICTION_REASON",
     "METRICS",
+    "OUTCOME",
+    "POLICY",
+    "POOL_NAME",
+    "RESULT",
     "SCOPE_NAME",
+    "SDK_DEFAULT_BUCKETS",
     "DataType",
     "Instrument",
     "MetricSpec",
@@ -375,12 +383,23 @@ def prometheus_label_name(key: str) -> str:
 
 # -- checking SDK output against the contract --------------------------------
 
+# The SDK's default explicit bucket boundaries are meant for milliseconds;
+# DESIGN.md requires histograms in seconds to advise their own.
+SDK_DEFAULT_BUCKETS = (
+    0.0, 5.0, 10.0, 25.0, 50.0, 75.0, 100.0, 250.0, 500.0, 750.0, 1000.0, 2500.0, 5000.0,
+    7500.0, 10000.0,
+)  # fmt: skip
+# user:password@ in a URL-like value (a DSN): never allowed in an attribute.
+_CREDENTIALS = re.compile(r"://[^/@\s]*:[^/@\s]*@")
+
 
 def violations(metric: Any) -> list[str]:
     """What an SDK ``Metric`` (from ``MetricsCapture.collect()``) breaks in the contract.
 
     Checks name, unit, point type, monotonicity, attribute keys (all present,
-    nothing extra) and fixed attribute values. An empty list means it conforms.
+    nothing extra), fixed attribute values, string values without DSN
+    credentials, and that histograms in seconds do not use the SDK's
+    millisecond default buckets. An empty list means it conforms.
     """
     from opentelemetry.sdk.metrics.export import Gauge, Histogram, Sum
 
@@ -410,6 +429,13 @@ def violations(metric: Any) -> list[str]:
             )
         for key, value in attributes.items():
             allowed = ATTRIBUTE_VALUES.get(key)
-            if allowed is not None and value not in allowed:
+            if not isinstance(value, str):
+                problems.append(f"{spec.name}: {key}={value!r} is not a string")
+            elif allowed is not None and value not in allowed:
                 problems.append(f"{spec.name}: {key}={value!r} not in {sorted(allowed)}")
+            elif _CREDENTIALS.search(value):
+                problems.append(f"{spec.name}: {key} carries credentials")
+        bounds = tuple(getattr(point, "explicit_bounds", None) or ())
+        if spec.unit == "s" and bounds == SDK_DEFAULT_BUCKETS:
+            problems.append(f"{spec.name}: uses the SDK's default (millisecond) buckets")
     return problems

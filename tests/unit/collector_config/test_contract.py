@@ -134,7 +134,11 @@ def test_violations_accepts_conforming_sdk_output(metrics: MetricsCapture) -> No
         "db.client.connection.count", [count], unit="{connection}"
     )
     meter.create_observable_gauge("backpressure.pool.usage", [usage], unit="1")
-    meter.create_histogram("db.client.connection.wait_time", unit="s").record(0.01, pool)
+    meter.create_histogram(
+        "db.client.connection.wait_time",
+        unit="s",
+        explicit_bucket_boundaries_advisory=[0.001, 0.01, 0.1, 1.0, 10.0],
+    ).record(0.01, pool)
     meter.create_counter("backpressure.exceptions", unit="{exception}").add(
         1, {contract.ERROR_TYPE: "TimeoutError", contract.OUTCOME: "handled"}
     )
@@ -160,3 +164,15 @@ def test_violations_names_every_breach(metrics: MetricsCapture) -> None:
     assert contract.violations(collected["backpressure.unknown"]) == [
         "'backpressure.unknown' is not in the contract"
     ]
+
+
+def test_violations_flags_credentials_and_millisecond_buckets(metrics: MetricsCapture) -> None:
+    meter = metrics.meter_provider.get_meter(contract.SCOPE_NAME)
+    dsn_pool = {contract.POOL_NAME: "postgresql://game:hunter2@db:5432/game"}
+    meter.create_histogram("db.client.connection.use_time", unit="s").record(0.2, dsn_pool)
+    problems = contract.violations(metrics.collect()["db.client.connection.use_time"])
+    assert problems == [
+        "db.client.connection.use_time: db.client.connection.pool.name carries credentials",
+        "db.client.connection.use_time: uses the SDK's default (millisecond) buckets",
+    ]
+    assert "hunter2" not in " ".join(problems)
