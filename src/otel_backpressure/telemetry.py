@@ -223,6 +223,12 @@ def configure_telemetry(
     )
 
     if set_global:
+        if isinstance(trace.get_tracer_provider(), TracerProvider):
+            # The API keeps the first provider set; ours would be silently ignored.
+            _logger.warning(
+                "An SDK TracerProvider is already installed (opentelemetry-instrument?); "
+                "configure_telemetry's providers are not the global ones"
+            )
         trace.set_tracer_provider(tracer_provider)
         metrics.set_meter_provider(meter_provider)
 
@@ -230,10 +236,17 @@ def configure_telemetry(
     if instrument:
         from otel_backpressure.instrumentor import BackpressureInstrumentor
 
-        instrumentor = BackpressureInstrumentor()
-        instrumentor.instrument(
-            tracer_provider=tracer_provider, meter_provider=meter_provider, **instrument_options
-        )
+        candidate = BackpressureInstrumentor()
+        if candidate.is_instrumented_by_opentelemetry:
+            # someone else instrumented (e.g. opentelemetry-instrument): theirs to undo
+            _logger.warning("BackpressureInstrumentor is already instrumented; leaving it as is")
+        else:
+            candidate.instrument(
+                tracer_provider=tracer_provider,
+                meter_provider=meter_provider,
+                **instrument_options,
+            )
+            instrumentor = candidate
     telemetry = Telemetry(
         tracer_provider,
         meter_provider,

@@ -243,3 +243,42 @@ def test_set_global_installs_both_providers() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "ok"
+
+
+def test_instrument_leaves_an_existing_instrumentation_alone(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from otel_backpressure import BackpressureInstrumentor
+
+    instrumentor = BackpressureInstrumentor()
+    instrumentor.instrument()
+    try:
+        telemetry = configure(export=False, instrument=True)
+        assert "already instrumented" in caplog.text
+        assert "instrumented=False" in repr(telemetry)
+        telemetry.shutdown()
+        assert instrumentor.is_instrumented_by_opentelemetry  # not ours to undo
+    finally:
+        instrumentor.uninstrument()
+
+
+def test_warns_when_an_sdk_provider_is_already_global() -> None:
+    """Run in a child interpreter: the global providers can be set once per process."""
+    import subprocess
+    import sys
+
+    code = (
+        "from opentelemetry import trace\n"
+        "from opentelemetry.sdk.trace import TracerProvider\n"
+        "from otel_backpressure import configure_telemetry\n"
+        "first = TracerProvider()\n"
+        "trace.set_tracer_provider(first)\n"
+        "t = configure_telemetry(export=False)\n"
+        "assert trace.get_tracer_provider() is first\n"
+        "t.shutdown()\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert "already installed" in result.stderr
