@@ -31,11 +31,12 @@ _logger = logging.getLogger(__name__)
 class PoolNames:
     """Hands out the lowest free ``#n`` suffix per base name."""
 
-    __slots__ = ("_lock", "_taken")
+    __slots__ = ("_given", "_lock", "_taken")
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._taken: dict[str, set[int]] = {}
+        self._taken: dict[str, set[int]] = {}  # base -> suffix numbers in use
+        self._given: dict[str, tuple[str, int]] = {}  # name -> (base, number)
 
     def acquire(self, base: str) -> str:
         with self._lock:
@@ -44,23 +45,23 @@ class PoolNames:
             while number in taken:
                 number += 1
             taken.add(number)
-        return base if number == 1 else f"{base}#{number}"
+            name = base if number == 1 else f"{base}#{number}"
+            self._given[name] = (base, number)
+        return name
 
     def release(self, name: str) -> None:
-        base, _, suffix = name.rpartition("#")
-        number = int(suffix) if base and suffix.isdigit() else 1
-        if number == 1:
-            base = name
         with self._lock:
-            taken = self._taken.get(base)
-            if taken is None:
+            given = self._given.pop(name, None)
+            if given is None:
                 return
+            base, number = given
+            taken = self._taken[base]
             taken.discard(number)
             if not taken:
                 del self._taken[base]
 
     def __len__(self) -> int:
-        return sum(len(numbers) for numbers in self._taken.values())
+        return len(self._given)
 
     def __repr__(self) -> str:
         return f"PoolNames(live={len(self)})"
