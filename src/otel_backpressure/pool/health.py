@@ -27,7 +27,7 @@ from collections import deque
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy.pool import Pool, QueuePool
+from sqlalchemy.pool import Pool, QueuePool, StaticPool
 
 from otel_backpressure.pool.api import resolve_engine, source_of
 from otel_backpressure.pool.asyncpg import is_asyncpg_pool
@@ -76,14 +76,15 @@ def _snapshot(target: object, warning: float, critical: float) -> dict[str, Any]
     used: int | None
     if engine is not None or isinstance(target, Pool):
         pool: Pool = engine.pool if engine is not None else target  # type: ignore[assignment]
-        tracked = source is not None and not isinstance(pool, QueuePool)
+        read_from_pool = isinstance(pool, (QueuePool, StaticPool))
+        tracked = source is not None and not read_from_pool
         reading = read_pool(
             pool,
             used=getattr(source, "used", 0),
             pending=source.pending if source is not None else 0,
             timeouts=source.timeouts if source is not None else 0,
         )
-        used = reading.used if isinstance(pool, QueuePool) or tracked else None
+        used = reading.used if read_from_pool or tracked else None
         if isinstance(pool, QueuePool):
             pool_size = pool.size()
             max_overflow = None if reading.max is None else reading.max - pool_size
