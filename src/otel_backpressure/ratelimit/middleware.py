@@ -348,8 +348,15 @@ class RateLimitMiddleware:
         if route is None:
             await self._app(scope, receive, send)
             return
+        decision: Decision | None
         try:
-            decision = await self._decide(scope, route)
+            if self._key_func is None:  # the common case, without a coroutine in between
+                key = self._client_address(scope)
+                decision = await self._limiter.hit(
+                    key, policies=route.policies, dry_run=self._dry_run
+                )
+            else:
+                decision = await self._decide_by_key_func(self._key_func, scope, route)
         except Exception:
             self._log_failure()
             decision = None
@@ -374,16 +381,13 @@ class RateLimitMiddleware:
 
         await self._app(scope, receive, send_with_headers)
 
-    async def _decide(self, scope: Scope, route: _Route) -> Decision | None:
-        key_func = self._key_func
-        key: str | None
-        if key_func is None:
-            key = self._client_address(scope)
-        else:
-            result = key_func(scope)
-            key = await result if inspect.isawaitable(result) else result
-            if key is None:
-                return None
+    async def _decide_by_key_func(
+        self, key_func: KeyFunc, scope: Scope, route: _Route
+    ) -> Decision | None:
+        result = key_func(scope)
+        key = await result if inspect.isawaitable(result) else result
+        if key is None:
+            return None
         return await self._limiter.hit(key, policies=route.policies, dry_run=self._dry_run)
 
     def _response_headers(self, decision: Decision, route: _Route) -> list[Header]:
