@@ -1,0 +1,180 @@
+"""AsyncEngine + asyncpg on the real PostgreSQL: every metric, exactly, through known states."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import asyncpg
+import pytest
+import sqlalchemy
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+import otel_backpressure
+from otel_backpressure.testing import FakeClock, MetricsCapture
+
+pytestmark = pytest.mark.integration
+
+NAME = "db.client.connection.pool.name"
+USED = "db.client.connection.count{db.client.connection.state=used}"
+IDLE = "db.client.connection.count{db.client.connection.state=idle}"
+
+
+def buckets(**counts: int) -> tuple[int, ...]:
+    """Bucket counts for the advice boundaries; b1 is (0.001, 0.005], b3 (0.01, 0.05]."""
+    values = [0] * 10
+    for key, count in counts.items():
+        values[int(key[1:])] = count
+    return tuple(values)
+
+
+@pytest.fixture
+async def engine(postgres_dsn: str, clock: FakeClock) -> AsyncIterator[AsyncEngine]:
+    async def connect() -> Any:
+        clock.advance(0.003)  # every new connection "takes" 3 ms
+        return await asyncpg.connect(postgres_dsn)
+
+    engine = create_async_engine(
+        "postgresql+asyncpg://",
+        async_creator=connect,
+        pool_size=2,
+        max_overflow=1,
+        pool_timeout=0.3,
+    )
+    yield engine
+    await engine.dispose()
+
+
+async def _wait_for(predicate: Any, what: str) -> None:
+    for _ in range(5_000):
+        if predicate():
+            return
+        await asyncio.sleep(0.001)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+async def test_async_engine_through_known_states(
+    engine: AsyncEngine, metrics: MetricsCapture, clock: FakeClock
+) -> None:
+    handle = otel_backpressure.instrument(
+        engine, meter_provider=metrics.meter_provider, clock=clock, pool_name="game-db"
+    )
+    series = {NAME: "game-db"}
+    limits = {
+        "db.client.connection.max": 3,
+        "db.client.connection.idle.max": 2,
+        "db.client.connection.idle.min": 0,
+    }
+    try:
+        assert metrics.snapshot(series) == {
+            **limits,
+            USED: 0,
+            IDLE: 0,
+            "db.client.connection.pending_requests": 0,
+            "db.client.connection.timeouts": 0,
+            "backpressure.pool.overflow": 0,
+            "backpressure.pool.usage": 0.0,
+        }
+
+        held = [await engine.connect() for _ in range(3)]
+        for connection in held:
+            assert (await connection.execute(text("SELECT 1"))).scalar() == 1
+        full = {
+            **limits,
+            USED: 3,
+            IDLE: 0,
+            "db.client.connection.timeouts": 0,
+            "backpressure.pool.overflow": 1,
+            "backpressure.pool.usage": 1.0,
+            "db.client.connection.create_time": (3, pytest.approx(0.009), buckets(b1=3)),
+            "db.client.connection.wait_time": (3, pytest.approx(0.009), buckets(b1=3)),
+        }
+        assert metrics.snapshot(series) == {**full, "db.client.connection.pending_requests": 0}
+
+        fourth = asyncio.ensure_future(engine.connect())
+        await _wait_for(
+            lambda: metrics.value("db.client.connection.pending_requests", series) == 1,
+            "the fourth checkout to wait",
+        )
+        assert metrics.snapshot(series) == {**full, "db.client.connection.pending_requests": 1}
+        with pytest.raises(sqlalchemy.exc.TimeoutError):
+            await fourth
+        assert metrics.snapshot(series) == {
+            **full,
+            "db.client.connection.pending_requests": 0,
+            "db.client.connection.timeouts": 1,
+        }
+
+        clock.advance(0.02)
+        for connection in held:
+            await connection.close()
+        assert metrics.snapshot(series) == {
+            **limits,
+            USED: 0,
+            IDLE: 2,
+            "db.client.connection.pending_requests": 0,
+            "db.client.connection.timeouts": 1,
+            "backpressure.pool.overflow": 0,
+            "backpressure.pool.usage": 0.0,
+            "db.client.connection.create_time": (3, pytest.approx(0.009), buckets(b1=3)),
+            "db.client.connection.wait_time": (3, pytest.approx(0.009), buckets(b1=3)),
+            "db.client.connection.use_time": (3, pytest.approx(0.069), buckets(b3=3)),
+        }
+    finally:
+        handle.uninstrument()
+
+
+async def test_async_engine_and_its_sync_engine_are_one_pool(
+    engine: AsyncEngine, metrics: MetricsCapture
+) -> None:
+    handle = otel_backpressure.instrument(engine, meter_provider=metrics.meter_provider)
+    try:
+        assert (
+            otel_backpressure.instrument(engine.sync_engine, meter_provider=metrics.meter_provider)
+            is handle
+        )
+        async with engine.connect():
+            assert metrics.snapshot({NAME: handle.pool_name})[USED] == 1
+        health = otel_backpressure.pool_health(engine)
+        assert (health["pool_name"], health["available"], health["total_capacity"]) == (
+            handle.pool_name,
+            1,
+            3,
+        )
+    finally:
+        handle.uninstrument()
+
+
+async def test_dispose_keeps_the_series(engine: AsyncEngine, metrics: MetricsCapture) -> None:
+    handle = otel_backpressure.instrument(engine, meter_provider=metrics.meter_provider)
+    series = {NAME: handle.pool_name}
+    try:
+        async with engine.connect():
+            pass
+        await engine.dispose()
+        state = metrics.snapshot(series)
+        assert (state[USED], state[IDLE], state["db.client.connection.max"]) == (0, 0, 3)
+        async with engine.connect():
+            assert metrics.snapshot(series)[USED] == 1
+        state = metrics.snapshot(series)
+        assert (state[IDLE], state["db.client.connection.create_time"][0]) == (1, 2)
+    finally:
+        handle.uninstrument()
+
+
+async def test_default_name_has_no_password(postgres_dsn: str, metrics: MetricsCapture) -> None:
+    url = sqlalchemy.make_url(postgres_dsn).set(
+        drivername="postgresql+asyncpg", password="never-exported"
+    )
+    engine = create_async_engine(url)
+    handle = otel_backpressure.instrument(engine, meter_provider=metrics.meter_provider)
+    try:
+        assert handle.pool_name.startswith(f"{url.host}:{url.port}/{url.database}")
+        exported = repr(metrics.collect())
+        assert "never-exported" not in exported
+        assert handle.pool_name in exported
+    finally:
+        handle.uninstrument()
+        await engine.dispose()

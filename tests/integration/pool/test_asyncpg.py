@@ -1,0 +1,162 @@
+"""A raw asyncpg.Pool on the real PostgreSQL: every metric, exactly, through known states."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import asyncpg
+import pytest
+
+import otel_backpressure
+from otel_backpressure.testing import FakeClock, MetricsCapture
+
+pytestmark = pytest.mark.integration
+
+NAME = "db.client.connection.pool.name"
+USED = "db.client.connection.count{db.client.connection.state=used}"
+IDLE = "db.client.connection.count{db.client.connection.state=idle}"
+
+
+def buckets(**counts: int) -> tuple[int, ...]:
+    """Bucket counts for the advice boundaries; b1 is (0.001, 0.005], b3 (0.01, 0.05]."""
+    values = [0] * 10
+    for key, count in counts.items():
+        values[int(key[1:])] = count
+    return tuple(values)
+
+
+@pytest.fixture
+async def pool(postgres_dsn: str, clock: FakeClock) -> AsyncIterator[asyncpg.Pool]:
+    async def connect(*args: Any, **kwargs: Any) -> Any:
+        clock.advance(0.003)  # every new connection "takes" 3 ms
+        return await asyncpg.connect(*args, **kwargs)
+
+    pool = asyncpg.create_pool(postgres_dsn, min_size=1, max_size=3, connect=connect)
+    yield pool
+    await pool.close()
+
+
+async def _wait_for(predicate: Any, what: str) -> None:
+    for _ in range(5_000):
+        if predicate():
+            return
+        await asyncio.sleep(0.001)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+async def test_asyncpg_pool_through_known_states(
+    pool: asyncpg.Pool, metrics: MetricsCapture, clock: FakeClock
+) -> None:
+    # instrumented before its first await, so the min_size connection is timed too
+    handle = otel_backpressure.instrument(
+        pool, meter_provider=metrics.meter_provider, clock=clock, pool_name="raw"
+    )
+    series = {NAME: "raw"}
+    limits = {
+        "db.client.connection.max": 3,
+        "db.client.connection.idle.max": 3,
+        "db.client.connection.idle.min": 1,
+    }
+    try:
+        await pool
+        assert isinstance(pool, asyncpg.Pool)
+        assert metrics.snapshot(series) == {
+            **limits,
+            USED: 0,
+            IDLE: 1,
+            "db.client.connection.pending_requests": 0,
+            "db.client.connection.timeouts": 0,
+            "backpressure.pool.overflow": 0,
+            "backpressure.pool.usage": 0.0,
+            "db.client.connection.create_time": (1, pytest.approx(0.003), buckets(b1=1)),
+        }
+
+        held = [await pool.acquire() for _ in range(3)]
+        for connection in held:
+            assert await connection.fetchval("SELECT 1") == 1
+        full = {
+            **limits,
+            USED: 3,
+            IDLE: 0,
+            "db.client.connection.timeouts": 0,
+            "backpressure.pool.overflow": 2,  # beyond min_size
+            "backpressure.pool.usage": 1.0,
+            "db.client.connection.create_time": (3, pytest.approx(0.009), buckets(b1=3)),
+            # the first acquire found an idle connection; the two others opened one
+            "db.client.connection.wait_time": (3, pytest.approx(0.006), buckets(b0=1, b1=2)),
+        }
+        assert metrics.snapshot(series) == {**full, "db.client.connection.pending_requests": 0}
+
+        fourth = asyncio.ensure_future(pool.acquire(timeout=0.3))
+        await _wait_for(
+            lambda: metrics.value("db.client.connection.pending_requests", series) == 1,
+            "the fourth acquire to wait",
+        )
+        assert metrics.snapshot(series) == {**full, "db.client.connection.pending_requests": 1}
+        with pytest.raises(asyncio.TimeoutError):
+            await fourth
+        assert metrics.snapshot(series) == {
+            **full,
+            "db.client.connection.pending_requests": 0,
+            "db.client.connection.timeouts": 1,
+        }
+
+        clock.advance(0.02)
+        for connection in held:
+            await pool.release(connection)
+        state = metrics.snapshot(series)
+        assert state == {
+            **full,
+            USED: 0,
+            IDLE: 3,
+            "db.client.connection.pending_requests": 0,
+            "db.client.connection.timeouts": 1,
+            "backpressure.pool.usage": 0.0,
+            # acquired at +3 (the idle one), +6 and +9 ms, all released at +29 ms
+            "db.client.connection.use_time": (3, pytest.approx(0.069), buckets(b3=3)),
+        }
+        health = otel_backpressure.pool_health(pool)
+        assert {k: health[k] for k in ("pool_size", "max_overflow", "total_capacity")} == {
+            "pool_size": 1,
+            "max_overflow": 2,
+            "total_capacity": 3,
+        }
+        assert (health["available"], health["in_use"], health["status"]) == (3, 0, "healthy")
+    finally:
+        handle.uninstrument()
+    assert type(pool) is asyncpg.Pool  # its own class again
+
+
+async def test_closed_pool_drops_out(postgres_dsn: str, metrics: MetricsCapture) -> None:
+    pool = await asyncpg.create_pool(postgres_dsn, min_size=1, max_size=2)
+    handle = otel_backpressure.instrument(pool, meter_provider=metrics.meter_provider)
+    series = {NAME: handle.pool_name}
+    async with pool.acquire() as connection:
+        assert await connection.fetchval("SELECT 1") == 1
+        assert metrics.snapshot(series)[USED] == 1
+    await pool.close()
+    assert not any(key.startswith("db.client.connection.count") for key in metrics.snapshot(series))
+    handle.uninstrument()
+    assert type(pool) is asyncpg.Pool
+
+
+async def test_uninstrument_silences_and_restores(
+    postgres_dsn: str, metrics: MetricsCapture
+) -> None:
+    pool = await asyncpg.create_pool(postgres_dsn, min_size=0, max_size=2)
+    try:
+        connect = pool._connect
+        handle = otel_backpressure.instrument(pool, meter_provider=metrics.meter_provider)
+        assert otel_backpressure.instrument(pool, meter_provider=metrics.meter_provider) is handle
+        handle.uninstrument()
+        assert (type(pool), pool._connect) == (asyncpg.Pool, connect)
+        assert not any(
+            key.startswith("db.client.connection.count")
+            for key in metrics.snapshot({NAME: handle.pool_name})
+        )
+        async with pool.acquire() as connection:
+            assert await connection.fetchval("SELECT 1") == 1
+    finally:
+        await pool.close()
