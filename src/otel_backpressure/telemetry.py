@@ -214,9 +214,12 @@ def configure_telemetry(
         tracer_provider.add_span_processor(BatchSpanProcessor(span_exporter))
 
     interval_millis = None if metric_export_interval is None else metric_export_interval * 1000
+    # A metrics "exporter" entry point may be a pull reader (Prometheus): used as is.
     exporting_readers = [
-        PeriodicExportingMetricReader(metric_exporter, export_interval_millis=interval_millis)
-        for metric_exporter in metric_exporters.values()
+        exporter
+        if isinstance(exporter, MetricReader)
+        else PeriodicExportingMetricReader(exporter, export_interval_millis=interval_millis)
+        for exporter in metric_exporters.values()
     ]
     meter_provider = MeterProvider(
         resource=full_resource, metric_readers=[*exporting_readers, *metric_readers]

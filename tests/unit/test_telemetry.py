@@ -282,3 +282,20 @@ def test_warns_when_an_sdk_provider_is_already_global() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert "already installed" in result.stderr
+
+
+def test_other_installed_exporters_are_loaded_by_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    from opentelemetry.sdk.metrics.export import ConsoleMetricExporter
+    from opentelemetry.sdk.trace.export import ConsoleSpanExporter
+
+    monkeypatch.setenv("OTEL_TRACES_EXPORTER", "console,otlp")
+    monkeypatch.setenv("OTEL_METRICS_EXPORTER", "console")
+    telemetry = configure(metric_export_interval=3600)
+    try:
+        assert [type(e) for e in span_exporters(telemetry)] == [
+            ConsoleSpanExporter,
+            GrpcSpanExporter,
+        ]
+        assert [type(e) for e in metric_exporters(telemetry)] == [ConsoleMetricExporter]
+    finally:
+        telemetry.shutdown()
