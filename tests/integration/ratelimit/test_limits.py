@@ -240,3 +240,26 @@ async def test_slowapi_app_is_metered_without_code_changes(
     assert statuses == [200, 200, 429, 429]
     assert count(metrics, "2/1minute", "allowed") == 2
     assert count(metrics, "2/1minute", "rejected") == 2
+
+
+async def test_slowapi_decorated_fastapi_route_is_metered(
+    instrument: Callable[[], None], metrics: MetricsCapture
+) -> None:
+    from fastapi import FastAPI
+
+    limiter = Limiter(key_func=get_remote_address)
+    app = FastAPI()
+    app.state.limiter = limiter
+    app.add_exception_handler(RateLimitExceeded, _rate_limit_exceeded_handler)  # type: ignore[arg-type]
+
+    @app.get("/scores")
+    @limiter.limit("3/minute")
+    async def scores(request: Request) -> dict[str, int]:
+        return {"top": 1}
+
+    transport = httpx.ASGITransport(app=app, client=("198.51.100.12", 40000))
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+        statuses = [(await client.get("/scores")).status_code for _ in range(5)]
+    assert statuses == [200, 200, 200, 429, 429]
+    assert count(metrics, "3/1minute", "allowed") == 3
+    assert count(metrics, "3/1minute", "rejected") == 2

@@ -6,6 +6,8 @@ import ipaddress
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from otel_backpressure.ratelimit.middleware import UNKNOWN_CLIENT, ClientAddress
 
@@ -133,3 +135,25 @@ def test_trust_memo_stays_bounded() -> None:
 
 def test_repr_names_networks() -> None:
     assert "10.0.0.0/8" in repr(ClientAddress(PROXIES))
+
+
+ipv4 = st.ip_addresses(v=4).map(str)
+client_written = st.lists(
+    st.one_of(ipv4, st.text(alphabet="0123456789abcdef.:[] _-unknow", max_size=20)),
+    max_size=5,
+)
+
+
+@given(
+    spoofed=client_written,
+    client=st.ip_addresses(v=4).filter(lambda a: not a.is_private).map(str),
+    hops=st.lists(st.integers(1, 254).map(lambda i: f"10.0.0.{i}"), max_size=3),
+)
+def test_whatever_the_client_writes_the_real_client_is_found(
+    spoofed: list[str], client: str, hops: list[str]
+) -> None:
+    # The client wrote `spoofed`; the first proxy appended the real client, and
+    # each further trusted proxy appended the hop it received the request from.
+    header = ", ".join([*spoofed, client, *hops])
+    resolve = ClientAddress(["10.0.0.0/8"])
+    assert resolve(scope("10.0.0.250", ("x-forwarded-for", header))) == client
