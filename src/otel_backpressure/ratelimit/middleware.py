@@ -263,6 +263,33 @@ def _check_rule(rule: object, argument: str) -> PathRule:
     raise ValueError(f"{argument}: {rule!r} must be a path starting with '/' or a re.Pattern")
 
 
+def _check_route_policies(
+    rule: object, policies: Sequence[Policy], base: tuple[Policy, ...], by_name: dict[str, Policy]
+) -> tuple[Policy, ...]:
+    """Validate one route's policies; one name means one policy across the middleware."""
+    from otel_backpressure.ratelimit.policy import Policy
+
+    if isinstance(policies, (str, Policy)) or not isinstance(policies, Sequence):
+        raise TypeError(f"route_policies: {rule!r} must map to a list of Policy")
+    extra = tuple(policies)
+    if not extra:
+        raise ValueError(f"route_policies: {rule!r} has no policies")
+    for policy in extra:
+        if not isinstance(policy, Policy):
+            raise TypeError(f"route_policies: {rule!r} holds {policy!r}, not a Policy")
+        if policy in base:
+            raise ValueError(
+                f"route_policies: {rule!r} repeats the limiter's policy {policy.name!r}"
+            )
+        known = by_name.setdefault(policy.name, policy)
+        if known != policy:
+            # metrics and headers name policies: one name must mean one policy
+            raise ValueError(f"route_policies: two different policies are named {policy.name!r}")
+    if len({policy.name for policy in extra}) != len(extra):
+        raise ValueError(f"route_policies: {rule!r} repeats a policy")
+    return extra
+
+
 class RateLimitMiddleware:
     """Rate-limit HTTP requests per client; answer 429 with ``Retry-After`` when over.
 
@@ -327,11 +354,11 @@ class RateLimitMiddleware:
         rules: list[tuple[PathRule, _Route | None]] = [
             (_check_rule(rule, "exempt_paths"), None) for rule in exempt_paths
         ]
+        by_name = {policy.name: policy for policy in base}
         for rule, policies in (route_policies or {}).items():
-            extra = tuple(policies)
-            if not extra:
-                raise ValueError(f"route_policies: {rule!r} has no policies")
-            rules.append((_check_rule(rule, "route_policies"), _Route(base + extra, base + extra)))
+            checked = _check_rule(rule, "route_policies")
+            extra = _check_route_policies(rule, policies, base, by_name)
+            rules.append((checked, _Route(base + extra, base + extra)))
         self._routes = _PathRules(rules, default)
         self._single_route: _Route | None = None if rules else default
         # Policy name -> b'"name";r=' prefix of its RateLimit item, built once.

@@ -210,6 +210,13 @@ async def test_exempt_paths_are_neither_limited_nor_counted(
     assert requests_count(metrics, "per-second", "allowed") == 2
 
 
+async def test_exempt_prefixes_match_whole_segments(build: Callable[..., Harness]) -> None:
+    harness = build(exempt_paths=["/api", "/health"])
+    assert [(await harness.get("/api/items/1")).status_code for _ in range(3)] == [200] * 3
+    # "/health" is not a segment prefix of "/healthz": that path is limited
+    assert [(await harness.get("/healthz")).status_code for _ in range(3)] == [200, 200, 429]
+
+
 async def test_sync_key_function_replaces_the_address(build: Callable[..., Harness]) -> None:
     def api_key(scope: dict[str, Any]) -> str | None:
         for name, value in scope["headers"]:
@@ -362,8 +369,21 @@ async def test_non_http_scopes_pass_straight_through(clock: FakeClock) -> None:
         ({"trusted_proxies": ["10.0.0.0/40"]}, ValueError, "trusted_proxies"),
         ({"exempt_paths": ["healthz"]}, ValueError, "exempt_paths"),
         ({"exempt_paths": "/healthz"}, TypeError, "exempt_paths"),
-        ({"route_policies": {"login": [PER_SECOND]}}, ValueError, "route_policies"),
+        ({"route_policies": {"login": [PER_SECOND]}}, ValueError, "starting with '/'"),
         ({"route_policies": {"/login": []}}, ValueError, "route_policies"),
+        ({"route_policies": {"/login": PER_SECOND}}, TypeError, "route_policies"),
+        ({"route_policies": {"/login": ["login"]}}, TypeError, "route_policies"),
+        ({"route_policies": {"/login": [PER_SECOND]}}, ValueError, "repeats the limiter"),
+        (
+            {
+                "route_policies": {
+                    "/a": [Policy("x", rate=1, period=1.0)],
+                    "/b": [Policy("x", rate=2, period=1.0)],
+                }
+            },
+            ValueError,
+            "two different policies",
+        ),
         ({"key_func": "client"}, TypeError, "key_func"),
         ({"forwarded_header": "x-real-ip"}, ValueError, "forwarded_header"),
     ],
