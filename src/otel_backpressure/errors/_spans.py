@@ -99,7 +99,9 @@ def safe_stacktrace(exc: BaseException) -> str:
                 if older_link == "direct cause"
                 else "\nDuring handling of the above exception, another exception occurred:\n\n"
             )
-        frames = traceback.extract_tb(item.__traceback__, limit=_MAX_FRAMES)
+        frames = traceback.StackSummary.extract(
+            traceback.walk_tb(item.__traceback__), limit=_MAX_FRAMES, lookup_lines=False
+        )
         if frames:
             lines.append("Traceback (most recent call last):\n")
             lines.extend(

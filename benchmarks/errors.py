@@ -1,0 +1,151 @@
+"""Error mapping: its cost on spans without an exception (nil) and on the exception path.
+
+The span patches wrap two SDK methods, ``Span.set_status`` and
+``Span.record_exception``, that a span ending without an exception never
+calls; this measures that claim and the price of mapping an exception.
+
+Method: one process, one ``TracerProvider`` (no processor: the SDK's own cost
+is the smallest, so any overhead shows the most). Each case runs as a batch
+of operations, alternately with the patches installed
+(``BackpressureInstrumentor``, errors part only) and removed, in ABBA order
+(plain, mapped, mapped, plain) for ``ROUNDS`` rounds so that drift on the
+shared machine cancels; the medians of the per-operation times give the
+ratio instrumented / plain. Cases:
+
+- ``span, no exception``: ``with start_as_current_span(): pass``;
+- ``span + set_status(UNSET)``: what the ASGI instrumentation does per response;
+- ``exception, mapped Error``: a ``DatabaseError`` escapes a span; plain =
+  OpenTelemetry's default (``record_exception`` + ``set_status`` with the
+  message), mapped = safe event + fixed description + ``error.type``;
+- ``exception, mapped expected``: a ``NotFoundError`` escapes (mapped: no event);
+- ``exception, unmapped``: a ``ValueError`` escapes (both: the default);
+- ``record_exception + set_status``: the two calls alone on an open span, in
+  an ``except`` block, for a ``DatabaseError``.
+
+Run: ``python -m benchmarks errors``
+"""
+
+from __future__ import annotations
+
+import gc
+import statistics
+import time
+from collections.abc import Callable
+
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.trace import Status, StatusCode, Tracer
+
+from otel_backpressure import BackpressureInstrumentor, Settings
+from otel_backpressure.errors import DatabaseError, NotFoundError
+
+SPAN_OPS = 1_000  # per batch, cheap cases
+EXCEPTION_OPS = 200  # per batch, exception cases (tracebacks cost ~50x a span)
+ROUNDS = 15
+ERRORS_ONLY = Settings(pool_enabled=False, rate_limit_enabled=False)
+
+
+def _span_without_exception(tracer: Tracer) -> Callable[[], None]:
+    def run() -> None:
+        for _ in range(SPAN_OPS):
+            with tracer.start_as_current_span("op"):
+                pass
+
+    return run
+
+
+def _span_with_unset_status(tracer: Tracer) -> Callable[[], None]:
+    unset = Status(StatusCode.UNSET)
+
+    def run() -> None:
+        for _ in range(SPAN_OPS):
+            with tracer.start_as_current_span("op") as span:
+                span.set_status(unset)
+
+    return run
+
+
+def _escaping(tracer: Tracer, make: Callable[[], Exception]) -> Callable[[], None]:
+    def run() -> None:
+        for _ in range(EXCEPTION_OPS):
+            try:
+                with tracer.start_as_current_span("op"):
+                    raise make()
+            except Exception:
+                pass
+
+    return run
+
+
+def _record_and_set(tracer: Tracer) -> Callable[[], None]:
+    def run() -> None:
+        span = tracer.start_span("op")
+        for _ in range(EXCEPTION_OPS):
+            try:
+                raise DatabaseError("SELECT secret FROM t WHERE password = 'x'")
+            except DatabaseError as exc:
+                span.record_exception(exc)
+                span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
+        span.end()
+
+    return run
+
+
+Case = tuple[Callable[[], None], int]
+
+
+def _time(case: Case) -> float:
+    """Microseconds per operation for one batch."""
+    run, ops = case
+    gc.collect()
+    start = time.perf_counter()
+    run()
+    return (time.perf_counter() - start) / ops * 1e6
+
+
+def main() -> None:
+    provider = TracerProvider()
+    tracer = provider.get_tracer("benchmark")
+    cases: dict[str, Case] = {
+        "span, no exception": (_span_without_exception(tracer), SPAN_OPS),
+        "span + set_status(UNSET)": (_span_with_unset_status(tracer), SPAN_OPS),
+        "exception, mapped Error": (
+            _escaping(tracer, lambda: DatabaseError("dsn secret")),
+            EXCEPTION_OPS,
+        ),
+        "exception, mapped expected": (
+            _escaping(tracer, lambda: NotFoundError("no row")),
+            EXCEPTION_OPS,
+        ),
+        "exception, unmapped": (_escaping(tracer, lambda: ValueError("plain")), EXCEPTION_OPS),
+        "record_exception + set_status": (_record_and_set(tracer), EXCEPTION_OPS),
+    }
+    instrumentor = BackpressureInstrumentor()
+    plain: dict[str, list[float]] = {name: [] for name in cases}
+    mapped: dict[str, list[float]] = {name: [] for name in cases}
+
+    def measure_mapped(case: Case) -> float:
+        instrumentor.instrument(tracer_provider=provider, settings=ERRORS_ONLY)
+        try:
+            return _time(case)
+        finally:
+            instrumentor.uninstrument()
+
+    for case in cases.values():  # warm-up
+        _time(case)
+        measure_mapped(case)
+    for _ in range(ROUNDS):
+        for name, case in cases.items():
+            plain[name].append(_time(case))
+            mapped[name].append(measure_mapped(case))
+            mapped[name].append(measure_mapped(case))
+            plain[name].append(_time(case))
+    print(f"{'case':<32} {'plain µs':>9} {'mapped µs':>10} {'ratio':>6}")
+    for name in cases:
+        before = statistics.median(plain[name])
+        after = statistics.median(mapped[name])
+        print(f"{name:<32} {before:>9.2f} {after:>10.2f} {after / before:>6.2f}")
+    provider.shutdown()
+
+
+if __name__ == "__main__":
+    main()
