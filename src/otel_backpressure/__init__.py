@@ -28,6 +28,16 @@ from otel_backpressure.settings import Settings
 
 # END ratelimit exports
 # BEGIN errors exports
+# isort: split
+from otel_backpressure.errors import (
+    ErrorMappingMiddleware,
+    ErrorOutcome,
+    ErrorRegistry,
+    GameEngineError,
+    mapped_errors,
+    record_error,
+)
+
 # END errors exports
 # BEGIN telemetry exports
 from otel_backpressure.telemetry import Telemetry, configure_telemetry
@@ -39,6 +49,10 @@ __version__ = "0.1.0"
 __all__ = [
     "BackpressureInstrumentor",
     "Decision",
+    "ErrorMappingMiddleware",
+    "ErrorOutcome",
+    "ErrorRegistry",
+    "GameEngineError",
     "MemoryStore",
     "Policy",
     "PoolHealth",
@@ -50,5 +64,7 @@ __all__ = [
     "__version__",
     "configure_telemetry",
     "instrument",
+    "mapped_errors",
     "pool_health",
+    "record_error",
 ]
