@@ -104,12 +104,17 @@ class Telemetry:
         return self._shut_down
 
     def force_flush(self, timeout_millis: int = 10_000) -> bool:
-        """Export what is buffered now; False if either signal did not finish in time."""
+        """Export what is buffered now; False if either signal did not finish (never raises)."""
         if self._shut_down:
             return False
-        spans_done = self.tracer_provider.force_flush(timeout_millis)
-        metrics_done = self.meter_provider.force_flush(timeout_millis)
-        return bool(spans_done and metrics_done)
+        done = True
+        for provider in (self.tracer_provider, self.meter_provider):
+            try:
+                done = bool(provider.force_flush(timeout_millis)) and done
+            except Exception:  # the SDK raises when a reader times out or fails
+                _logger.warning("Flushing %s failed", type(provider).__name__, exc_info=True)
+                done = False
+        return done
 
     def shutdown(self) -> None:
         """Uninstrument, flush and shut both providers down; later calls do nothing.

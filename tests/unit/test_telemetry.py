@@ -20,7 +20,11 @@ from opentelemetry.exporter.otlp.proto.http.metric_exporter import (
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
     OTLPSpanExporter as HttpSpanExporter,
 )
-from opentelemetry.sdk.metrics.export import InMemoryMetricReader, PeriodicExportingMetricReader
+from opentelemetry.sdk.metrics.export import (
+    InMemoryMetricReader,
+    MetricReader,
+    PeriodicExportingMetricReader,
+)
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -297,5 +301,39 @@ def test_other_installed_exporters_are_loaded_by_name(monkeypatch: pytest.Monkey
             GrpcSpanExporter,
         ]
         assert [type(e) for e in metric_exporters(telemetry)] == [ConsoleMetricExporter]
+    finally:
+        telemetry.shutdown()
+
+
+class BrokenReader(MetricReader):
+    """A reader whose exporter blows up: the SDK's force_flush raises for it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+
+    def _receive_metrics(self, metrics_data: Any, timeout_millis: float = 0, **kwargs: Any) -> None:
+        raise RuntimeError("exporter exploded")
+
+    def shutdown(self, timeout_millis: float = 0, **kwargs: Any) -> None:
+        pass
+
+
+def test_force_flush_reports_a_failing_reader_instead_of_raising(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    telemetry = configure(export=False, metric_readers=[BrokenReader()])
+    try:
+        telemetry.meter_provider.get_meter("t").create_counter("hits").add(1)
+        assert telemetry.force_flush(timeout_millis=500) is False
+        assert "Flushing MeterProvider failed" in caplog.text
+    finally:
+        telemetry.shutdown()
+
+
+def test_force_flush_with_an_unreachable_collector_returns() -> None:
+    telemetry = configure()  # OTLP to a port where nothing listens, 1 s timeout
+    try:
+        telemetry.meter_provider.get_meter("t").create_counter("hits").add(1)
+        assert isinstance(telemetry.force_flush(timeout_millis=500), bool)
     finally:
         telemetry.shutdown()
