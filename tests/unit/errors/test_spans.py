@@ -24,6 +24,7 @@ from otel_backpressure.errors import (
     DatabaseConnectionError,
     DatabaseError,
     ErrorOutcome,
+    ErrorRegistry,
     GameEngineError,
     NotFoundError,
     OperationTimeoutError,
@@ -376,3 +377,68 @@ def test_safe_stacktrace_keeps_frames_and_the_chain_but_no_messages() -> None:
     assert "The above exception was the direct cause of the following exception" in text
     assert text.index("ValueError\n") < text.index("otel_backpressure.errors.DatabaseError\n")
     assert "raise" not in text  # no source lines
+
+
+def test_the_errors_switch_leaves_spans_alone(
+    tracer_provider: TracerProvider, span_exporter: InMemorySpanExporter
+) -> None:
+    from otel_backpressure import Settings
+
+    instrumentor = BackpressureInstrumentor()
+    instrumentor.instrument(
+        tracer_provider=tracer_provider,
+        settings=Settings(pool_enabled=False, rate_limit_enabled=False, errors_enabled=False),
+    )
+    try:
+        span = _run(tracer_provider, span_exporter, "start_as_current_span", NotFoundError("x"))
+    finally:
+        instrumentor.uninstrument()
+    assert (span.status.status_code, span.status.description) == (
+        StatusCode.ERROR,
+        "NotFoundError: x",
+    )
+
+
+class BrokenRegistry(ErrorRegistry):
+    def lookup(self, exc: BaseException | type[BaseException]) -> ErrorOutcome | None:
+        raise RuntimeError("registry bug")
+
+
+def test_a_failing_mapping_falls_back_to_the_default_and_never_reaches_the_app(
+    tracer_provider: TracerProvider,
+    span_exporter: InMemorySpanExporter,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    instrumentor = BackpressureInstrumentor()
+    instrumentor.instrument(
+        tracer_provider=tracer_provider, settings=_errors_only(), error_registry=BrokenRegistry()
+    )
+    try:
+        span = _run(tracer_provider, span_exporter, "start_span", DatabaseError("x"))
+    finally:
+        instrumentor.uninstrument()
+    assert (span.status.status_code, span.status.description) == (
+        StatusCode.ERROR,
+        "DatabaseError: x",
+    )
+    assert len(span.events) == 1
+    assert "Error mapping failed" in caplog.text
+
+
+def test_an_exception_whose_str_fails_is_still_mapped(
+    instrumented: BackpressureInstrumentor,
+    tracer_provider: TracerProvider,
+    span_exporter: InMemorySpanExporter,
+) -> None:
+    class Unprintable(DatabaseError):
+        def __str__(self) -> str:
+            raise RuntimeError("no str")
+
+    span = tracer_provider.get_tracer("test").start_span("manual")
+    try:
+        raise Unprintable()
+    except Unprintable as exc:
+        span.record_exception(exc)
+    span.end()
+    (exported,) = span_exporter.get_finished_spans()
+    assert (exported.events[0].attributes or {})["exception.message"] == "database error"
