@@ -105,7 +105,7 @@ class EnginePool:
         self.recorders: tuple[TimingRecorder, ...] = ()
         self._clock = clock
         self._lock = threading.Lock()
-        self._starts: dict[int, list[float]] = {}
+        self._starts: dict[int, float] = {}  # id(connection record) -> checked out at
         # pool -> the instance attributes the hooks shadowed (restored by close())
         self._hooked: weakref.WeakKeyDictionary[Pool, dict[str, Any]] = weakref.WeakKeyDictionary()
         callback = None
@@ -183,34 +183,30 @@ class EnginePool:
                     source.pending -= 1
                 raise
             try:
-                now = clock()
-                fresh = getattr(fairy, "_counter", 1) == 1  # not a nested re-checkout
+                fresh = fairy._counter == 1  # not a nested re-checkout of the same fairy
                 with lock:
                     source.pending -= 1
                     if counts_used and fresh:
                         source.used += 1
                 recorders = source.recorders
                 if fresh and (recorders or counts_used):
-                    key = id(fairy._connection_record)
+                    now = clock()
                     if len(starts) >= _MAX_OPEN_CHECKOUTS:
                         starts.clear()
-                    starts.setdefault(key, []).append(now)
-                for recorder in recorders:
-                    waits = recorder.wait
-                    waits.append(now - start)
-                    if len(waits) > MAX_BUFFERED:
-                        recorder.flush()
+                    starts[id(fairy._connection_record)] = now
+                    for recorder in recorders:
+                        waits = recorder.wait
+                        waits.append(now - start)
+                        if len(waits) > MAX_BUFFERED:
+                            recorder.flush()
             except Exception:
                 _logger.debug("Pool checkout telemetry failed", exc_info=True)
             return fairy
 
         def hooked_return_conn(record: Any) -> None:
             try:
-                opened = starts.get(id(record))
-                if opened:
-                    start = opened.pop()
-                    if not opened:
-                        del starts[id(record)]
+                start = starts.pop(id(record), None)
+                if start is not None:
                     if counts_used:
                         with lock:
                             source.used -= 1
