@@ -9,6 +9,7 @@ import sys
 SUITES: dict[str, str] = {
     # BEGIN suites
     "ratelimit_asgi": "ASGI overhead per request: RateLimitMiddleware vs slowapi's middleware",
+    "ratelimit": "Rate-limit decisions: in memory per decision, and on Redis per second, vs limits",
     "errors": "error mapping: spans without an exception (nil) and the exception path",
     # END suites
 }

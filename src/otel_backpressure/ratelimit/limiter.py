@@ -12,6 +12,7 @@ Example::
     decision = limiter.hit_sync("client-42")         # the in-memory store, no loop needed
     if not decision.allowed:
         retry_in = decision.retry_after              # seconds
+    await limiter.check("client-42")                 # raises RateLimitExceededError
 """
 
 from __future__ import annotations
@@ -59,7 +60,16 @@ class RateLimiter:
     that enforcement would not have changed.
     """
 
-    __slots__ = ("_counters", "_memory", "_metrics", "_policies", "_redis", "_single", "_store")
+    __slots__ = (
+        "_counters",
+        "_memory",
+        "_metrics",
+        "_policies",
+        "_redis",
+        "_single",
+        "_store",
+        "_tables",
+    )
 
     def __init__(
         self,
@@ -90,6 +100,9 @@ class RateLimiter:
             self._counts_for(policy)
         # the common case, one policy on the in-memory store, resolved once
         self._single: tuple[dict[str, int], Policy, tuple[Count, Count, Count]] | None = None
+        self._tables: tuple[dict[str, int], ...] = ()
+        if self._memory is not None:
+            self._tables = tuple(self._memory.table(policy) for policy in self._policies)
         if self._memory is not None and len(self._policies) == 1:
             only = self._policies[0]
             self._single = (self._memory.table(only), only, self._counters[only])
@@ -185,9 +198,27 @@ class RateLimiter:
                     counts[_DRY_RUN_REJECTED if dry_run else _REJECTED].value += 1
             return _new_decision(Decision, (allowed, policy, remaining, retry / _NS, reset / _NS))
         chosen = self._arguments(key, policies, cost)
+        if policies is None:
+            tables: Sequence[dict[str, int]] = self._tables
+        else:
+            tables = [memory.table(policy) for policy in chosen]
         with memory.lock:
-            verdict = memory.decide(key, chosen, cost)
-            return self._finish(verdict, chosen, dry_run)
+            if len(chosen) == 1:
+                allowed, remaining, retry, reset = memory.decide_one(
+                    tables[0], key, chosen[0], cost
+                )
+                deciding = 0
+            else:
+                allowed, deciding, remaining, retry, reset = memory.decide_many(
+                    tables, key, chosen, cost
+                )
+            policy = chosen[deciding]
+            counts = self._counters.get(policy) or self._counts_for(policy)
+            if allowed:
+                counts[_ALLOWED].value += 1
+            else:
+                counts[_DRY_RUN_REJECTED if dry_run else _REJECTED].value += 1
+        return _new_decision(Decision, (allowed, policy, remaining, retry / _NS, reset / _NS))
 
     async def hit(
         self,
@@ -208,6 +239,31 @@ class RateLimiter:
             raise TypeError(f"unsupported store {self._store!r}")
         verdict = await redis_store.decide(key, chosen, cost)
         return self._finish(verdict, chosen, dry_run)
+
+    async def check(
+        self,
+        key: str,
+        *,
+        policies: Sequence[Policy] | None = None,
+        cost: int = 1,
+    ) -> Decision:
+        """``hit``, raising ``RateLimitExceededError`` on rejection (mapped to a 429).
+
+        Example::
+
+            try:
+                await limiter.check(user_id)
+            except RateLimitExceededError as exc:
+                ...  # exc.retry_after seconds, exc.policy the policy name
+        """
+        decision = await self.hit(key, policies=policies, cost=cost)
+        if not decision.allowed:
+            from otel_backpressure.errors import RateLimitExceededError
+
+            raise RateLimitExceededError(
+                policy=decision.policy.name, retry_after=decision.retry_after
+            )
+        return decision
 
     def __repr__(self) -> str:
         names = ", ".join(policy.name for policy in self._policies)

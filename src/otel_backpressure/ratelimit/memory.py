@@ -182,37 +182,73 @@ class MemoryStore:
         table[key] = new_tat
         return True, -wait // interval, 0, new_tat - now
 
+    def decide_many(
+        self,
+        tables: Sequence[dict[str, int]],
+        key: str,
+        policies: Sequence[Policy],
+        cost: int,
+    ) -> tuple[bool, int, int, int, int]:
+        """Several policies, all or nothing: ``(allowed, deciding, remaining, retry, reset)``.
+
+        ``tables[i]`` is ``self.table(policies[i])``; call with ``lock`` held.
+        The arithmetic is ``gcra.decide``'s, inlined like ``decide_one``'s.
+        """
+        clock = self._clock
+        now = time.monotonic_ns() if clock is None else int(clock() * _NS)
+        if now >= self._next_sweep:
+            now = self._now()
+        tats = [table.pop(key, None) for table in tables]
+        for index, tat in enumerate(tats):
+            if tat is None and len(tables[index]) >= self.max_keys:
+                refused = self._make_room(policies[index], tables[index], now)
+                if refused is not None:
+                    self._put_back(key, tables, tats)
+                    return False, index, 0, refused.retry_after_ns, 0
+        rejected = -1
+        longest_wait = 0
+        fewest = -1
+        fewest_remaining = 0
+        new_tats: list[int] = []
+        for index, policy in enumerate(policies):
+            interval = policy.interval_ns
+            tat = tats[index]
+            base = now if tat is None or tat < now else tat
+            new_tat = base + cost * interval
+            wait = new_tat - now - policy.burst * interval
+            if wait > 0:
+                if wait > longest_wait:
+                    rejected, longest_wait = index, wait
+            else:
+                remaining = -wait // interval
+                if fewest < 0 or remaining < fewest_remaining:
+                    fewest, fewest_remaining = index, remaining
+            new_tats.append(new_tat)
+        if rejected >= 0:
+            self._put_back(key, tables, tats)  # a rejection consumes nothing
+            policy = policies[rejected]
+            tat = tats[rejected]
+            held = 0 if tat is None or tat < now else tat - now
+            interval = policy.interval_ns
+            return False, rejected, (policy.burst * interval - held) // interval, longest_wait, held
+        for table, new_tat in zip(tables, new_tats, strict=True):
+            table[key] = new_tat
+        return True, fewest, fewest_remaining, 0, new_tats[fewest] - now
+
     def decide(self, key: str, policies: Sequence[Policy], cost: int) -> gcra.Verdict:
-        """Decide and commit one request under every policy; call with ``lock`` held."""
+        """Resolve the tables and decide; call with ``lock`` held."""
         if len(policies) == 1:
             policy = policies[0]
             allowed, remaining, retry, reset = self.decide_one(
                 self.table(policy), key, policy, cost
             )
             return gcra.Verdict(allowed, 0, remaining, retry, reset, None)
-        return self._decide_many(key, policies, cost, self._now())
-
-    def _decide_many(
-        self, key: str, policies: Sequence[Policy], cost: int, now: int
-    ) -> gcra.Verdict:
-        resolved: list[dict[str, int]] = []
-        tats: list[int | None] = []
-        for policy in policies:
-            table = self.table(policy)
-            resolved.append(table)
-            tats.append(table.pop(key, None))
-        for index, (policy, table, tat) in enumerate(zip(policies, resolved, tats, strict=True)):
-            if tat is None and len(table) >= self.max_keys:
-                refused = self._make_room(policy, table, now)
-                if refused is not None:
-                    self._put_back(key, resolved, tats)
-                    return refused._replace(deciding=index)
-        verdict = gcra.decide(tats, now, policies, cost)
-        self._put_back(key, resolved, verdict.tats if verdict.tats is not None else tats)
-        return verdict
+        tables = [self.table(policy) for policy in policies]
+        allowed, deciding, remaining, retry, reset = self.decide_many(tables, key, policies, cost)
+        return gcra.Verdict(allowed, deciding, remaining, retry, reset, None)
 
     @staticmethod
-    def _put_back(key: str, tables: list[dict[str, int]], tats: Sequence[int | None]) -> None:
+    def _put_back(key: str, tables: Sequence[dict[str, int]], tats: Sequence[int | None]) -> None:
         for table, tat in zip(tables, tats, strict=True):
             if tat is not None:
                 table[key] = tat

@@ -1,9 +1,10 @@
 """The Redis store: one Lua script, one round trip per decision, for many instances.
 
 The script runs GCRA on the Redis server's clock (``TIME``), so instances
-with skewed clocks agree; it reads and writes one hash per client key (a
-field per policy), so it touches a single key and runs on Redis Cluster; it
-sets the key to expire once its state is idle, so nothing needs sweeping.
+with skewed clocks agree. A client's state is one small string key per
+policy, ``{prefix}{{client key}}:{policy}``: the braces make them one hash
+tag, so all keys of a call live in one slot and the script runs on Redis
+Cluster. Each key expires once its state is idle, so nothing needs sweeping.
 It is sent with EVALSHA and re-loaded when the server answers NOSCRIPT (a
 restarted or ``SCRIPT FLUSH``-ed server).
 
@@ -65,11 +66,12 @@ def _error_type(exc: BaseException) -> str:
 
 
 def _policy_args(policy: Policy) -> tuple[str, int, int]:
-    """(hash field, interval in µs rounded up, burst) as the script reads them."""
+    """(key suffix, interval in µs rounded up, burst) as the script reads them."""
     period_us = round(policy.period * _US)
     interval_us = max(1, -(-period_us // policy.rate))
-    field = f"{policy.name}|{policy.rate}/{policy.period:g}s|{policy.burst}"
-    return field, interval_us, policy.burst
+    # the parameters are part of the key: a changed policy starts afresh
+    suffix = f":{policy.name}|{policy.rate}/{policy.period:g}s|{policy.burst}"
+    return suffix, interval_us, policy.burst
 
 
 class RedisStore:
@@ -111,6 +113,8 @@ class RedisStore:
             raise TypeError(f"url must be a str, got {type(url).__name__}")
         if not isinstance(prefix, str):
             raise TypeError(f"prefix must be a str, got {type(prefix).__name__}")
+        if "{" in prefix or "}" in prefix:
+            raise ValueError(f"prefix must not contain braces (a hash tag), got {prefix!r}")
         self.timeout = check_positive("timeout", timeout)
         self.backoff = check_positive("backoff", backoff)
         self.max_backoff = check_positive("max_backoff", max_backoff)
@@ -144,8 +148,8 @@ class RedisStore:
         self._client = client
         self._script = client.register_script(_load_script())
         self.counts = StoreCounts()
-        # policies -> the script's ARGV tail, built once per policy set
-        self._args: dict[tuple[Policy, ...], list[object]] = {}
+        # policies -> (key suffixes, the script's ARGV tail), built once per policy set
+        self._args: dict[tuple[Policy, ...], tuple[list[str], list[object]]] = {}
         self._failures = 0
         self._open_until = 0.0
         self._probing = False
@@ -154,15 +158,25 @@ class RedisStore:
     def client(self) -> Any:
         return self._client
 
-    def _script_args(self, policies: tuple[Policy, ...], cost: int) -> list[object]:
-        tail = self._args.get(policies)
-        if tail is None:
-            tail = []
+    def _script_args(self, policies: tuple[Policy, ...]) -> tuple[list[str], list[object]]:
+        prepared = self._args.get(policies)
+        if prepared is None:
+            suffixes: list[str] = []
+            tail: list[object] = []
             for policy in policies:
-                tail.extend(_policy_args(policy))
+                suffix, interval_us, burst = _policy_args(policy)
+                suffixes.append(suffix)
+                tail.extend((interval_us, burst))
+            prepared = (suffixes, tail)
             if len(self._args) < 1024:  # bounded: per-route sets are few
-                self._args[policies] = tail
-        return [cost, *tail]
+                self._args[policies] = prepared
+        return prepared
+
+    def keys(self, key: str, policies: Sequence[Policy]) -> list[str]:
+        """The Redis keys holding a client's state under each policy."""
+        suffixes, _ = self._script_args(tuple(policies))
+        tagged = f"{self.prefix}{{{key}}}"
+        return [tagged + suffix for suffix in suffixes]
 
     async def decide(self, key: str, policies: Sequence[Policy], cost: int) -> gcra.Verdict:
         """One script call; on failure a fail-open (or closed) verdict, counted."""
@@ -172,13 +186,15 @@ class RedisStore:
             if now < self._open_until or self._probing:
                 return self._unavailable(chosen, CIRCUIT_OPEN)
             self._probing = True  # half open: this call probes, the others fail fast
-        call = self._script(keys=[self.prefix + key], args=self._script_args(chosen, cost))
+        suffixes, tail = self._script_args(chosen)
+        tagged = f"{self.prefix}{{{key}}}"
+        call = self._script(keys=[tagged + suffix for suffix in suffixes], args=[cost, *tail])
         try:
             if self._wait_for:
                 reply = await asyncio.wait_for(call, self.timeout)
             else:
                 reply = await call
-            allowed, index, remaining, retry_us, reset_us = (int(value) for value in reply)
+            allowed, index, remaining, retry_us, reset_us = reply  # integer replies
         except Exception as exc:
             return self._failed(chosen, exc)
         if self._open_until:

@@ -119,19 +119,26 @@ def test_processes_hammering_one_key_never_exceed_the_bound(redis_url: str) -> N
         client.delete(prefix + "shared-key")
 
 
-async def test_one_hash_per_client_with_an_expiry(shared_store: RedisStore) -> None:
+async def test_one_slot_per_client_and_keys_that_expire_when_idle(
+    shared_store: RedisStore,
+) -> None:
     second = Policy("burst", rate=2, period=10)
     limiter = RateLimiter([HOURLY, second], store=shared_store)
-    decision = await limiter.hit("client")
-    assert decision.allowed
-    key = shared_store.prefix + "client"
-    fields = await shared_store.client.hgetall(key)
-    assert len(fields) == 2  # one field per policy, in one key (Redis Cluster safe)
-    ttl_ms = await shared_store.client.pttl(key)
-    assert 0 < ttl_ms <= 90_000 + 2  # expires when the longest state (hourly: 90 s) is idle
-    # a shorter policy set later must not shorten the life of the hourly state
+    assert (await limiter.hit("client")).allowed
+    keys = shared_store.keys("client", [HOURLY, second])
+    assert len(set(keys)) == 2
+    # one hash tag per client: every key of a call is in one Redis Cluster slot
+    assert all("{client}" in key for key in keys)
+    assert await shared_store.client.exists(*keys) == 2
+    hourly_ttl = await shared_store.client.pttl(keys[0])
+    burst_ttl = await shared_store.client.pttl(keys[1])
+    assert 0 < hourly_ttl <= 90_000 + 2  # idle once the hourly TAT (90 s ahead) passes
+    assert 0 < burst_ttl <= 5_000 + 2
+    # another policy set on the same client leaves the hourly state alone
     await limiter.hit("client", policies=[second])
-    assert await shared_store.client.pttl(key) > 10_000
+    assert await shared_store.client.pttl(keys[0]) > 10_000
+    with pytest.raises(ValueError, match="prefix"):
+        RedisStore("redis://127.0.0.1/0", prefix="{app}:")
 
 
 async def test_a_flushed_script_cache_is_survived(

@@ -165,3 +165,16 @@ async def test_async_hit_is_the_same_core(clock: FakeClock, capture: MetricsCapt
     assert [d.allowed for d in outcomes] == [True, True, False]
     assert outcomes[0] == limiter_for(FakeClock(), MetricsCapture()).hit_sync("k")
     await limiter.store.aclose()  # type: ignore[union-attr]
+
+
+async def test_check_raises_the_mapped_error_on_rejection(clock: FakeClock) -> None:
+    from otel_backpressure.errors import RateLimitExceededError
+
+    limiter = RateLimiter([PER_SECOND], clock=clock)
+    assert (await limiter.check("k")).allowed
+    await limiter.check("k")
+    with pytest.raises(RateLimitExceededError) as caught:
+        await limiter.check("k")
+    assert caught.value.policy == "per-second"
+    assert caught.value.retry_after == pytest.approx(0.5)
+    await limiter.store.aclose()  # type: ignore[union-attr]

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from otel_backpressure.ratelimit import MemoryStore, Policy, RateLimiter
 from otel_backpressure.ratelimit import memory as memory_module
-from otel_backpressure.ratelimit.gcra import decide_one
+from otel_backpressure.ratelimit.gcra import decide, decide_one
 from otel_backpressure.testing import FakeClock, MetricsCapture
 
 POLICY = "backpressure.rate_limit.policy"
@@ -88,6 +88,30 @@ def test_the_fast_path_agrees_with_the_pure_algorithm() -> None:
         assert got == (expected[0], *expected[2:])
         if expected[0]:
             tat = expected[1]
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 900), st.integers(1, 2)), max_size=60))
+def test_the_many_policy_path_agrees_with_the_pure_algorithm(
+    steps: list[tuple[int, int]],
+) -> None:
+    clock = FakeClock()
+    store = MemoryStore(max_keys=10, clock=clock)
+    policies = (
+        Policy("a", rate=3, period=1, burst=2),
+        Policy("b", rate=5, period=4),
+        Policy("c", rate=2, period=2, burst=3),
+    )
+    tats: list[int | None] = [None, None, None]
+    for gap_ms, cost in steps:
+        clock.advance(gap_ms / 1000)
+        expected = decide(tats, store.now_ns(), policies, cost)
+        with store.lock:
+            got = store.decide("k", policies, cost)
+        assert got._replace(tats=None) == expected._replace(tats=None)
+        if expected.tats is not None:
+            tats = list(expected.tats)
+        assert [store.tat("k", policy) for policy in policies] == tats
 
 
 def test_sweep_drops_only_idle_keys_and_meters_them(clock: FakeClock) -> None:
