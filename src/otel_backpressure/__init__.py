@@ -23,7 +23,14 @@ from otel_backpressure.pool.health import PoolHealth, pool_health
 
 # END pool exports
 # BEGIN ratelimit exports
-from otel_backpressure.ratelimit import Decision, MemoryStore, Policy, RateLimiter, RedisStore
+from otel_backpressure.ratelimit import (
+    Decision,
+    MemoryStore,
+    Policy,
+    RateLimiter,
+    RateLimitMiddleware,
+    RedisStore,
+)
 from otel_backpressure.settings import Settings
 
 # END ratelimit exports
@@ -57,6 +64,7 @@ __all__ = [
     "Policy",
     "PoolHealth",
     "PoolInstrumentation",
+    "RateLimitMiddleware",
     "RateLimiter",
     "RedisStore",
     "Settings",

@@ -9,9 +9,9 @@ Example::
     if not decision.allowed:
         ...  # 429, Retry-After: decision.retry_after
 
-The API (``Policy``, ``Decision``, ``RateLimiter``, ``MemoryStore``,
-``RedisStore``) is the one the ASGI middleware and the ``limits`` metering are
-written against; ``metrics.RateLimitMetrics`` is the shared local-count
+The core (``Policy``, ``Decision``, ``RateLimiter``, ``MemoryStore``,
+``RedisStore``) is what the ASGI ``RateLimitMiddleware`` and the ``limits``
+metering are built on; ``metrics.RateLimitMetrics`` is the shared local-count
 metering.
 """
 
@@ -19,7 +19,15 @@ from __future__ import annotations
 
 from otel_backpressure.ratelimit.limiter import RateLimiter
 from otel_backpressure.ratelimit.memory import MemoryStore
+from otel_backpressure.ratelimit.middleware import RateLimitMiddleware
 from otel_backpressure.ratelimit.policy import Decision, Policy
 from otel_backpressure.ratelimit.redis import RedisStore
 
-__all__ = ["Decision", "MemoryStore", "Policy", "RateLimiter", "RedisStore"]
+__all__ = [
+    "Decision",
+    "MemoryStore",
+    "Policy",
+    "RateLimitMiddleware",
+    "RateLimiter",
+    "RedisStore",
+]
