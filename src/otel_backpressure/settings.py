@@ -120,7 +120,7 @@ VARIABLES: Final[tuple[Variable, ...]] = (
         "error_mappings",
         "errors",
         "",
-        "Extra exception mappings, see the README's error-mapping section.",
+        "Extra exception-to-outcome mappings (syntax in docs/errors.md).",
     ),
 )
 

@@ -1,0 +1,68 @@
+"""The README is the newcomer's contract: its tables and commands must stay true."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import contract
+
+from otel_backpressure.settings import VARIABLES
+
+ROOT = Path(__file__).resolve().parents[2]
+README = (ROOT / "README.md").read_text(encoding="utf-8")
+
+_KIND_WORDS = {
+    contract.Instrument.COUNTER: "Counter",
+    contract.Instrument.OBSERVABLE_COUNTER: "Counter",
+    contract.Instrument.UP_DOWN_COUNTER: "UpDownCounter",
+    contract.Instrument.OBSERVABLE_UP_DOWN_COUNTER: "asynchronous UpDownCounter",
+    contract.Instrument.OBSERVABLE_GAUGE: "asynchronous Gauge",
+    contract.Instrument.HISTOGRAM: "Histogram",
+}
+
+
+def _section(name: str) -> str:
+    match = re.search(rf"<!-- BEGIN {name}.*?-->\n(.*?)<!-- END {name} -->", README, re.S)
+    assert match, f"README has no {name} section"
+    return match.group(1)
+
+
+def _rows(table: str) -> list[list[str]]:
+    lines = [line for line in table.strip().splitlines() if line.startswith("|")]
+    return [[cell.strip() for cell in line.strip("|").split("|")] for line in lines[2:]]
+
+
+def test_metrics_reference_matches_the_contract() -> None:
+    rows = {row[0].strip("`"): row for row in _rows(_section("metrics reference"))}
+    assert set(rows) == set(contract.METRICS)
+    for name, spec in contract.METRICS.items():
+        _, kind, unit, attributes, prometheus = rows[name]
+        assert kind == _KIND_WORDS[spec.instruments[0]], name
+        assert unit == f"`{spec.unit}`", name
+        keys = re.findall(r"`([a-z_]+(?:\.[a-z_]+)+)`", attributes)
+        assert tuple(keys) == spec.attributes, name
+        for key, allowed in spec.allowed_values.items():
+            if allowed is not None:
+                listed = re.search(rf"`{re.escape(key)}` \(([^)]*)\)", attributes)
+                assert listed, f"{name}: values of {key} not listed"
+                assert set(re.findall(r"`([a-z_]+)`", listed.group(1))) == allowed, name
+        assert prometheus == f"`{spec.prometheus_name}`", name
+
+
+def test_configuration_table_lists_every_setting_with_its_default() -> None:
+    rows = {row[0].strip("`"): row for row in _rows(_section("settings"))}
+    assert list(rows) == [variable.name for variable in VARIABLES]
+    for variable in VARIABLES:
+        default = rows[variable.name][1]
+        assert default == (f"`{variable.default}`" if variable.default else "(none)")
+
+
+def test_ci_runs_the_readme_test_command() -> None:
+    commands = re.findall(r"^    (pip install .*)$", README, re.M)
+    assert commands[:2] == [
+        'pip install -e ".[all]" && python -m otel_backpressure.demo',
+        "pip install nox && nox -s tests",
+    ]
+    ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
+    assert re.search(r"^nox -s tests$", ci, re.M)
