@@ -20,13 +20,14 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Final
 
-from opentelemetry.metrics import MeterProvider
+from opentelemetry.metrics import MeterProvider, NoOpMeterProvider
 
 from otel_backpressure.ratelimit import gcra
 from otel_backpressure.ratelimit.memory import MemoryStore
 from otel_backpressure.ratelimit.metrics import RESULTS, Count, RateLimitMetrics
 from otel_backpressure.ratelimit.policy import Decision, Policy
 from otel_backpressure.ratelimit.redis import RedisStore
+from otel_backpressure.settings import Settings
 
 __all__ = ["RateLimiter"]
 
@@ -92,7 +93,10 @@ class RateLimiter:
         self._store = store
         self._memory = store if isinstance(store, MemoryStore) else None
         self._redis = store if isinstance(store, RedisStore) else None
-        self._metrics = RateLimitMetrics.for_provider(meter_provider)
+        if Settings.from_env().rate_limit_enabled:
+            self._metrics = RateLimitMetrics.for_provider(meter_provider)
+        else:  # OTEL_PYTHON_BACKPRESSURE_RATE_LIMIT_ENABLED=false: limit, export nothing
+            self._metrics = RateLimitMetrics(NoOpMeterProvider())
         self._metrics.watch(store)
         # policy -> its three counts (allowed, rejected, dry run rejected), resolved once
         self._counters: dict[Policy, tuple[Count, Count, Count]] = {}

@@ -178,3 +178,12 @@ async def test_check_raises_the_mapped_error_on_rejection(clock: FakeClock) -> N
     assert caught.value.policy == "per-second"
     assert caught.value.retry_after == pytest.approx(0.5)
     await limiter.store.aclose()  # type: ignore[union-attr]
+
+
+def test_metering_switched_off_by_the_setting_still_limits(
+    monkeypatch: pytest.MonkeyPatch, clock: FakeClock, capture: MetricsCapture
+) -> None:
+    monkeypatch.setenv("OTEL_PYTHON_BACKPRESSURE_RATE_LIMIT_ENABLED", "false")
+    limiter = limiter_for(clock, capture)
+    assert [limiter.hit_sync("k").allowed for _ in range(3)] == [True, True, False]
+    assert not [name for name in capture.collect() if name.startswith("backpressure.rate_limit")]
