@@ -6,7 +6,6 @@ import re
 from pathlib import Path
 
 import contract
-
 from otel_backpressure.settings import VARIABLES
 
 ROOT = Path(__file__).resolve().parents[2]
