@@ -17,14 +17,16 @@ def main() -> int:
         return 0
     if shutil.which("apt-get") and os.geteuid() == 0:
         env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        was_running = subprocess.run(["pgrep", "-x", "prometheus"], check=False).returncode == 0
         subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
         subprocess.run(
             ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "prometheus"],
             check=True,
             env=env,
         )
-        # The package starts a Prometheus server we do not want running.
-        subprocess.run(["pkill", "-x", "prometheus"], check=False)
+        if not was_running:
+            # The package may start a Prometheus server; only promtool is wanted.
+            subprocess.run(["pkill", "-x", "prometheus"], check=False)
         if shutil.which("promtool"):
             return 0
     sys.stderr.write(
