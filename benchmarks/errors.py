@@ -22,6 +22,11 @@ ratio instrumented / plain. Cases:
 - ``record_exception + set_status``: the two calls alone on an open span, in
   an ``except`` block, for a ``DatabaseError``.
 
+Timing on a shared machine is noisy, so each case also reports, without any
+clock, how many Python calls per operation enter ``otel_backpressure.errors``
+with the patches installed (a profiler hook counts them): 0 means the case
+runs none of this package's code.
+
 Run: ``python -m benchmarks errors``
 """
 
@@ -29,12 +34,17 @@ from __future__ import annotations
 
 import gc
 import statistics
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
+from types import FrameType
+from typing import Any
 
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.trace import Status, StatusCode, Tracer
 
+import otel_backpressure.errors
 from otel_backpressure import BackpressureInstrumentor, Settings
 from otel_backpressure.errors import DatabaseError, NotFoundError
 
@@ -92,6 +102,26 @@ def _record_and_set(tracer: Tracer) -> Callable[[], None]:
 
 Case = tuple[Callable[[], None], int]
 
+_ERRORS_PART = str(Path(otel_backpressure.errors.__file__).parent)
+
+
+def _calls_into_errors_part(case: Case) -> float:
+    """Python calls into otel_backpressure.errors per operation: the timing-free proof."""
+    run, ops = case
+    calls = 0
+
+    def profile(frame: FrameType, event: str, arg: Any) -> None:
+        nonlocal calls
+        if event == "call" and frame.f_code.co_filename.startswith(_ERRORS_PART):
+            calls += 1
+
+    sys.setprofile(profile)
+    try:
+        run()
+    finally:
+        sys.setprofile(None)
+    return calls / ops
+
 
 def _time(case: Case) -> float:
     """Microseconds per operation for one batch."""
@@ -139,11 +169,18 @@ def main() -> None:
             mapped[name].append(measure_mapped(case))
             mapped[name].append(measure_mapped(case))
             plain[name].append(_time(case))
-    print(f"{'case':<32} {'plain µs':>9} {'mapped µs':>10} {'ratio':>6}")
+    instrumentor.instrument(tracer_provider=provider, settings=ERRORS_ONLY)
+    try:
+        calls = {name: _calls_into_errors_part(case) for name, case in cases.items()}
+    finally:
+        instrumentor.uninstrument()
+    print(f"{'case':<32} {'plain µs':>9} {'mapped µs':>10} {'ratio':>6} {'calls/op':>9}")
     for name in cases:
         before = statistics.median(plain[name])
         after = statistics.median(mapped[name])
-        print(f"{name:<32} {before:>9.2f} {after:>10.2f} {after / before:>6.2f}")
+        print(
+            f"{name:<32} {before:>9.2f} {after:>10.2f} {after / before:>6.2f} {calls[name]:>9.1f}"
+        )
     provider.shutdown()
 
 
