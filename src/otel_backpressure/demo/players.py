@@ -13,6 +13,8 @@ from otel_backpressure.demo.app import MAX_SCORE, PLAYER_ID_HEADER
 
 __all__ = ["Traffic", "play"]
 
+STORM = 6  # refreshes a player fires at once now and then
+
 
 class Traffic:
     """Responses by status code, and failures that reached the client (none expected)."""
@@ -42,13 +44,29 @@ async def play(
     """One player until ``deadline`` (loop time): lookups, scores, sign-ups, leaderboards."""
     loop = asyncio.get_running_loop()
     headers = {PLAYER_ID_HEADER: str(player)}
+    storm = True  # every player opens with an impatient burst of refreshes
     while loop.time() < deadline:
-        try:
-            response = await _one_request(client, player, players, headers, rng)
-            traffic.statuses[response.status_code] += 1
-        except Exception as exc:  # the demo keeps playing; the summary shows it
-            traffic.failures[type(exc).__name__] += 1
-        await asyncio.sleep(rng.uniform(0.005, 0.05))
+        requests = [_one_request(client, player, players, headers, rng)]
+        if storm:
+            # more refreshes at once than the player policy's burst: some get 429
+            requests += [client.get(f"/players/{player}", headers=headers) for _ in range(STORM)]
+        pause = rng.uniform(0.005, 0.05)
+        for outcome in await asyncio.gather(*requests, return_exceptions=True):
+            if isinstance(outcome, httpx.Response):
+                traffic.statuses[outcome.status_code] += 1
+                if outcome.status_code == 429:  # a polite client waits as told
+                    pause = max(pause, _retry_after(outcome))
+            else:  # the demo keeps playing; the summary shows it
+                traffic.failures[type(outcome).__name__] += 1
+        storm = rng.random() < 0.05
+        await asyncio.sleep(pause)
+
+
+def _retry_after(response: httpx.Response) -> float:
+    try:
+        return min(1.0, float(response.headers.get("retry-after", "1")))
+    except ValueError:
+        return 1.0
 
 
 async def _one_request(
