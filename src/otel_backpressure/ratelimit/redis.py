@@ -28,6 +28,7 @@ Example::
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -81,10 +82,12 @@ class RedisStore:
         "_args",
         "_client",
         "_failures",
+        "_no_script",
         "_open_until",
         "_owns_client",
         "_probing",
-        "_script",
+        "_sha",
+        "_source",
         "_wait_for",
         "backoff",
         "clock",
@@ -140,13 +143,17 @@ class RedisStore:
             self._owns_client = True
             self._wait_for = False
         else:
-            if not callable(getattr(client, "register_script", None)):
+            if not callable(getattr(client, "evalsha", None)):
                 raise TypeError(f"client must be a redis.asyncio client, got {client!r}")
             # a caller's client has its own timeouts and retries; bound the call here
             self._owns_client = False
             self._wait_for = True
         self._client = client
-        self._script = client.register_script(_load_script())
+        from redis.exceptions import NoScriptError
+
+        self._no_script: type[Exception] = NoScriptError
+        self._source = _load_script()
+        self._sha = hashlib.sha1(self._source.encode("utf-8")).hexdigest()
         self.counts = StoreCounts()
         # policies -> (key suffixes, the script's ARGV tail), built once per policy set
         self._args: dict[tuple[Policy, ...], tuple[list[str], list[object]]] = {}
@@ -188,7 +195,7 @@ class RedisStore:
             self._probing = True  # half open: this call probes, the others fail fast
         suffixes, tail = self._script_args(chosen)
         tagged = f"{self.prefix}{{{key}}}"
-        call = self._script(keys=[tagged + suffix for suffix in suffixes], args=[cost, *tail])
+        call = self._evaluate([tagged + suffix for suffix in suffixes], [cost, *tail])
         try:
             if self._wait_for:
                 reply = await asyncio.wait_for(call, self.timeout)
@@ -210,6 +217,15 @@ class RedisStore:
             reset_us * _NS_PER_US,
             None,
         )
+
+    async def _evaluate(self, keys: list[str], args: list[object]) -> Any:
+        """EVALSHA; on NOSCRIPT (a restarted or flushed server) load the script and retry."""
+        client = self._client
+        try:
+            return await client.evalsha(self._sha, len(keys), *keys, *args)
+        except self._no_script:
+            self._sha = await client.script_load(self._source)
+            return await client.evalsha(self._sha, len(keys), *keys, *args)
 
     def _failed(self, policies: tuple[Policy, ...], exc: Exception) -> gcra.Verdict:
         self._probing = False
