@@ -237,10 +237,12 @@ async def main() -> None:
             try:
                 await asyncio.gather(*calls)
                 await spans_with_mapped_errors()
-                for _ in range(3):
+                # more hits per round than either burst: rejections however slow a round is
+                for _ in range(5):
                     await redis_limiter.hit("greedy")
-                    await dead_redis_limiter.hit("anyone")
                 for _ in range(3):
+                    await dead_redis_limiter.hit("anyone")
+                for _ in range(6):
                     signups.hit(signup_limit, "signup")
                 for index in range(EXTRA_SPANS):
                     tick_span(index)
