@@ -182,11 +182,12 @@ class EnginePool:
                 with lock:
                     source.pending -= 1
                 raise
+            with lock:
+                source.pending -= 1
             try:
                 fresh = fairy._counter == 1  # not a nested re-checkout of the same fairy
-                with lock:
-                    source.pending -= 1
-                    if counts_used and fresh:
+                if counts_used and fresh:
+                    with lock:
                         source.used += 1
                 recorders = source.recorders
                 if fresh and (recorders or counts_used):
