@@ -11,6 +11,7 @@ SUITES: dict[str, str] = {
     "ratelimit_asgi": "ASGI overhead per request: RateLimitMiddleware vs slowapi's middleware",
     "ratelimit": "Rate-limit decisions: in memory per decision, and on Redis per second, vs limits",
     "errors": "error mapping: spans without an exception (nil) and the exception path",
+    "pool": "Pool checkout/checkin and checkout + SELECT 1: bare vs this package vs contrib",
     # END suites
 }
 
