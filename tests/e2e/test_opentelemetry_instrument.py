@@ -309,3 +309,32 @@ def test_collector_outage_does_not_disturb_the_app_and_memory_stays_bounded(
     final = app.stop()
     assert final.get("stopped") is True
     assert app.unexpected() == []
+
+
+def test_disabled_instrumentations_variable_turns_the_package_off(
+    collector: Collector, start_app: Callable[..., App]
+) -> None:
+    app = start_app("grpc", OTEL_PYTHON_DISABLED_INSTRUMENTATIONS="backpressure")
+    # the app's own middleware and limiter still meter; the auto-loaded parts do not
+    received = collector.wait_for(
+        lambda got: (
+            "backpressure.rate_limit.requests" in got.metrics
+            and any(span.name == "e2e.lookup" for span in got.spans)
+            and any(span.name == "e2e.checkout" for span in got.spans)
+        )
+    )
+    final = app.stop()
+    assert final.get("stopped") is True
+    assert app.unexpected() == []
+    pool_metrics = [name for name in received.metrics if name.startswith("db.client.connection")]
+    assert pool_metrics == []
+    assert "backpressure.pool.usage" not in received.metrics
+    policies = {
+        dict(key)[contract.POLICY]
+        for key in received.metrics["backpressure.rate_limit.requests"].points
+    }
+    assert policies <= {"e2e-memory", "e2e-redis", "e2e-redis-down"}  # no `limits` metering
+    # without the span mapping, an expected error ends its span with OpenTelemetry's default
+    lookup = next(span for span in received.spans if span.name == "e2e.lookup")
+    assert lookup.status_code == "STATUS_CODE_ERROR"
+    assert "error.type" not in lookup.attributes
