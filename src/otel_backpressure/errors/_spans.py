@@ -3,8 +3,8 @@
 OpenTelemetry marks a span that an exception escapes in exactly two calls, made
 while the exception is being handled: ``record_exception(exc)`` and
 ``set_status(Status(ERROR, "Type: message"))`` (``use_span``, and so
-``start_as_current_span``; ``Span.__exit__``; the ASGI and FastAPI
-instrumentations, which also use ``str(exc)``). Wrapping those two SDK methods
+``start_as_current_span``; ``Span.__exit__``; the FastAPI instrumentation;
+some ASGI instrumentation versions describe with ``str(exc)``). Wrapping those two SDK methods
 is the narrowest patch: a span that ends without an exception never calls
 them, so it pays nothing. For a mapped exception the wrappers replace the
 default with the outcome; anything else is passed through untouched.
