@@ -34,6 +34,8 @@ pytestmark = pytest.mark.integration
 
 PER_MINUTE = Policy("per-minute", rate=2, period=60.0)
 REQUESTS = "backpressure.rate_limit.requests"
+# Generous: on a loaded machine a short timeout would fail open and hide the decision.
+TIMEOUT = 5.0
 
 
 def count(metrics: MetricsCapture, result: str, policy: str = "per-minute") -> float | None:
@@ -114,7 +116,7 @@ async def serve(app: Any) -> AsyncIterator[str]:
 async def test_redis_backed_429_retry_after_and_headers(
     make_app: Callable[..., Any], redis_url: str, prefix: str, metrics: MetricsCapture
 ) -> None:
-    app = make_app(RedisStore(redis_url, prefix=prefix))
+    app = make_app(RedisStore(redis_url, prefix=prefix, timeout=TIMEOUT))
     transport = httpx.ASGITransport(app=app, client=("198.51.100.4", 40000))
     async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
         responses = [await client.get("/") for _ in range(3)]
@@ -131,7 +133,7 @@ async def test_redis_backed_429_retry_after_and_headers(
 async def test_two_app_instances_share_one_bound_through_redis(
     make_app: Callable[..., Any], redis_url: str, prefix: str
 ) -> None:
-    apps = [make_app(RedisStore(redis_url, prefix=prefix)) for _ in range(2)]
+    apps = [make_app(RedisStore(redis_url, prefix=prefix, timeout=TIMEOUT)) for _ in range(2)]
     statuses = []
     for index in range(4):
         transport = httpx.ASGITransport(app=apps[index % 2], client=("198.51.100.5", 40000))
@@ -144,7 +146,9 @@ async def test_untrusted_peer_over_a_real_socket_cannot_spoof(
     make_app: Callable[..., Any], redis_url: str, prefix: str
 ) -> None:
     # 127.0.0.1 is the real peer and is not trusted: X-Forwarded-For is ignored.
-    app = make_app(RedisStore(redis_url, prefix=prefix), trusted_proxies=["10.0.0.0/8"])
+    app = make_app(
+        RedisStore(redis_url, prefix=prefix, timeout=TIMEOUT), trusted_proxies=["10.0.0.0/8"]
+    )
     async with serve(app) as url, httpx.AsyncClient(base_url=url) as client:
         statuses = [
             (await client.get("/", headers={"x-forwarded-for": f"198.51.100.{i}"})).status_code
@@ -156,7 +160,9 @@ async def test_untrusted_peer_over_a_real_socket_cannot_spoof(
 async def test_trusted_proxy_over_a_real_socket_limits_each_client(
     make_app: Callable[..., Any], redis_url: str, prefix: str, metrics: MetricsCapture
 ) -> None:
-    app = make_app(RedisStore(redis_url, prefix=prefix), trusted_proxies=["127.0.0.1/32"])
+    app = make_app(
+        RedisStore(redis_url, prefix=prefix, timeout=TIMEOUT), trusted_proxies=["127.0.0.1/32"]
+    )
     async with serve(app) as url, httpx.AsyncClient(base_url=url) as client:
 
         async def as_client(address: str) -> int:
