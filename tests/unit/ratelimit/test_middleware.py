@@ -407,3 +407,28 @@ def test_policy_names_must_be_header_safe(clock: FakeClock) -> None:
     )
     with pytest.raises(ValueError, match="printable ASCII"):
         RateLimitMiddleware(Starlette(), limiter=limiter)
+
+
+async def test_raw_asgi_app_without_headers_gets_them_added(clock: FakeClock) -> None:
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 204})  # no "headers" key
+        await send({"type": "http.response.body", "body": b""})
+
+    store = MemoryStore(clock=clock)
+    middleware = RateLimitMiddleware(app, limiter=RateLimiter([PER_SECOND], store=store))
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "path": "/", "headers": [], "client": ("198.51.100.3", 1)}
+    await middleware(scope, receive, send)
+    await store.aclose()
+    assert sent[0]["headers"] == [
+        (b"ratelimit-policy", b'"per-second";q=2;w=1'),
+        (b"ratelimit", b'"per-second";r=1;t=1'),
+    ]
+    assert sent[1] == {"type": "http.response.body", "body": b""}
