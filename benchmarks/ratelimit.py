@@ -8,8 +8,9 @@
    ``async+redis://`` (the same redis-py client underneath), one at a time and
    32 at once.
 
-Every contender runs in the same process, interleaved round by round; the
-tables show medians over the rounds and ratios to the anchor.
+Every contender runs in the same process, interleaved round by round (the
+order rotated every round); the tables show medians over the rounds and
+ratios to the anchor.
 
 Run: ``python -m benchmarks ratelimit`` (Redis from BACKPRESSURE_TEST_REDIS_URL,
 default redis://127.0.0.1:6379/0).
@@ -38,11 +39,12 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 from otel_backpressure.ratelimit import MemoryStore, Policy, RateLimiter, RedisStore
 
-ROUNDS = 7
-DECISIONS = 20_000
+# many short rounds, rotated, so bursts of load on a shared machine hit every contender
+ROUNDS = 21
+DECISIONS = 5_000
 KEYS = [f"client-{i}" for i in range(1_000)]
-REDIS_ROUNDS = 5
-REDIS_DECISIONS = 1_500
+REDIS_ROUNDS = 9
+REDIS_DECISIONS = 800
 
 
 def _memory_contenders() -> dict[str, Callable[[], None]]:
@@ -99,8 +101,10 @@ def memory_table() -> list[tuple[str, float, float]]:
     contenders = _memory_contenders()
     samples: dict[str, list[float]] = {name: [] for name in contenders}
     overhead = _calibrated_loop_overhead()
-    for _ in range(ROUNDS):
-        for name, loop in contenders.items():
+    names = list(contenders)
+    for round_ in range(ROUNDS):
+        for name in names[round_ % len(names) :] + names[: round_ % len(names)]:
+            loop = contenders[name]
             start = time.perf_counter()
             loop()
             samples[name].append((time.perf_counter() - start) / DECISIONS - overhead)
@@ -138,8 +142,10 @@ async def _redis_rates(url: str) -> list[tuple[str, float, float]]:
     rows: list[tuple[str, float, float]] = []
     for concurrency in (1, 32):
         samples: dict[str, list[float]] = {name: [] for name in hits}
-        for _ in range(REDIS_ROUNDS):
-            for name, hit in hits.items():
+        names = list(hits)
+        for round_ in range(REDIS_ROUNDS):
+            for name in names[round_ % len(names) :] + names[: round_ % len(names)]:
+                hit = hits[name]
 
                 async def worker(
                     offset: int, step: int, hit: Callable[[str], Awaitable[object]]
