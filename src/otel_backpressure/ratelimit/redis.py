@@ -188,11 +188,13 @@ class RedisStore:
     async def decide(self, key: str, policies: Sequence[Policy], cost: int) -> gcra.Verdict:
         """One script call; on failure a fail-open (or closed) verdict, counted."""
         chosen = tuple(policies)
+        probing = False
         if self._open_until:
             now = self.clock()
             if now < self._open_until or self._probing:
                 return self._unavailable(chosen, CIRCUIT_OPEN)
-            self._probing = True  # half open: this call probes, the others fail fast
+            # half open: this call probes, the others fail fast meanwhile
+            self._probing = probing = True
         suffixes, tail = self._script_args(chosen)
         tagged = f"{self.prefix}{{{key}}}"
         call = self._evaluate([tagged + suffix for suffix in suffixes], [cost, *tail])
@@ -204,11 +206,13 @@ class RedisStore:
             allowed, index, remaining, retry_us, reset_us = reply  # integer replies
         except Exception as exc:
             return self._failed(chosen, exc)
+        finally:
+            if probing:  # also when the caller is cancelled mid-probe
+                self._probing = False
         if self._open_until:
             _logger.info("Rate-limit Redis store reachable again; circuit closed")
             self._open_until = 0.0
             self._failures = 0
-        self._probing = False
         return gcra.Verdict(
             allowed == 1,
             index,

@@ -239,6 +239,37 @@ async def test_a_slow_redis_is_bounded_by_the_timeout(metrics: MetricsCapture) -
     await server.wait_closed()
 
 
+async def test_a_cancelled_probe_does_not_wedge_the_breaker(metrics: MetricsCapture) -> None:
+    done = asyncio.Event()
+
+    async def never_answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(1 << 16)
+        await done.wait()
+        writer.close()
+
+    server = await asyncio.start_server(never_answer, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    clock = FakeClock()
+    store = RedisStore(f"redis://127.0.0.1:{port}/0", timeout=0.05, backoff=1, clock=clock)
+    limiter = RateLimiter([HOURLY], store=store, meter_provider=metrics.meter_provider)
+    await limiter.hit("k")  # times out: the breaker opens
+    clock.advance(1)
+    probe = asyncio.create_task(limiter.hit("k"))
+    await asyncio.sleep(0)
+    probe.cancel()  # e.g. the client went away mid-request
+    with pytest.raises(asyncio.CancelledError):
+        await probe
+    await limiter.hit("k")  # probes again instead of failing fast forever
+    points = metrics.points(metrics.collect()["backpressure.rate_limit.store.errors"])
+    by_type = {dict(key)["error.type"]: point.value for key, point in points.items()}
+    assert by_type.get("circuit_open") is None
+    assert sum(by_type.values()) == 2
+    await store.aclose()
+    done.set()
+    server.close()
+    await server.wait_closed()
+
+
 def test_bad_arguments_name_the_argument() -> None:
     with pytest.raises(ValueError, match="url or client"):
         RedisStore()
