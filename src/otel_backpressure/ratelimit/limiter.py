@@ -18,7 +18,7 @@ Example::
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Final
+from typing import Final, NamedTuple
 
 from opentelemetry.metrics import MeterProvider, NoOpMeterProvider
 
@@ -35,6 +35,14 @@ _NS: Final = 1e9
 _ALLOWED, _REJECTED, _DRY_RUN_REJECTED = range(3)
 # a Decision straight from its fields, skipping NamedTuple's Python-level __new__
 _new_decision = tuple.__new__
+
+
+class _PolicySet(NamedTuple):
+    """A policy set resolved once: its store tables (in memory) and metric counts."""
+
+    policies: tuple[Policy, ...]
+    tables: tuple[dict[str, int], ...]
+    counts: tuple[tuple[Count, Count, Count], ...]
 
 
 def _check_policies(policies: Sequence[Policy], argument: str) -> tuple[Policy, ...]:
@@ -63,13 +71,14 @@ class RateLimiter:
 
     __slots__ = (
         "_counters",
+        "_default_set",
         "_memory",
         "_metrics",
         "_policies",
         "_redis",
+        "_resolved",
         "_single",
         "_store",
-        "_tables",
     )
 
     def __init__(
@@ -104,9 +113,10 @@ class RateLimiter:
             self._counts_for(policy)
         # the common case, one policy on the in-memory store, resolved once
         self._single: tuple[dict[str, int], Policy, tuple[Count, Count, Count]] | None = None
-        self._tables: tuple[dict[str, int], ...] = ()
-        if self._memory is not None:
-            self._tables = tuple(self._memory.table(policy) for policy in self._policies)
+        self._default_set = self._resolve(self._policies)
+        # per-call policy tuples (the middleware's per-route sets), by identity:
+        # id -> (the tuple itself, kept alive so its id is not reused; its set)
+        self._resolved: dict[int, tuple[tuple[Policy, ...], _PolicySet]] = {}
         if self._memory is not None and len(self._policies) == 1:
             only = self._policies[0]
             self._single = (self._memory.table(only), only, self._counters[only])
@@ -135,16 +145,29 @@ class RateLimiter:
             self._counters[policy] = counts
         return counts
 
-    def _arguments(
-        self, key: str, policies: Sequence[Policy] | None, cost: int
-    ) -> tuple[Policy, ...]:
+    def _resolve(self, policies: tuple[Policy, ...]) -> _PolicySet:
+        memory = self._memory
+        tables = () if memory is None else tuple(memory.table(policy) for policy in policies)
+        return _PolicySet(policies, tables, tuple(self._counts_for(p) for p in policies))
+
+    def _arguments(self, key: str, policies: Sequence[Policy] | None, cost: int) -> _PolicySet:
         if type(key) is not str:
             raise TypeError(f"key must be a str, got {type(key).__name__}")
-        chosen = self._policies if policies is None else _check_policies(policies, "policies")
+        if policies is None:
+            chosen = self._default_set
+        else:
+            cached = self._resolved.get(id(policies))
+            if cached is not None and cached[0] is policies:
+                chosen = cached[1]
+            else:
+                chosen = self._resolve(_check_policies(policies, "policies"))
+                # only tuples can be trusted not to change; a few route sets at most
+                if type(policies) is tuple and len(self._resolved) < 256:
+                    self._resolved[id(policies)] = (policies, chosen)
         if cost != 1:
             if isinstance(cost, bool) or not isinstance(cost, int) or cost < 1:
                 raise ValueError(f"cost must be a positive int, got {cost!r}")
-            for policy in chosen:
+            for policy in chosen.policies:
                 if cost > policy.burst:
                     raise ValueError(
                         f"cost must not exceed the burst of policy {policy.name!r} "
@@ -152,11 +175,9 @@ class RateLimiter:
                     )
         return chosen
 
-    def _finish(
-        self, verdict: gcra.Verdict, policies: tuple[Policy, ...], dry_run: bool
-    ) -> Decision:
-        policy = policies[verdict.deciding]
-        counts = self._counters.get(policy) or self._counts_for(policy)
+    def _finish(self, verdict: gcra.Verdict, chosen: _PolicySet, dry_run: bool) -> Decision:
+        policy = chosen.policies[verdict.deciding]
+        counts = chosen.counts[verdict.deciding]
         if verdict.allowed:
             counts[_ALLOWED].value += 1
         else:
@@ -202,22 +223,19 @@ class RateLimiter:
                     counts[_DRY_RUN_REJECTED if dry_run else _REJECTED].value += 1
             return _new_decision(Decision, (allowed, policy, remaining, retry / _NS, reset / _NS))
         chosen = self._arguments(key, policies, cost)
-        if policies is None:
-            tables: Sequence[dict[str, int]] = self._tables
-        else:
-            tables = [memory.table(policy) for policy in chosen]
+        tables = chosen.tables
         with memory.lock:
-            if len(chosen) == 1:
+            if len(tables) == 1:
                 allowed, remaining, retry, reset = memory.decide_one(
-                    tables[0], key, chosen[0], cost
+                    tables[0], key, chosen.policies[0], cost
                 )
                 deciding = 0
             else:
                 allowed, deciding, remaining, retry, reset = memory.decide_many(
-                    tables, key, chosen, cost
+                    tables, key, chosen.policies, cost
                 )
-            policy = chosen[deciding]
-            counts = self._counters.get(policy) or self._counts_for(policy)
+            policy = chosen.policies[deciding]
+            counts = chosen.counts[deciding]
             if allowed:
                 counts[_ALLOWED].value += 1
             else:
@@ -241,7 +259,7 @@ class RateLimiter:
         redis_store = self._redis
         if redis_store is None:  # unreachable: the constructor accepts only the two stores
             raise TypeError(f"unsupported store {self._store!r}")
-        verdict = await redis_store.decide(key, chosen, cost)
+        verdict = await redis_store.decide(key, chosen.policies, cost)
         return self._finish(verdict, chosen, dry_run)
 
     async def check(

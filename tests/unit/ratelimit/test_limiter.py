@@ -187,3 +187,17 @@ def test_metering_switched_off_by_the_setting_still_limits(
     limiter = limiter_for(clock, capture)
     assert [limiter.hit_sync("k").allowed for _ in range(3)] == [True, True, False]
     assert not [name for name in capture.collect() if name.startswith("backpressure.rate_limit")]
+
+
+def test_per_call_policy_lists_are_read_afresh_and_tuples_reused(
+    clock: FakeClock, capture: MetricsCapture
+) -> None:
+    limiter = limiter_for(clock, capture)
+    route = (Policy("route", rate=1, period=60),)
+    assert limiter.hit_sync("k", policies=route)
+    assert not limiter.hit_sync("k", policies=route)  # the same tuple: the cached set
+    changing = [Policy("a", rate=1, period=60)]
+    assert limiter.hit_sync("k", policies=changing)
+    changing[0] = Policy("b", rate=1, period=60)
+    assert limiter.hit_sync("k", policies=changing)  # a list is re-read on every call
+    assert requests(capture, "b", "allowed") == 1
