@@ -268,9 +268,15 @@ class PoolMetrics:
             registrations = dict(self._registrations)
             registration = registrations.pop(id(source), None)
             self._registrations = registrations
-        if registration is not None and registration.recorder is not None:
+        if registration is None:
+            return
+        self._failed.discard(id(source))
+        if registration.recorder is not None:
             source.remove_recorder(registration.recorder)
             self._flush_safely(registration)  # what was measured before still counts
+        if all(r.source.name != source.name for r in registrations.values()):
+            for field in ("create", "wait", "use"):
+                self._sinks.pop((field, source.name), None)
 
     def __contains__(self, source: object) -> bool:
         return id(source) in self._registrations
