@@ -29,6 +29,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, StreamingResponse
 from starlette.routing import Route
 
+import contract
 from otel_backpressure import BackpressureInstrumentor, Settings
 from otel_backpressure.errors import (
     AuthenticationError,
@@ -207,6 +208,7 @@ async def test_mapped_exceptions_become_problem_details(
         assert (event.attributes or {})["exception.escaped"] == "False"
     assert _count(metrics, outcome.error_type, "handled") == 1
     assert _count(metrics, outcome.error_type, "unhandled") is None
+    assert contract.violations(metrics.collect()[COUNTER]) == []
     _assert_secret_free(span_exporter, metrics)
 
 
