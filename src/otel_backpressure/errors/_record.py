@@ -46,9 +46,8 @@ _FALLBACK_DESCRIPTION: Final = "unhandled exception"
 
 def fallback_outcome(exc: BaseException) -> ErrorOutcome:
     """The outcome of an unmapped exception when we record it ourselves: an Error, no message."""
-    return ErrorOutcome(
-        exception_type_name(exc), StatusCode.ERROR, 500, True, _FALLBACK_DESCRIPTION
-    )
+    name = exception_type_name(exc)[:255]  # error.type's bound
+    return ErrorOutcome(name, StatusCode.ERROR, 500, True, _FALLBACK_DESCRIPTION)
 
 
 def record_error(
