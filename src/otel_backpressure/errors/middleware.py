@@ -129,7 +129,7 @@ class ErrorMappingMiddleware:
         self, scope: Scope, send: Send, exc: Exception, outcome: ErrorOutcome
     ) -> None:
         span = trace.get_current_span()
-        instance = str(scope.get("root_path", "")) + str(scope.get("path", ""))
+        instance = str(scope.get("path", ""))  # includes root_path (ASGI spec)
         try:
             body = json.dumps(problem_details(exc, outcome, instance)).encode("utf-8")
         except Exception:
