@@ -44,7 +44,7 @@ _logger = logging.getLogger(__name__)
 
 OnFull = Literal["evict_lru", "reject"]
 _NS: Final = 1_000_000_000
-# keys examined per sweep slice: well under a millisecond of work each
+# keys examined per sweep slice: about a millisecond of work (see docs/ratelimit.md)
 SWEEP_SLICE: Final = 2_000
 # "no amortised sweep due": the cleanup task is running
 _NEVER: Final = 1 << 62
