@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from otel_backpressure.ratelimit import MemoryStore, Policy, RateLimiter, RedisStore
 from otel_backpressure.testing import FakeClock, MetricsCapture
@@ -201,3 +203,36 @@ def test_per_call_policy_lists_are_read_afresh_and_tuples_reused(
     changing[0] = Policy("b", rate=1, period=60)
     assert limiter.hit_sync("k", policies=changing)  # a list is re-read on every call
     assert requests(capture, "b", "allowed") == 1
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.integers(1, 5),  # rate
+    st.integers(0, 3),  # extra burst
+    st.lists(st.tuples(st.integers(0, 1500), st.sampled_from("ab")), max_size=80),
+)
+def test_through_the_limiter_no_key_ever_gets_more_than_the_policy(
+    rate: int, extra: int, requests_: list[tuple[int, str]]
+) -> None:
+    clock = FakeClock()
+    policy = Policy("p", rate=rate, period=2, burst=rate + extra)
+    limiter = RateLimiter([policy], store=MemoryStore(max_keys=10, clock=clock))
+    # the reference: a leaky bucket per key in exact integer nanoseconds
+    level: dict[str, tuple[int, int]] = {}
+    allowed_at: dict[str, list[int]] = {"a": [], "b": []}
+    capacity = policy.burst * policy.interval_ns
+    for gap_ms, key in requests_:
+        clock.advance(gap_ms / 1000)
+        now = int(clock() * 1e9)
+        content, last = level.get(key, (0, now))
+        drained = max(0, content - (now - last))
+        expected = drained + policy.interval_ns <= capacity
+        assert limiter.hit_sync(key).allowed is expected
+        if expected:
+            level[key] = (drained + policy.interval_ns, now)
+            allowed_at[key].append(now)
+    for times in allowed_at.values():
+        for i, start in enumerate(times):
+            for j in range(i, len(times)):
+                window_ns = times[j] - start
+                assert j - i + 1 <= policy.burst + window_ns * rate // 2_000_000_000
