@@ -32,6 +32,7 @@ from otel_backpressure.settings import Settings
 __all__ = ["RateLimiter"]
 
 _NS: Final = 1e9
+# indexes into a policy's three counts (the hot path spells them 1 and 2)
 _ALLOWED, _REJECTED, _DRY_RUN_REJECTED = range(3)
 # a Decision straight from its fields, skipping NamedTuple's Python-level __new__
 _new_decision = tuple.__new__
@@ -215,31 +216,18 @@ class RateLimiter:
         if single is not None and policies is None and cost == 1 and type(key) is str:
             # the common case, kept to a handful of operations
             table, policy, counts = single
-            with memory.lock:
-                allowed, remaining, retry, reset = memory.decide_one(table, key, policy, 1)
-                if allowed:
-                    counts[_ALLOWED].value += 1
-                else:
-                    counts[_DRY_RUN_REJECTED if dry_run else _REJECTED].value += 1
-            return _new_decision(Decision, (allowed, policy, remaining, retry / _NS, reset / _NS))
+            return memory.decide_one(table, key, policy, 1, counts, 2 if dry_run else 1)
         chosen = self._arguments(key, policies, cost)
         tables = chosen.tables
-        with memory.lock:
-            if len(tables) == 1:
-                allowed, remaining, retry, reset = memory.decide_one(
-                    tables[0], key, chosen.policies[0], cost
-                )
-                deciding = 0
-            else:
-                allowed, deciding, remaining, retry, reset = memory.decide_many(
-                    tables, key, chosen.policies, cost
-                )
-            policy = chosen.policies[deciding]
-            counts = chosen.counts[deciding]
-            if allowed:
-                counts[_ALLOWED].value += 1
-            else:
-                counts[_DRY_RUN_REJECTED if dry_run else _REJECTED].value += 1
+        rejected = _DRY_RUN_REJECTED if dry_run else _REJECTED
+        if len(tables) == 1:
+            return memory.decide_one(
+                tables[0], key, chosen.policies[0], cost, chosen.counts[0], rejected
+            )
+        allowed, deciding, remaining, retry, reset = memory.decide_many(
+            tables, key, chosen.policies, cost, chosen.counts, rejected
+        )
+        policy = chosen.policies[deciding]
         return _new_decision(Decision, (allowed, policy, remaining, retry / _NS, reset / _NS))
 
     async def hit(

@@ -26,16 +26,18 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import sys
 import threading
 import time
 import weakref
 from collections.abc import Callable, Iterable, Sequence
+from threading import get_ident
 from types import TracebackType
 from typing import Final, Literal
 
 from otel_backpressure.ratelimit import gcra
-from otel_backpressure.ratelimit.metrics import StoreCounts
-from otel_backpressure.ratelimit.policy import Policy
+from otel_backpressure.ratelimit.metrics import Count, StoreCounts
+from otel_backpressure.ratelimit.policy import Decision, Policy
 from otel_backpressure.settings import Settings, check_positive
 
 __all__ = ["MemoryStore"]
@@ -44,10 +46,19 @@ _logger = logging.getLogger(__name__)
 
 OnFull = Literal["evict_lru", "reject"]
 _NS: Final = 1_000_000_000
+_S: Final = 1e9  # ns per second, as a float divisor
+# a Decision straight from its fields, skipping NamedTuple's Python-level __new__
+_new = tuple.__new__
+_monotonic_ns = time.monotonic_ns  # one global lookup on the hot path, not two
 # keys examined per sweep slice: about a millisecond of work (see docs/ratelimit.md)
 SWEEP_SLICE: Final = 2_000
 # "no amortised sweep due": the cleanup task is running
 _NEVER: Final = 1 << 62
+
+
+def _gil_enabled() -> bool:
+    is_enabled = getattr(sys, "_is_gil_enabled", None)  # Python 3.13+
+    return True if is_enabled is None else bool(is_enabled())
 
 
 class MemoryStore:
@@ -56,12 +67,15 @@ class MemoryStore:
     __slots__ = (
         "__weakref__",
         "_batch",
+        "_busy",
         "_clock",
         "_closed",
         "_idle_ns",
         "_interval_ns",
         "_loop",
         "_next_sweep",
+        "_owner",
+        "_shared",
         "_tables",
         "_task",
         "clock",
@@ -119,6 +133,10 @@ class MemoryStore:
         self._batch = max(1, min(1024, max_keys // 128))
         self._tables: dict[Policy, dict[str, int]] = {}
         self.lock = threading.Lock()
+        self._owner = get_ident()
+        # a free-threaded interpreter has no GIL to order the handshake: always lock
+        self._shared = not _gil_enabled()
+        self._busy = False
         self.counts = StoreCounts()
         self._task: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -152,35 +170,92 @@ class MemoryStore:
                 self._sweep_slice(policy, table, now)
         return now
 
-    def decide_one(
-        self, table: dict[str, int], key: str, policy: Policy, cost: int
-    ) -> tuple[bool, int, int, int]:
-        """One policy, the hot path: ``(allowed, remaining, retry_ns, reset_ns)``.
+    # -- mutual exclusion --
+    #
+    # A lock costs a quarter of a decision, and most stores are only ever used
+    # by one thread (the event loop's). So the thread that created the store
+    # decides without the lock until another thread shows up; that thread sets
+    # ``_shared`` and waits until the owner is out of its unlocked section
+    # (``_busy``), and from then on everyone takes the lock. Under the GIL,
+    # attribute writes are seen in order, which makes this handshake sound; a
+    # free-threaded interpreter always takes the lock.
 
-        ``table`` is ``self.table(policy)``, resolved once by the caller; call
-        with ``lock`` held.
+    def _acquire(self) -> bool:
+        """Enter the critical section; True when it was entered without the lock."""
+        if self._owner == get_ident():
+            self._busy = True
+            if not self._shared:
+                return True
+            self._busy = False
+        elif not self._shared:
+            self._shared = True
+            while self._busy:  # the owner is mid-decision without the lock
+                time.sleep(0)
+        self.lock.acquire()
+        return False
+
+    def _release(self, exclusive: bool) -> None:
+        if exclusive:
+            self._busy = False
+        else:
+            self.lock.release()
+
+    # -- decisions --
+
+    def decide_one(
+        self,
+        table: dict[str, int],
+        key: str,
+        policy: Policy,
+        cost: int,
+        counts: tuple[Count, Count, Count],
+        rejected: int,
+    ) -> Decision:
+        """One policy, the hot path, straight to the ``Decision``.
+
+        ``table`` is ``self.table(policy)``, resolved once by the caller. The
+        decision is counted in ``counts[0]`` when allowed, else in
+        ``counts[rejected]``, inside the critical section so counts are exact.
         """
-        clock = self._clock
-        now = time.monotonic_ns() if clock is None else int(clock() * _NS)
-        if now >= self._next_sweep:
-            now = self._now()
-        tat = table.pop(key, None)
-        if tat is None and len(table) >= self.max_keys:
-            refused = self._make_room(policy, table, now)
-            if refused is not None:
-                return False, 0, refused.retry_after_ns, 0
-        # gcra.decide_one, inlined: this is the hot path (a function call costs
-        # a tenth of a decision); tests check the two agree on every input
-        interval = policy.interval_ns
-        base = now if tat is None or tat < now else tat
-        new_tat = base + cost * interval
-        wait = new_tat - now - policy.burst * interval
-        if wait > 0:
-            if tat is not None:
-                table[key] = tat
-            return False, (policy.burst * interval - (base - now)) // interval, wait, base - now
-        table[key] = new_tat
-        return True, -wait // interval, 0, new_tat - now
+        # _acquire, inlined for the common case
+        exclusive = self._owner == get_ident()
+        if exclusive:
+            self._busy = True
+            if self._shared:
+                self._busy = exclusive = False
+        if not exclusive:
+            self._acquire()
+        try:
+            clock = self._clock
+            now = _monotonic_ns() if clock is None else int(clock() * _NS)
+            if now >= self._next_sweep:
+                now = self._now()
+            tat = table.pop(key, None)
+            if tat is None and len(table) >= self.max_keys:
+                refused = self._make_room(policy, table, now)
+                if refused is not None:
+                    counts[rejected].value += 1
+                    return _new(Decision, (False, policy, 0, refused.retry_after_ns / _S, 0.0))
+            # gcra.decide_one, inlined: this is the hot path (a function call costs
+            # a tenth of a decision); tests check the two agree on every input
+            interval = policy.interval_ns
+            base = now if tat is None or tat < now else tat
+            new_tat = base + cost * interval
+            wait = new_tat - now - policy.burst * interval
+            if wait > 0:
+                if tat is not None:
+                    table[key] = tat
+                counts[rejected].value += 1
+                remaining = (policy.burst * interval - (base - now)) // interval
+                return _new(Decision, (False, policy, remaining, wait / _S, (base - now) / _S))
+            table[key] = new_tat
+            counts[0].value += 1
+            return _new(Decision, (True, policy, -wait // interval, 0.0, (new_tat - now) / _S))
+        finally:
+            if exclusive:
+                self._busy = False
+            else:
+                self.lock.release()
 
     def decide_many(
         self,
@@ -188,12 +263,30 @@ class MemoryStore:
         key: str,
         policies: Sequence[Policy],
         cost: int,
+        counts: Sequence[tuple[Count, Count, Count]],
+        rejected: int,
     ) -> tuple[bool, int, int, int, int]:
         """Several policies, all or nothing: ``(allowed, deciding, remaining, retry, reset)``.
 
-        ``tables[i]`` is ``self.table(policies[i])``; call with ``lock`` held.
-        The arithmetic is ``gcra.decide``'s, inlined like ``decide_one``'s.
+        ``tables[i]`` is ``self.table(policies[i])``; counted like ``decide_one``
+        under the deciding policy.
         """
+        exclusive = self._acquire()
+        try:
+            outcome = self._decide_many(tables, key, policies, cost)
+            counts[outcome[1]][0 if outcome[0] else rejected].value += 1
+            return outcome
+        finally:
+            self._release(exclusive)
+
+    def _decide_many(
+        self,
+        tables: Sequence[dict[str, int]],
+        key: str,
+        policies: Sequence[Policy],
+        cost: int,
+    ) -> tuple[bool, int, int, int, int]:
+        # the arithmetic is gcra.decide's, inlined like decide_one's
         clock = self._clock
         now = time.monotonic_ns() if clock is None else int(clock() * _NS)
         if now >= self._next_sweep:
@@ -236,15 +329,15 @@ class MemoryStore:
         return True, fewest, fewest_remaining, 0, new_tats[fewest] - now
 
     def decide(self, key: str, policies: Sequence[Policy], cost: int) -> gcra.Verdict:
-        """Resolve the tables and decide; call with ``lock`` held."""
-        if len(policies) == 1:
-            policy = policies[0]
-            allowed, remaining, retry, reset = self.decide_one(
-                self.table(policy), key, policy, cost
-            )
-            return gcra.Verdict(allowed, 0, remaining, retry, reset, None)
+        """Resolve the tables and decide, uncounted (for tests and tools)."""
         tables = [self.table(policy) for policy in policies]
-        allowed, deciding, remaining, retry, reset = self.decide_many(tables, key, policies, cost)
+        exclusive = self._acquire()
+        try:
+            allowed, deciding, remaining, retry, reset = self._decide_many(
+                tables, key, policies, cost
+            )
+        finally:
+            self._release(exclusive)
         return gcra.Verdict(allowed, deciding, remaining, retry, reset, None)
 
     @staticmethod
@@ -295,8 +388,11 @@ class MemoryStore:
         dropped = 0
         for policy, table in list(self._tables.items()):
             while True:
-                with self.lock:
+                exclusive = self._acquire()
+                try:
                     count = self._sweep_slice(policy, table, self.now_ns())
+                finally:
+                    self._release(exclusive)
                 dropped += count
                 if count < SWEEP_SLICE:
                     break
@@ -308,8 +404,11 @@ class MemoryStore:
         dropped = 0
         for policy, table in list(self._tables.items()):
             while True:
-                with self.lock:
+                exclusive = self._acquire()
+                try:
                     count = self._sweep_slice(policy, table, self.now_ns())
+                finally:
+                    self._release(exclusive)
                 dropped += count
                 if count < SWEEP_SLICE:
                     break

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import sys
 import threading
 import tracemalloc
 
@@ -12,6 +13,7 @@ from hypothesis import strategies as st
 from otel_backpressure.ratelimit import MemoryStore, Policy, RateLimiter
 from otel_backpressure.ratelimit import memory as memory_module
 from otel_backpressure.ratelimit.gcra import decide, decide_one
+from otel_backpressure.ratelimit.metrics import Count
 from otel_backpressure.testing import FakeClock, MetricsCapture
 
 POLICY = "backpressure.rate_limit.policy"
@@ -83,9 +85,11 @@ def test_the_fast_path_agrees_with_the_pure_algorithm() -> None:
         clock.advance((step * 7919 % 13) / 10)
         now = store.now_ns()
         expected = decide_one(tat, now, policy.interval_ns, policy.burst, 1 + step % 3)
-        with store.lock:
-            got = store.decide_one(table, "k", policy, 1 + step % 3)
-        assert got == (expected[0], *expected[2:])
+        counts = (Count(), Count(), Count())
+        got = store.decide_one(table, "k", policy, 1 + step % 3, counts, 1)
+        assert (got.allowed, got.remaining) == (expected[0], expected[2])
+        assert (got.retry_after, got.reset_after) == (expected[3] / 1e9, expected[4] / 1e9)
+        assert [c.value for c in counts] == ([1, 0, 0] if expected[0] else [0, 1, 0])
         if expected[0]:
             tat = expected[1]
 
@@ -106,8 +110,7 @@ def test_the_many_policy_path_agrees_with_the_pure_algorithm(
     for gap_ms, cost in steps:
         clock.advance(gap_ms / 1000)
         expected = decide(tats, store.now_ns(), policies, cost)
-        with store.lock:
-            got = store.decide("k", policies, cost)
+        got = store.decide("k", policies, cost)
         assert got._replace(tats=None) == expected._replace(tats=None)
         if expected.tats is not None:
             tats = list(expected.tats)
@@ -253,29 +256,41 @@ async def test_a_sweep_yields_to_the_loop_between_slices(clock: FakeClock) -> No
     assert ticks >= keys // memory_module.SWEEP_SLICE
 
 
-def test_hit_sync_is_exact_under_threads() -> None:
+@pytest.mark.parametrize("policies", [1, 2])
+def test_hit_sync_is_exact_under_threads(policies: int) -> None:
     capture = MetricsCapture()
     policy = Policy("p", rate=500, period=3600)
+    chosen = [policy, Policy("q", rate=10_000, period=3600)][:policies]
+    # created here: this thread owns the store and decides without the lock until
+    # the workers show up, so the hand-over to locking is exercised too
     limiter = RateLimiter(
-        [policy], store=MemoryStore(max_keys=10), meter_provider=capture.meter_provider
+        chosen, store=MemoryStore(max_keys=10), meter_provider=capture.meter_provider
     )
-    allowed = [0] * 8
+    allowed = [0] * 9
+    start = threading.Barrier(9)
 
     def worker(index: int) -> None:
+        start.wait()
         for _ in range(250):
             if limiter.hit_sync("shared"):
                 allowed[index] += 1
 
     threads = [threading.Thread(target=worker, args=(i,)) for i in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as possible: races surface
+    try:
+        for thread in threads:
+            thread.start()
+        worker(8)  # the owner hammers too
+        for thread in threads:
+            thread.join()
+    finally:
+        sys.setswitchinterval(interval)
     assert sum(allowed) == 500
     attrs = {POLICY: "p", "backpressure.rate_limit.result": "allowed"}
     assert capture.value("backpressure.rate_limit.requests", attrs) == 500
     attrs["backpressure.rate_limit.result"] = "rejected"
-    assert capture.value("backpressure.rate_limit.requests", attrs) == 1500
+    assert capture.value("backpressure.rate_limit.requests", attrs) == 1750
     capture.shutdown()
 
 
