@@ -113,22 +113,27 @@ class HistogramSink:
 
 def _merge(aggregations: list[tuple[Any, Any]], values: Sequence[float]) -> None:
     """What ``aggregate()`` does per value, for a batch; the same arithmetic, in order."""
-    values = [value for value in values if math.isfinite(value)]
-    if not values:
-        return
+    if not math.isfinite(math.fsum(values)):  # an inf or nan among them: record() skips those
+        values = [value for value in values if math.isfinite(value)]
+        if not values:
+            return
     low, high = min(values), max(values)
     for match, aggregation in aggregations:
+        boundaries = aggregation._boundaries
+        batch = [0] * (len(boundaries) + 1)
+        for value in values:
+            batch[bisect_left(boundaries, value)] += 1
         # The view match's lock is held as record() holds it, so a delta
         # collection cannot discard the aggregation halfway through.
         with match._lock, aggregation._lock:
             if aggregation._value is None:
                 aggregation._value = aggregation._get_empty_bucket_counts()
             counts = aggregation._value
-            boundaries = aggregation._boundaries
+            for index, count in enumerate(batch):
+                counts[index] += count
             total = aggregation._sum
             for value in values:
                 total += value
-                counts[bisect_left(boundaries, value)] += 1
             aggregation._sum = total
             if aggregation._record_min_max:
                 aggregation._min = min(aggregation._min, low)

@@ -139,21 +139,18 @@ class PoolSource(Protocol):
 
 
 def _drain(values: deque[float]) -> list[float]:
-    # popleft is atomic: a value appended concurrently is either taken now or
-    # left for the next drain, never lost or taken twice.
-    drained: list[float] = []
+    # Only the values present now are taken; each popleft is atomic, so a value
+    # appended meanwhile (on another thread) stays for the next drain. Drains of
+    # one registration never overlap (its flush lock), so the pops cannot fail.
     pop = values.popleft
-    try:
-        while True:
-            drained.append(pop())
-    except IndexError:
-        return drained
+    return [pop() for _ in range(len(values))]
 
 
 class _Registration:
-    __slots__ = ("attributes", "idle_attrs", "recorder", "source", "used_attrs")
+    __slots__ = ("attributes", "flush_lock", "idle_attrs", "recorder", "source", "used_attrs")
 
     def __init__(self, source: PoolSource, recorder: TimingRecorder | None) -> None:
+        self.flush_lock = threading.Lock()
         self.source = source
         self.recorder = recorder
         self.attributes = {POOL_NAME: source.name}
@@ -320,10 +317,11 @@ class PoolMetrics:
         recorder = registration.recorder
         if recorder is None:
             return
-        for field in ("create", "wait", "use"):
-            values: deque[float] = getattr(recorder, field)
-            if values:
-                self._sink(field, registration).record_many(_drain(values))
+        with registration.flush_lock:
+            for field in ("create", "wait", "use"):
+                values: deque[float] = getattr(recorder, field)
+                if values:
+                    self._sink(field, registration).record_many(_drain(values))
 
     def _sink(self, field: str, registration: _Registration) -> HistogramSink:
         key = (field, registration.source.name)
