@@ -197,12 +197,16 @@ class RedisStore:
             self._probing = probing = True
         suffixes, tail = self._script_args(chosen)
         tagged = f"{self.prefix}{{{key}}}"
-        call = self._evaluate([tagged + suffix for suffix in suffixes], [cost, *tail])
+        keys = [tagged + suffix for suffix in suffixes]
         try:
             if self._wait_for:
-                reply = await asyncio.wait_for(call, self.timeout)
-            else:
-                reply = await call
+                reply = await asyncio.wait_for(self._evaluate(keys, [cost, *tail]), self.timeout)
+            else:  # our own client: its socket timeouts bound the call, no extra task
+                try:
+                    reply = await self._client.evalsha(self._sha, len(keys), *keys, cost, *tail)
+                except self._no_script:  # a restarted or flushed server: load, retry once
+                    self._sha = await self._client.script_load(self._source)
+                    reply = await self._client.evalsha(self._sha, len(keys), *keys, cost, *tail)
             allowed, index, remaining, retry_us, reset_us = reply  # integer replies
         except Exception as exc:
             return self._failed(chosen, exc)
