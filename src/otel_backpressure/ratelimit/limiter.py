@@ -224,11 +224,7 @@ class RateLimiter:
             return memory.decide_one(
                 tables[0], key, chosen.policies[0], cost, chosen.counts[0], rejected
             )
-        allowed, deciding, remaining, retry, reset = memory.decide_many(
-            tables, key, chosen.policies, cost, chosen.counts, rejected
-        )
-        policy = chosen.policies[deciding]
-        return _new_decision(Decision, (allowed, policy, remaining, retry / _NS, reset / _NS))
+        return memory.decide_many(tables, key, chosen.policies, cost, chosen.counts, rejected)
 
     async def hit(
         self,

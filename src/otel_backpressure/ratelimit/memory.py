@@ -265,19 +265,21 @@ class MemoryStore:
         cost: int,
         counts: Sequence[tuple[Count, Count, Count]],
         rejected: int,
-    ) -> tuple[bool, int, int, int, int]:
-        """Several policies, all or nothing: ``(allowed, deciding, remaining, retry, reset)``.
+    ) -> Decision:
+        """Several policies, all or nothing.
 
         ``tables[i]`` is ``self.table(policies[i])``; counted like ``decide_one``
         under the deciding policy.
         """
         exclusive = self._acquire()
         try:
-            outcome = self._decide_many(tables, key, policies, cost)
-            counts[outcome[1]][0 if outcome[0] else rejected].value += 1
-            return outcome
+            allowed, deciding, remaining, retry, reset = self._decide_many(
+                tables, key, policies, cost
+            )
+            counts[deciding][0 if allowed else rejected].value += 1
         finally:
             self._release(exclusive)
+        return _new(Decision, (allowed, policies[deciding], remaining, retry / _S, reset / _S))
 
     def _decide_many(
         self,
