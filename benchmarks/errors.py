@@ -8,9 +8,9 @@ Method: one process, one ``TracerProvider`` (no processor: the SDK's own cost
 is the smallest, so any overhead shows the most). Each case runs as a batch
 of operations, alternately with the patches installed
 (``BackpressureInstrumentor``, errors part only) and removed, in ABBA order
-(plain, mapped, mapped, plain) for ``ROUNDS`` rounds so that drift on the
-shared machine cancels; the medians of the per-operation times give the
-ratio instrumented / plain. Cases:
+(plain, mapped, mapped, plain) for ``ROUNDS`` rounds; each ABBA block gives
+one paired ratio, mapped / plain, so that drift on the shared machine
+cancels, and the table reports their median and interquartile range. Cases:
 
 - ``span, no exception``: ``with start_as_current_span(): pass``;
 - ``span + set_status(UNSET)``: what the ASGI instrumentation does per response;
@@ -48,9 +48,9 @@ import otel_backpressure.errors
 from otel_backpressure import BackpressureInstrumentor, Settings
 from otel_backpressure.errors import DatabaseError, NotFoundError
 
-SPAN_OPS = 1_000  # per batch, cheap cases
-EXCEPTION_OPS = 200  # per batch, exception cases (tracebacks cost ~50x a span)
-ROUNDS = 15
+SPAN_OPS = 500  # per batch, cheap cases
+EXCEPTION_OPS = 100  # per batch, exception cases (tracebacks cost ~10x a span)
+ROUNDS = 25
 ERRORS_ONLY = Settings(pool_enabled=False, rate_limit_enabled=False)
 
 
@@ -169,23 +169,29 @@ def main() -> None:
     for case in cases.values():  # warm-up
         measure_plain(case)
         measure_mapped(case)
+    ratios: dict[str, list[float]] = {name: [] for name in cases}
     for _ in range(ROUNDS):
         for name, case in cases.items():
-            plain[name].append(measure_plain(case))
-            mapped[name].append(measure_mapped(case))
-            mapped[name].append(measure_mapped(case))
-            plain[name].append(measure_plain(case))
+            before = measure_plain(case)
+            after = measure_mapped(case) + measure_mapped(case)
+            before += measure_plain(case)
+            plain[name].append(before / 2)
+            mapped[name].append(after / 2)
+            ratios[name].append(after / before)
     instrumentor.instrument(tracer_provider=provider, settings=ERRORS_ONLY)
     try:
         calls = {name: _calls_into_errors_part(case) for name, case in cases.items()}
     finally:
         instrumentor.uninstrument()
-    print(f"{'case':<32} {'plain µs':>9} {'mapped µs':>10} {'ratio':>6} {'calls/op':>9}")
+    print(
+        f"{'case':<32} {'plain µs':>9} {'mapped µs':>10} {'ratio':>6} {'IQR':>11} {'calls/op':>9}"
+    )
     for name in cases:
-        before = statistics.median(plain[name])
-        after = statistics.median(mapped[name])
+        low, _, high = statistics.quantiles(ratios[name], n=4)
         print(
-            f"{name:<32} {before:>9.2f} {after:>10.2f} {after / before:>6.2f} {calls[name]:>9.1f}"
+            f"{name:<32} {statistics.median(plain[name]):>9.2f} "
+            f"{statistics.median(mapped[name]):>10.2f} {statistics.median(ratios[name]):>6.2f} "
+            f"{low:>5.2f}-{high:<5.2f} {calls[name]:>9.1f}"
         )
     provider.shutdown()
 
