@@ -19,8 +19,8 @@ Example::
 
 from __future__ import annotations
 
+import itertools
 import logging
-import threading
 import time
 import weakref
 from collections.abc import Callable
@@ -72,6 +72,34 @@ def read_pool(pool: Pool, *, used: int, pending: int, timeouts: int) -> PoolRead
     return PoolReading(used=used, pending=pending, timeouts=timeouts)
 
 
+def _peek(counter: itertools.count[int]) -> int:
+    """The next value of an ``itertools.count`` without taking it."""
+    return int(repr(counter)[6:-1])  # "count(5)"
+
+
+class Tally:
+    """A count that goes up and down from any thread without a lock.
+
+    ``next()`` on an ``itertools.count`` is atomic, and far cheaper than taking
+    a ``threading.Lock`` twice per checkout; the value is the difference of two
+    of them, read (at collection) down first so it is never below the truth.
+    """
+
+    __slots__ = ("down", "up")
+
+    def __init__(self) -> None:
+        self.up = itertools.count()
+        self.down = itertools.count()
+
+    @property
+    def value(self) -> int:
+        down = _peek(self.down)
+        return _peek(self.up) - down
+
+    def __repr__(self) -> str:
+        return f"Tally({self.value})"
+
+
 class EnginePool:
     """A ``PoolSource`` over one SQLAlchemy ``Engine`` (an ``AsyncEngine``'s ``sync_engine``)."""
 
@@ -80,13 +108,12 @@ class EnginePool:
         "_clock",
         "_engine",
         "_hooked",
-        "_lock",
+        "_pending",
         "_starts",
+        "_timeouts",
+        "_used",
         "name",
-        "pending",
         "recorders",
-        "timeouts",
-        "used",
     )
 
     def __init__(
@@ -98,13 +125,12 @@ class EnginePool:
         on_collected: Callable[[EnginePool], None] | None = None,
     ) -> None:
         self.name = name
-        self.pending = 0
-        self.timeouts = 0
-        self.used = 0  # only meaningful for pools without counters
+        self._pending = Tally()
+        self._timeouts = itertools.count()
+        self._used = Tally()  # only for pools that cannot count their own
         # Read on every checkout: a tuple swapped whole, so never seen half-built.
         self.recorders: tuple[TimingRecorder, ...] = ()
         self._clock = clock
-        self._lock = threading.Lock()
         self._starts: dict[int, float] = {}  # id(connection record) -> checked out at
         # pool -> the instance attributes the hooks shadowed (restored by close())
         self._hooked: weakref.WeakKeyDictionary[Pool, dict[str, Any]] = weakref.WeakKeyDictionary()
@@ -123,6 +149,18 @@ class EnginePool:
     @property
     def alive(self) -> bool:
         return self._engine() is not None
+
+    @property
+    def pending(self) -> int:
+        return self._pending.value
+
+    @property
+    def timeouts(self) -> int:
+        return _peek(self._timeouts)
+
+    @property
+    def used(self) -> int:
+        return self._used.value
 
     def read(self) -> PoolReading:
         engine = self._engine()
@@ -163,32 +201,29 @@ class EnginePool:
         invoke_creator = pool._invoke_creator
         recreate = pool.recreate
         clock = self._clock
-        lock = self._lock
         starts = self._starts
         source = self
+        enter, leave = self._pending.up.__next__, self._pending.down.__next__
+        timed_out = self._timeouts.__next__
+        checked_out, checked_in = self._used.up.__next__, self._used.down.__next__
 
         def hooked_connect() -> Any:
-            with lock:
-                source.pending += 1
+            enter()
             start = clock()
             try:
                 fairy = connect()
             except PoolTimeoutError:
-                with lock:
-                    source.pending -= 1
-                    source.timeouts += 1
+                leave()
+                timed_out()
                 raise
             except BaseException:
-                with lock:
-                    source.pending -= 1
+                leave()
                 raise
-            with lock:
-                source.pending -= 1
+            leave()
             try:
                 fresh = fairy._counter == 1  # not a nested re-checkout of the same fairy
                 if counts_used and fresh:
-                    with lock:
-                        source.used += 1
+                    checked_out()
                 recorders = source.recorders
                 if fresh and (recorders or counts_used):
                     now = clock()
@@ -209,8 +244,7 @@ class EnginePool:
                 start = starts.pop(id(record), None)
                 if start is not None:
                     if counts_used:
-                        with lock:
-                            source.used -= 1
+                        checked_in()
                     recorders = source.recorders
                     if recorders:
                         used_for = clock() - start

@@ -397,3 +397,34 @@ def test_execution_option_copies_are_the_same_pool(metrics: MetricsCapture) -> N
     finally:
         first.uninstrument()
         engine.dispose()
+
+
+def test_counts_stay_exact_across_threads(tmp_path: Path, metrics: MetricsCapture) -> None:
+    engine = create_engine(
+        f"sqlite:///{tmp_path}/threads.sqlite",
+        poolclass=NullPool,
+        connect_args={"check_same_thread": False},
+    )
+    handle = otel_backpressure.instrument(engine, meter_provider=metrics.meter_provider)
+    threads, cycles = 8, 300
+    try:
+
+        def work() -> None:
+            for _ in range(cycles):
+                with engine.connect():
+                    pass
+
+        workers = [threading.Thread(target=work) for _ in range(threads)]
+        for worker in workers:
+            worker.start()
+        for _ in range(20):  # collections racing the checkouts must not disturb them
+            metrics.collect()
+        for worker in workers:
+            worker.join()
+        state = metrics.snapshot({NAME: handle.pool_name})
+        assert (state[USED], state["db.client.connection.pending_requests"]) == (0, 0)
+        assert state["db.client.connection.wait_time"][0] == threads * cycles
+        assert state["db.client.connection.use_time"][0] == threads * cycles
+        assert state["db.client.connection.create_time"][0] == threads * cycles
+    finally:
+        handle.uninstrument()
