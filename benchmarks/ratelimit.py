@@ -2,7 +2,8 @@
 
 1. In memory, per decision, with our metering on: ``RateLimiter.hit_sync``
    against ``limits``' FixedWindow, MovingWindow and SlidingWindowCounter on
-   ``MemoryStorage`` (unmetered: ``limits`` has no metrics).
+   ``MemoryStorage`` (unmetered: ``limits`` has no metrics); ours both with
+   keys idle on arrival and with keys that hold a TAT in the future.
 2. On the same Redis, decisions per second: ``await RateLimiter.hit`` on a
    ``RedisStore`` against ``limits``' async strategies on
    ``async+redis://`` (the same redis-py client underneath), one at a time and
@@ -59,6 +60,16 @@ def _memory_contenders() -> dict[str, Callable[[], None]]:
         store=MemoryStore(max_keys=10_000),
         meter_provider=provider,
     )
+    # the same with every key holding a TAT in the future (a 10 ms interval,
+    # each key seen every ~millisecond) and a burst far above the load: the
+    # arithmetic path, where the rows above take the idle-key path
+    held = Policy("bench-held", rate=100, period=1, burst=10**9)
+    ours_held = RateLimiter([held], store=MemoryStore(max_keys=10_000), meter_provider=provider)
+    ours_two_held = RateLimiter(
+        [held, Policy("bench-held-m", rate=6_000, period=60, burst=10**9)],
+        store=MemoryStore(max_keys=10_000),
+        meter_provider=provider,
+    )
     item = parse("1000000/second")
     fixed = FixedWindowRateLimiter(MemoryStorage())
     moving = MovingWindowRateLimiter(MemoryStorage())
@@ -78,6 +89,8 @@ def _memory_contenders() -> dict[str, Callable[[], None]]:
         "limits SlidingWindowCounter": run(lambda key: sliding.hit(item, key)),
         "ours hit_sync, 1 policy, metered": run(ours.hit_sync),
         "ours hit_sync, 2 policies, metered": run(ours_two.hit_sync),
+        "ours hit_sync, 1 policy, held keys": run(ours_held.hit_sync),
+        "ours hit_sync, 2 policies, held keys": run(ours_two_held.hit_sync),
     }
 
 

@@ -23,7 +23,7 @@ from typing import Final, NamedTuple
 from opentelemetry.metrics import MeterProvider, NoOpMeterProvider
 
 from otel_backpressure.ratelimit import gcra
-from otel_backpressure.ratelimit.memory import MemoryStore
+from otel_backpressure.ratelimit.memory import HitSync, MemoryStore
 from otel_backpressure.ratelimit.metrics import RESULTS, Count, RateLimitMetrics
 from otel_backpressure.ratelimit.policy import Decision, Policy
 from otel_backpressure.ratelimit.redis import RedisStore
@@ -78,9 +78,18 @@ class RateLimiter:
         "_policies",
         "_redis",
         "_resolved",
-        "_single",
         "_store",
+        "hit_sync",
     )
+
+    # Decide one request without an event loop (in-memory store only;
+    # thread-safe): ``hit_sync(key, *, policies=None, cost=1, dry_run=False)``.
+    # An instance attribute, not a method: for one or two policies on the
+    # in-memory store it is the store's specialised one-frame closure, else
+    # ``_hit_sync``. (Both also take the keywords positionally at run time, a
+    # closure because keyword-only parameters slow every call; typed callers
+    # see them keyword-only.)
+    hit_sync: HitSync
 
     def __init__(
         self,
@@ -112,15 +121,21 @@ class RateLimiter:
         self._counters: dict[Policy, tuple[Count, Count, Count]] = {}
         for policy in self._policies:
             self._counts_for(policy)
-        # the common case, one policy on the in-memory store, resolved once
-        self._single: tuple[dict[str, int], Policy, tuple[Count, Count, Count]] | None = None
         self._default_set = self._resolve(self._policies)
         # per-call policy tuples (the middleware's per-route sets), by identity:
         # id -> (the tuple itself, kept alive so its id is not reused; its set)
         self._resolved: dict[int, tuple[tuple[Policy, ...], _PolicySet]] = {}
-        if self._memory is not None and len(self._policies) == 1:
+        # the common cases, one or two policies in memory: a specialised closure
+        self.hit_sync = self._hit_sync
+        memory = self._memory
+        if memory is not None and len(self._policies) == 1:
             only = self._policies[0]
-            self._single = (self._memory.table(only), only, self._counters[only])
+            self.hit_sync = memory.one_policy_hit(only, self._counters[only], self._hit_sync)
+        elif memory is not None and len(self._policies) == 2:
+            first, second = self._policies
+            self.hit_sync = memory.two_policy_hit(
+                (first, second), (self._counters[first], self._counters[second]), self._hit_sync
+            )
 
     @property
     def policies(self) -> tuple[Policy, ...]:
@@ -194,15 +209,14 @@ class RateLimiter:
             ),
         )
 
-    def hit_sync(
+    def _hit_sync(
         self,
         key: str,
-        *,
         policies: Sequence[Policy] | None = None,
         cost: int = 1,
         dry_run: bool = False,
     ) -> Decision:
-        """Decide one request without an event loop (in-memory store only; thread-safe).
+        """``hit_sync``'s general path (any policies and cost); see ``hit_sync``.
 
         This is also the in-memory core of ``hit``: one code path for both.
         """
@@ -212,11 +226,6 @@ class RateLimiter:
                 f"hit_sync needs a MemoryStore; this limiter's store is "
                 f"{type(self._store).__name__}, use `await limiter.hit(...)`"
             )
-        single = self._single
-        if single is not None and policies is None and cost == 1 and type(key) is str:
-            # the common case, kept to a handful of operations
-            table, policy, counts = single
-            return memory.decide_one(table, key, policy, 1, counts, 2 if dry_run else 1)
         chosen = self._arguments(key, policies, cost)
         tables = chosen.tables
         rejected = _DRY_RUN_REJECTED if dry_run else _REJECTED

@@ -33,7 +33,7 @@ import weakref
 from collections.abc import Callable, Iterable, Sequence
 from threading import get_ident
 from types import TracebackType
-from typing import Final, Literal
+from typing import Final, Literal, Protocol
 
 from otel_backpressure.ratelimit import gcra
 from otel_backpressure.ratelimit.metrics import Count, StoreCounts
@@ -54,6 +54,19 @@ _monotonic_ns = time.monotonic_ns  # one global lookup on the hot path, not two
 SWEEP_SLICE: Final = 2_000
 # "no amortised sweep due": the cleanup task is running
 _NEVER: Final = 1 << 62
+
+
+class HitSync(Protocol):
+    """The signature of ``RateLimiter.hit_sync`` (a store can build a specialised one)."""
+
+    def __call__(
+        self,
+        key: str,
+        *,
+        policies: Sequence[Policy] | None = None,
+        cost: int = 1,
+        dry_run: bool = False,
+    ) -> Decision: ...
 
 
 def _gil_enabled() -> bool:
@@ -176,7 +189,9 @@ class MemoryStore:
     # by one thread (the event loop's). So the thread that created the store
     # decides without the lock until another thread shows up; that thread sets
     # ``_shared`` and waits until the owner is out of its unlocked section
-    # (``_busy``), and from then on everyone takes the lock. Under the GIL,
+    # (``_busy``), and from then on everyone takes the lock. Every other
+    # thread waits so, not just the first: a second one may arrive while the
+    # owner's last unlocked decision is still in flight. Under the GIL,
     # attribute writes are seen in order, which makes this handshake sound; a
     # free-threaded interpreter always takes the lock.
 
@@ -187,9 +202,10 @@ class MemoryStore:
             if not self._shared:
                 return True
             self._busy = False
-        elif not self._shared:
-            self._shared = True
-            while self._busy:  # the owner is mid-decision without the lock
+        else:
+            if not self._shared:
+                self._shared = True
+            while self._busy:  # the owner may be mid-decision without the lock
                 time.sleep(0)
         self.lock.acquire()
         return False
@@ -256,6 +272,231 @@ class MemoryStore:
                 self._busy = False
             else:
                 self.lock.release()
+
+    def one_policy_hit(
+        self, policy: Policy, counts: tuple[Count, Count, Count], fallback: HitSync
+    ) -> HitSync:
+        """A ``hit_sync`` for one policy, cost 1: ``decide_one`` specialised into one frame.
+
+        The policy's table, constants and counts live in closure cells, so a
+        call is a single Python frame with no method binding and no further
+        call (each of those costs a tenth of a decision). Any other call
+        (``policies``, ``cost``, a key that is not a ``str``) goes to
+        ``fallback``. Same critical section, same owner-thread lock elision
+        and same amortised cleanup as ``decide_one``; tests check the two agree.
+        """
+        store = self
+        table = self.table(policy)
+        pop = table.pop
+        interval = policy.interval_ns
+        capacity = policy.burst * interval
+        allowed, rejected, dry_run_rejected = counts
+        owner = self._owner
+        clock = self._clock
+        now_ns: Callable[[], int] = _monotonic_ns if clock is None else (lambda: int(clock() * _NS))
+        # a key holding no TAT in the future always gets this same decision (full
+        # burst minus this request), so it is built once: building a Decision
+        # costs about half of one
+        fresh = _new(Decision, (True, policy, policy.burst - 1, 0.0, interval / _S))
+
+        # not keyword-only, unlike HitSync (what callers are typed against):
+        # CPython 3.11 calls a function with keyword-only parameters through
+        # its generic path, about 80 ns more per call on this machine
+        def hit_sync(
+            key: str,
+            policies: Sequence[Policy] | None = None,
+            cost: int = 1,
+            dry_run: bool = False,
+        ) -> Decision:
+            if policies is not None or cost != 1 or type(key) is not str:
+                return fallback(key, policies=policies, cost=cost, dry_run=dry_run)
+            # _acquire, inlined (see "mutual exclusion")
+            exclusive = owner == get_ident()
+            if exclusive:
+                store._busy = True
+                if store._shared:
+                    store._busy = exclusive = False
+            if not exclusive:
+                store._acquire()
+            try:
+                now = now_ns()
+                if now >= store._next_sweep:
+                    now = store._now()
+                tat = pop(key, None)
+                if tat is None:
+                    if len(table) >= store.max_keys:
+                        refused = store._make_room(policy, table, now)
+                        if refused is not None:
+                            (dry_run_rejected if dry_run else rejected).value += 1
+                            return _new(
+                                Decision, (False, policy, 0, refused.retry_after_ns / _S, 0.0)
+                            )
+                elif tat > now:
+                    # gcra.decide_one with cost 1 from a held TAT (base = tat)
+                    new_tat = tat + interval
+                    wait = new_tat - now - capacity
+                    if wait > 0:
+                        table[key] = tat  # a rejection consumes nothing
+                        (dry_run_rejected if dry_run else rejected).value += 1
+                        held = tat - now
+                        return _new(
+                            Decision,
+                            (False, policy, (capacity - held) // interval, wait / _S, held / _S),
+                        )
+                    table[key] = new_tat
+                    allowed.value += 1
+                    return _new(
+                        Decision,
+                        (True, policy, -wait // interval, 0.0, (new_tat - now) / _S),
+                    )
+                # no TAT, or one in the past (base = now): always allowed (burst >= 1)
+                table[key] = now + interval
+                allowed.value += 1
+                return fresh
+            finally:
+                if exclusive:
+                    store._busy = False
+                else:
+                    store.lock.release()
+
+        return hit_sync
+
+    def two_policy_hit(
+        self,
+        policies: tuple[Policy, Policy],
+        counts: tuple[tuple[Count, Count, Count], tuple[Count, Count, Count]],
+        fallback: HitSync,
+    ) -> HitSync:
+        """``one_policy_hit`` for two policies (per second and per minute, say).
+
+        ``decide_many`` unrolled for two policies, cost 1, in one frame; tests
+        check the two agree.
+        """
+        store = self
+        policy_a, policy_b = policies
+        table_a, table_b = (self.table(policy) for policy in policies)
+        pop_a, pop_b = table_a.pop, table_b.pop
+        interval_a, interval_b = policy_a.interval_ns, policy_b.interval_ns
+        capacity_a = policy_a.burst * interval_a
+        capacity_b = policy_b.burst * interval_b
+        (allowed_a, rejected_a, dry_run_rejected_a), (allowed_b, rejected_b, dry_run_rejected_b) = (
+            counts
+        )
+        owner = self._owner
+        clock = self._clock
+        now_ns: Callable[[], int] = _monotonic_ns if clock is None else (lambda: int(clock() * _NS))
+        # a key holding no TAT in the future under either policy always gets the
+        # same decision: the policy with the fewer remaining (the first on a tie)
+        fresh_a = policy_a.burst <= policy_b.burst
+        fresh = (
+            _new(Decision, (True, policy_a, policy_a.burst - 1, 0.0, interval_a / _S))
+            if fresh_a
+            else _new(Decision, (True, policy_b, policy_b.burst - 1, 0.0, interval_b / _S))
+        )
+        fresh_allowed = allowed_a if fresh_a else allowed_b
+
+        def hit_sync(
+            key: str,
+            policies: Sequence[Policy] | None = None,
+            cost: int = 1,
+            dry_run: bool = False,
+        ) -> Decision:
+            if policies is not None or cost != 1 or type(key) is not str:
+                return fallback(key, policies=policies, cost=cost, dry_run=dry_run)
+            # _acquire, inlined (see "mutual exclusion")
+            exclusive = owner == get_ident()
+            if exclusive:
+                store._busy = True
+                if store._shared:
+                    store._busy = exclusive = False
+            if not exclusive:
+                store._acquire()
+            try:
+                now = now_ns()
+                if now >= store._next_sweep:
+                    now = store._now()
+                tat_a = pop_a(key, None)
+                tat_b = pop_b(key, None)
+                if tat_a is None or tat_b is None:
+                    refused = None
+                    if tat_a is None and len(table_a) >= store.max_keys:
+                        refused = store._make_room(policy_a, table_a, now)
+                        if refused is not None:
+                            (dry_run_rejected_a if dry_run else rejected_a).value += 1
+                            if tat_b is not None:
+                                table_b[key] = tat_b
+                            policy = policy_a
+                    if refused is None and tat_b is None and len(table_b) >= store.max_keys:
+                        refused = store._make_room(policy_b, table_b, now)
+                        if refused is not None:
+                            (dry_run_rejected_b if dry_run else rejected_b).value += 1
+                            if tat_a is not None:
+                                table_a[key] = tat_a
+                            policy = policy_b
+                    if refused is not None:
+                        return _new(Decision, (False, policy, 0, refused.retry_after_ns / _S, 0.0))
+                if (tat_a is None or tat_a <= now) and (tat_b is None or tat_b <= now):
+                    table_a[key] = now + interval_a
+                    table_b[key] = now + interval_b
+                    fresh_allowed.value += 1
+                    return fresh
+                # _decide_many's arithmetic for two policies and a cost of 1
+                base_a = now if tat_a is None or tat_a < now else tat_a
+                base_b = now if tat_b is None or tat_b < now else tat_b
+                wait_a = base_a + interval_a - now - capacity_a
+                wait_b = base_b + interval_b - now - capacity_b
+                if wait_a > 0 or wait_b > 0:
+                    if tat_a is not None:  # a rejection consumes nothing
+                        table_a[key] = tat_a
+                    if tat_b is not None:
+                        table_b[key] = tat_b
+                    if wait_a >= wait_b:  # the longest wait decides, the first on a tie
+                        (dry_run_rejected_a if dry_run else rejected_a).value += 1
+                        held = base_a - now
+                        return _new(
+                            Decision,
+                            (
+                                False,
+                                policy_a,
+                                (capacity_a - held) // interval_a,
+                                wait_a / _S,
+                                held / _S,
+                            ),
+                        )
+                    (dry_run_rejected_b if dry_run else rejected_b).value += 1
+                    held = base_b - now
+                    return _new(
+                        Decision,
+                        (
+                            False,
+                            policy_b,
+                            (capacity_b - held) // interval_b,
+                            wait_b / _S,
+                            held / _S,
+                        ),
+                    )
+                table_a[key] = base_a + interval_a
+                table_b[key] = base_b + interval_b
+                remaining_a = -wait_a // interval_a
+                remaining_b = -wait_b // interval_b
+                if remaining_a <= remaining_b:  # the fewest remaining, the first on a tie
+                    allowed_a.value += 1
+                    return _new(
+                        Decision,
+                        (True, policy_a, remaining_a, 0.0, (base_a + interval_a - now) / _S),
+                    )
+                allowed_b.value += 1
+                return _new(
+                    Decision,
+                    (True, policy_b, remaining_b, 0.0, (base_b + interval_b - now) / _S),
+                )
+            finally:
+                if exclusive:
+                    store._busy = False
+                else:
+                    store.lock.release()
+
+        return hit_sync
 
     def decide_many(
         self,

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import random
 import sys
 import threading
 import tracemalloc
@@ -92,6 +93,146 @@ def test_the_fast_path_agrees_with_the_pure_algorithm() -> None:
         assert [c.value for c in counts] == ([1, 0, 0] if expected[0] else [0, 1, 0])
         if expected[0]:
             tat = expected[1]
+
+
+def _state(limiter: RateLimiter) -> object:
+    """Everything a decision can change: tables in order, counts, evictions, errors."""
+    store = limiter.store
+    assert isinstance(store, MemoryStore)
+    return (
+        [list(store.table(policy).items()) for policy in limiter.policies],
+        [[count.value for count in limiter._counters[p]] for p in limiter.policies],
+        dict(store.counts.evictions),
+        dict(store.counts.errors),
+    )
+
+
+@pytest.mark.parametrize(
+    "policies",
+    [
+        (Policy("s", rate=3, period=1, burst=4),),
+        (Policy("s", rate=3, period=1, burst=4), Policy("m", rate=10, period=5)),
+        (Policy("m", rate=10, period=5), Policy("s", rate=3, period=1, burst=4)),
+        (Policy("a", rate=2, period=1, burst=2), Policy("b", rate=4, period=2, burst=2)),
+    ],
+    ids=["one", "two", "two-swapped", "two-tied"],
+)
+@pytest.mark.parametrize("on_full", ["evict_lru", "reject"])
+def test_the_specialised_hit_sync_agrees_with_the_general_path(
+    policies: tuple[Policy, ...], on_full: memory_module.OnFull
+) -> None:
+    # one and two policies get a one-frame closure; the general path is _hit_sync
+    # (MemoryStore.decide_one / decide_many). Random sequences over few keys and
+    # small tables: held and idle keys, rejections, dry runs, full tables, and
+    # amortised sweeps (every 0.5 s) that drop a key under one policy only.
+    rng = random.Random(f"{[p.name for p in policies]}-{on_full}")
+    for _ in range(150):
+        clocks = FakeClock(), FakeClock()
+        max_keys = rng.randint(1, 4)
+        fast, general = (
+            RateLimiter(
+                policies,
+                store=MemoryStore(
+                    max_keys=max_keys, on_full=on_full, eviction_interval=0.5, clock=clock
+                ),
+            )
+            for clock in clocks
+        )
+        assert fast.hit_sync is not fast._hit_sync
+        for _ in range(rng.randint(0, 80)):
+            key = rng.choice("abcde")
+            gap = rng.choice([0.0, 0.0, 0.0, 0.05, 0.2, 0.4, 1.5])
+            dry_run = rng.random() < 0.2
+            for clock in clocks:
+                clock.advance(gap)
+            expected = general._hit_sync(key, dry_run=dry_run)
+            assert fast.hit_sync(key, dry_run=dry_run) == expected
+            assert _state(fast) == _state(general)
+
+
+@pytest.mark.parametrize("full", [0, 1])
+def test_the_two_policy_refusal_puts_back_the_other_policys_tat(full: int) -> None:
+    # a key held under one policy only (dropped from the other's table by a
+    # sweep, say), arriving at the other's full table: refused, and the held
+    # TAT is put back untouched (at the end of its table, as "seen")
+    policies = (Policy("s", rate=1, period=1), Policy("m", rate=1, period=10, burst=5))
+    limiters = [
+        RateLimiter(policies, store=MemoryStore(max_keys=2, on_full="reject", clock=FakeClock()))
+        for _ in range(2)
+    ]
+    for limiter in limiters:
+        store = limiter.store
+        assert isinstance(store, MemoryStore)
+        now = store.now_ns()
+        full_table, other = (store.table(p) for p in (policies[full], policies[1 - full]))
+        full_table.update({"x": now + 10**9, "y": now + 10**9})  # busy: no room
+        other.update({"k": now + 5 * 10**9, "x": now + 10**9})
+    fast, general = limiters
+    expected = general._hit_sync("k")
+    assert not expected
+    assert expected.policy is policies[full]
+    assert fast.hit_sync("k") == expected
+    assert _state(fast) == _state(general)
+    assert list(fast.store.table(policies[1 - full])) == ["x", "k"]  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("policies", [1, 2])
+def test_the_specialised_hit_sync_hands_other_calls_to_the_general_path(
+    clock: FakeClock, policies: int
+) -> None:
+    chosen = [Policy("p", rate=2, period=1, burst=3), Policy("q", rate=5, period=1, burst=3)]
+    limiter = RateLimiter(chosen[:policies], store=MemoryStore(max_keys=10, clock=clock))
+    assert limiter.hit_sync is not limiter._hit_sync
+    assert limiter.hit_sync("k", cost=3).remaining == 0
+    assert not limiter.hit_sync("k")
+    route = (Policy("route", rate=1, period=60),)
+    assert limiter.hit_sync("k", policies=route).policy is route[0]
+    with pytest.raises(TypeError, match="key"):
+        limiter.hit_sync(b"k")  # type: ignore[arg-type]
+
+
+def _hammer(limiter: RateLimiter, threads: int, hits: int) -> int:
+    """Decisions allowed when ``threads`` threads and this one each hit one key."""
+    allowed = [0] * (threads + 1)
+    start = threading.Barrier(threads + 1)
+
+    def worker(index: int) -> None:
+        start.wait()
+        for _ in range(hits):
+            if limiter.hit_sync("shared"):
+                allowed[index] += 1
+
+    workers = [threading.Thread(target=worker, args=(i,)) for i in range(threads)]
+    for thread in workers:
+        thread.start()
+    worker(threads)  # the owner (this thread created the store) hammers too
+    for thread in workers:
+        thread.join()
+    return sum(allowed)
+
+
+@pytest.mark.parametrize("policies", [1, 2, 3])
+def test_the_hand_over_to_locking_is_exact_however_threads_arrive(policies: int) -> None:
+    # a fresh store every round: several threads arrive while the owner may be
+    # mid-decision without the lock, and each of them (not only the first)
+    # must wait that decision out
+    chosen = [
+        Policy("p", rate=100, period=3600),
+        Policy("q", rate=10_000, period=3600),
+        Policy("r", rate=20_000, period=3600),
+    ][:policies]
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        for _ in range(30):
+            limiter = RateLimiter(chosen, store=MemoryStore(max_keys=10))
+            counts = limiter._counters[chosen[0]]  # shared by every round (one provider)
+            before = [count.value for count in counts]
+            assert _hammer(limiter, 4, 60) == 100
+            after = [count.value for count in counts]
+            assert [b - a for a, b in zip(before, after, strict=True)] == [100, 200, 0]
+    finally:
+        sys.setswitchinterval(interval)
 
 
 @settings(max_examples=150, deadline=None)
