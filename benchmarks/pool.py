@@ -43,7 +43,7 @@ import otel_backpressure
 # would collect from a pool doing even a thousand checkouts a second.
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "61"))
 CYCLES = int(os.environ.get("BENCH_CYCLES", "1000"))
-QUERY_ROUNDS = int(os.environ.get("BENCH_QUERY_ROUNDS", "61"))
+QUERY_ROUNDS = int(os.environ.get("BENCH_QUERY_ROUNDS", "401"))
 QUERIES = int(os.environ.get("BENCH_QUERIES", "200"))
 
 
