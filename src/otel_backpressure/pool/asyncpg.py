@@ -30,7 +30,7 @@ from typing import Any
 
 from otel_backpressure.pool.metrics import MAX_BUFFERED, PoolReading, TimingRecorder
 
-__all__ = ["AsyncpgPool", "is_asyncpg_pool"]
+__all__ = ["AsyncpgPool", "is_asyncpg_pool", "read_asyncpg"]
 
 _logger = logging.getLogger(__name__)
 
@@ -45,6 +45,24 @@ def is_asyncpg_pool(target: object) -> bool:
     except ImportError:
         return False
     return isinstance(target, Pool)
+
+
+def read_asyncpg(pool: Any, *, pending: int, timeouts: int) -> PoolReading:
+    """What an ``asyncpg.Pool`` tells through its public getters."""
+    size = pool.get_size()
+    idle = pool.get_idle_size()
+    minimum = pool.get_min_size()
+    maximum = pool.get_max_size()
+    return PoolReading(
+        used=max(0, size - idle),  # two reads, not one snapshot: never below 0
+        idle=idle,
+        pending=pending,
+        timeouts=timeouts,
+        max=maximum,
+        idle_max=maximum,
+        idle_min=minimum,
+        overflow=max(0, size - minimum),
+    )
 
 
 class AsyncpgPool:
@@ -85,21 +103,7 @@ class AsyncpgPool:
         return not self._pool.is_closing()
 
     def read(self) -> PoolReading:
-        pool = self._pool
-        size = pool.get_size()
-        idle = pool.get_idle_size()
-        minimum = pool.get_min_size()
-        maximum = pool.get_max_size()
-        return PoolReading(
-            used=max(0, size - idle),
-            idle=idle,
-            pending=self.pending,
-            timeouts=self.timeouts,
-            max=maximum,
-            idle_max=maximum,
-            idle_min=minimum,
-            overflow=max(0, size - minimum),
-        )
+        return read_asyncpg(self._pool, pending=self.pending, timeouts=self.timeouts)
 
     def add_recorder(self, recorder: TimingRecorder) -> None:
         self.recorders = (*self.recorders, recorder)

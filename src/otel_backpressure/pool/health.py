@@ -30,8 +30,7 @@ from typing import Any
 from sqlalchemy.pool import Pool, QueuePool, StaticPool
 
 from otel_backpressure.pool.api import resolve_engine, source_of
-from otel_backpressure.pool.asyncpg import is_asyncpg_pool
-from otel_backpressure.pool.metrics import PoolReading
+from otel_backpressure.pool.asyncpg import is_asyncpg_pool, read_asyncpg
 from otel_backpressure.pool.sqlalchemy import read_pool
 from otel_backpressure.settings import Settings, check_fraction, check_positive
 
@@ -91,18 +90,13 @@ def _snapshot(target: object, warning: float, critical: float) -> dict[str, Any]
         else:
             pool_size = max_overflow = None
     else:
-        any_pool: Any = target
-        size, idle = any_pool.get_size(), any_pool.get_idle_size()
-        minimum, maximum = any_pool.get_min_size(), any_pool.get_max_size()
-        reading = PoolReading(
-            used=max(0, size - idle),
-            idle=idle,
+        reading = read_asyncpg(
+            target,
             pending=source.pending if source is not None else 0,
             timeouts=source.timeouts if source is not None else 0,
-            max=maximum,
-            overflow=max(0, size - minimum),
         )
         used = reading.used
+        minimum, maximum = reading.idle_min or 0, reading.max or 0  # always known for asyncpg
         pool_size, max_overflow = minimum, maximum - minimum
     usage = reading.usage if used is not None else None
     if usage is None or usage < warning:
