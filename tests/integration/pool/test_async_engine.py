@@ -41,7 +41,7 @@ async def engine(postgres_dsn: str, clock: FakeClock) -> AsyncIterator[AsyncEngi
         async_creator=connect,
         pool_size=2,
         max_overflow=1,
-        pool_timeout=0.3,
+        pool_timeout=0.5,  # long enough to observe the waiter on a loaded machine
     )
     yield engine
     await engine.dispose()

@@ -89,7 +89,7 @@ async def test_asyncpg_pool_through_known_states(
         }
         assert metrics.snapshot(series) == {**full, "db.client.connection.pending_requests": 0}
 
-        fourth = asyncio.ensure_future(pool.acquire(timeout=0.3))
+        fourth = asyncio.ensure_future(pool.acquire(timeout=0.5))
         await _wait_for(
             lambda: metrics.value("db.client.connection.pending_requests", series) == 1,
             "the fourth acquire to wait",
