@@ -21,8 +21,8 @@ def tests(session: nox.Session) -> None:
 @nox.session
 def lint(session: nox.Session) -> None:
     session.install("ruff>=0.6")
-    session.run("ruff", "check", "src", "tests", "benchmarks", "noxfile.py")
-    session.run("ruff", "format", "--check", "src", "tests", "benchmarks", "noxfile.py")
+    session.run("ruff", "check", "src", "tests", "benchmarks", "scripts", "noxfile.py")
+    session.run("ruff", "format", "--check", "src", "tests", "benchmarks", "scripts", "noxfile.py")
 
 
 @nox.session
