@@ -197,7 +197,8 @@ METRICS: Mapping[str, MetricSpec] = MappingProxyType(
             ),
             _spec(
                 "db.client.connection.timeouts",
-                (Instrument.COUNTER,),
+                # a local count exported asynchronously: the same monotonic sum
+                (Instrument.COUNTER, Instrument.OBSERVABLE_COUNTER),
                 "{timeout}",
                 (POOL_NAME,),
                 "Checkouts that gave up waiting for a connection.",

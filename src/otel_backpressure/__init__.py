@@ -15,14 +15,17 @@ The implementation lives in private modules; this is the public surface.
 
 from __future__ import annotations
 
+from otel_backpressure.errors import (
+    ErrorMappingMiddleware,
+    ErrorOutcome,
+    ErrorRegistry,
+    GameEngineError,
+    mapped_errors,
+    record_error,
+)
 from otel_backpressure.instrumentor import BackpressureInstrumentor
-
-# BEGIN pool exports
 from otel_backpressure.pool.api import PoolInstrumentation, instrument
 from otel_backpressure.pool.health import PoolHealth, pool_health
-
-# END pool exports
-# BEGIN ratelimit exports
 from otel_backpressure.ratelimit import (
     Decision,
     MemoryStore,
@@ -32,24 +35,7 @@ from otel_backpressure.ratelimit import (
     RedisStore,
 )
 from otel_backpressure.settings import Settings
-
-# END ratelimit exports
-# BEGIN errors exports
-# isort: split
-from otel_backpressure.errors import (
-    ErrorMappingMiddleware,
-    ErrorOutcome,
-    ErrorRegistry,
-    GameEngineError,
-    mapped_errors,
-    record_error,
-)
-
-# END errors exports
-# BEGIN telemetry exports
 from otel_backpressure.telemetry import Telemetry, configure_telemetry
-
-# END telemetry exports
 
 __version__ = "0.1.0"
 

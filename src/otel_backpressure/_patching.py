@@ -95,7 +95,13 @@ def apply(patches: tuple[Patch, ...], context: InstrumentationContext) -> list[P
         if isinstance(getattr(owner, name), _PROXY):
             _logger.debug("%s.%s is already wrapped", patch.module, patch.attribute)
             continue
-        wrapt.wrap_function_wrapper(owner, name, patch.build_wrapper(context))
+        try:
+            wrapt.wrap_function_wrapper(owner, name, patch.build_wrapper(context))
+        except Exception:
+            # One target that cannot be wrapped must not cost the others, and
+            # what was installed stays recorded so that remove() undoes it.
+            _logger.exception("Could not patch %s.%s", patch.module, patch.attribute)
+            continue
         installed.append(patch)
     return installed
 

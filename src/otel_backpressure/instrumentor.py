@@ -35,20 +35,16 @@ _logger = logging.getLogger(__name__)
 
 
 def _integrations() -> tuple[_patching.Integration, ...]:
-    """Every part, in the order they are enabled (and disabled in reverse)."""
-    integrations: list[_patching.Integration] = []
-    # BEGIN integrations (one line per part)
-    from otel_backpressure.pool.integration import PoolIntegration
+    """Every part, in the order they are enabled (and disabled in reverse).
 
-    integrations.append(PoolIntegration())
+    Imported here, not at module level, so that loading the entry point costs
+    nothing until ``instrument()`` is called.
+    """
+    from otel_backpressure.errors._integration import ErrorsIntegration
+    from otel_backpressure.pool.integration import PoolIntegration
     from otel_backpressure.ratelimit.limits import LimitsIntegration
 
-    integrations.append(LimitsIntegration())
-    from otel_backpressure.errors._integration import ErrorsIntegration
-
-    integrations.append(ErrorsIntegration())
-    # END integrations
-    return tuple(integrations)
+    return (PoolIntegration(), LimitsIntegration(), ErrorsIntegration())
 
 
 class BackpressureInstrumentor(BaseInstrumentor):  # type: ignore[misc]
