@@ -134,36 +134,44 @@ def _parse_bool(raw: str) -> bool:
     raise ValueError("expected true or false")
 
 
+def _number(raw: str, expected: str) -> float:
+    # float()'s own message ("could not convert string to float") names neither
+    # the setting nor what it wants; say what is expected instead.
+    try:
+        return float(raw)
+    except ValueError:
+        raise ValueError(f"expected {expected}") from None
+
+
 def _parse_fraction(raw: str) -> float:
-    value = float(raw)
+    value = _number(raw, "a number from 0 to 1")
     if not 0.0 <= value <= 1.0:
         raise ValueError("expected a number from 0 to 1")
     return value
 
 
 def _parse_positive_seconds(raw: str) -> float:
-    value = float(raw)
+    value = _number(raw, "a positive number of seconds")
     if not (math.isfinite(value) and value > 0):
         raise ValueError("expected a positive number of seconds")
     return value
 
 
 def _parse_non_negative_seconds(raw: str) -> float:
-    value = float(raw)
+    value = _number(raw, "zero or a positive number of seconds")
     if not (math.isfinite(value) and value >= 0):
         raise ValueError("expected zero or a positive number of seconds")
     return value
 
 
 def _parse_positive_int(raw: str) -> int:
-    value = int(raw.replace("_", ""))
+    try:
+        value = int(raw.replace("_", ""))
+    except ValueError:
+        raise ValueError("expected a positive whole number") from None
     if value <= 0:
         raise ValueError("expected a positive whole number")
     return value
-
-
-def _parse_text(raw: str) -> str:
-    return raw.strip()
 
 
 def _parse_error_mappings(raw: str) -> str:
@@ -237,8 +245,7 @@ class Settings:
             try:
                 values[variable.field] = _PARSERS[variable.field](raw)
             except ValueError as exc:
-                reason = str(exc) if "expected" in str(exc) else "not a valid value"
-                problems.append((variable.name, raw, reason))
+                problems.append((variable.name, raw, str(exc)))
                 disabled_parts.add(variable.part)
         settings = _build(cls, values, problems, disabled_parts)
         for name, raw, reason in settings.problems:
