@@ -1,29 +1,7 @@
-"""Fixtures for the errors part: the instrumentor with only the errors part on."""
+"""The errors part's fixtures, shared with its integration tests."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from errors_fixtures import ERRORS_ONLY, instrumented
 
-import pytest
-from opentelemetry.sdk.trace import TracerProvider
-
-from otel_backpressure import BackpressureInstrumentor, Settings
-from otel_backpressure.testing import MetricsCapture
-
-ERRORS_ONLY = Settings(pool_enabled=False, rate_limit_enabled=False)
-
-
-@pytest.fixture
-def instrumented(
-    tracer_provider: TracerProvider, metrics: MetricsCapture
-) -> Iterator[BackpressureInstrumentor]:
-    """The errors part active (span patches on), undone afterwards."""
-    instrumentor = BackpressureInstrumentor()
-    assert not instrumentor.is_instrumented_by_opentelemetry, "a previous test leaked"
-    instrumentor.instrument(
-        tracer_provider=tracer_provider,
-        meter_provider=metrics.meter_provider,
-        settings=ERRORS_ONLY,
-    )
-    yield instrumentor
-    instrumentor.uninstrument()
+__all__ = ["ERRORS_ONLY", "instrumented"]
