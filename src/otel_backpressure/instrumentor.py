@@ -81,6 +81,9 @@ class BackpressureInstrumentor(BaseInstrumentor):  # type: ignore[misc]
     def _uninstrument(self, **kwargs: Any) -> None:
         _patching.remove(getattr(self, "_installed", []))
         for integration in reversed(getattr(self, "_enabled", [])):
-            integration.disable()
+            try:
+                integration.disable()
+            except Exception:  # the others must still be undone
+                _logger.exception("Backpressure %s telemetry failed to stop", integration.name)
         self._installed = []
         self._enabled = []
