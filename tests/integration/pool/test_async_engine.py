@@ -14,20 +14,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 import otel_backpressure
 from otel_backpressure.testing import FakeClock, MetricsCapture
+from pool_states import IDLE, NAME, USED, buckets
 
 pytestmark = pytest.mark.integration
-
-NAME = "db.client.connection.pool.name"
-USED = "db.client.connection.count{db.client.connection.state=used}"
-IDLE = "db.client.connection.count{db.client.connection.state=idle}"
-
-
-def buckets(**counts: int) -> tuple[int, ...]:
-    """Bucket counts for the advice boundaries; b1 is (0.001, 0.005], b3 (0.01, 0.05]."""
-    values = [0] * 10
-    for key, count in counts.items():
-        values[int(key[1:])] = count
-    return tuple(values)
 
 
 @pytest.fixture

@@ -24,20 +24,10 @@ from sqlalchemy.pool import (
 
 import otel_backpressure
 from otel_backpressure.testing import FakeClock, MetricsCapture
+from pool_states import IDLE, NAME, USED, buckets
 
-NAME = "db.client.connection.pool.name"
-USED = "db.client.connection.count{db.client.connection.state=used}"
-IDLE = "db.client.connection.count{db.client.connection.state=idle}"
 # bucket counts for the advice boundaries (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10)
 NO_BUCKETS = (0,) * 10
-
-
-def buckets(**counts: int) -> tuple[int, ...]:
-    """Bucket counts by index name: b1 is (0.001, 0.005], b3 is (0.01, 0.05]."""
-    values = [0] * 10
-    for key, count in counts.items():
-        values[int(key[1:])] = count
-    return tuple(values)
 
 
 @pytest.fixture

@@ -1,0 +1,16 @@
+"""Names and helpers shared by the pool tests that drive a pool through known states."""
+
+from __future__ import annotations
+
+NAME = "db.client.connection.pool.name"
+# MetricsCapture.snapshot() keys for the two series of db.client.connection.count
+USED = "db.client.connection.count{db.client.connection.state=used}"
+IDLE = "db.client.connection.count{db.client.connection.state=idle}"
+
+
+def buckets(**counts: int) -> tuple[int, ...]:
+    """Bucket counts for the advice boundaries; b1 is (0.001, 0.005], b3 (0.01, 0.05]."""
+    values = [0] * 10
+    for key, count in counts.items():
+        values[int(key[1:])] = count
+    return tuple(values)
