@@ -28,7 +28,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from otel_backpressure.pool.metrics import MAX_BUFFERED, PoolReading, TimingRecorder
+from otel_backpressure.pool.metrics import (
+    MAX_BUFFERED,
+    PoolReading,
+    RecorderSlots,
+)
 
 __all__ = ["AsyncpgPool", "is_asyncpg_pool", "read_asyncpg"]
 
@@ -65,7 +69,7 @@ def read_asyncpg(pool: Any, *, pending: int, timeouts: int) -> PoolReading:
     )
 
 
-class AsyncpgPool:
+class AsyncpgPool(RecorderSlots):
     """A ``PoolSource`` over one ``asyncpg.Pool``; the pool lives on one event loop."""
 
     __slots__ = (
@@ -76,7 +80,6 @@ class AsyncpgPool:
         "_starts",
         "name",
         "pending",
-        "recorders",
         "timeouts",
     )
 
@@ -88,7 +91,7 @@ class AsyncpgPool:
         self.name = name
         self.pending = 0
         self.timeouts = 0
-        self.recorders: tuple[TimingRecorder, ...] = ()
+        super().__init__()
         self._clock = clock
         self._pool = pool
         self._starts: dict[int, float] = {}  # id(connection holder) -> acquired at
@@ -104,12 +107,6 @@ class AsyncpgPool:
 
     def read(self) -> PoolReading:
         return read_asyncpg(self._pool, pending=self.pending, timeouts=self.timeouts)
-
-    def add_recorder(self, recorder: TimingRecorder) -> None:
-        self.recorders = (*self.recorders, recorder)
-
-    def remove_recorder(self, recorder: TimingRecorder) -> None:
-        self.recorders = tuple(r for r in self.recorders if r is not recorder)
 
     def close(self) -> None:
         """Give the pool back its own class and connect callable."""

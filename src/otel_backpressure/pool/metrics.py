@@ -41,6 +41,7 @@ __all__ = [
     "PoolMetrics",
     "PoolReading",
     "PoolSource",
+    "RecorderSlots",
     "TimingRecorder",
 ]
 
@@ -118,6 +119,24 @@ class TimingRecorder:
 
 def _nothing() -> None:
     return None
+
+
+class RecorderSlots:
+    """The timing recorders a pool source feeds, one per provider it reports to.
+
+    Read on every checkout: a tuple swapped whole, so never seen half-built.
+    """
+
+    __slots__ = ("recorders",)
+
+    def __init__(self) -> None:
+        self.recorders: tuple[TimingRecorder, ...] = ()
+
+    def add_recorder(self, recorder: TimingRecorder) -> None:
+        self.recorders = (*self.recorders, recorder)
+
+    def remove_recorder(self, recorder: TimingRecorder) -> None:
+        self.recorders = tuple(r for r in self.recorders if r is not recorder)
 
 
 class PoolSource(Protocol):

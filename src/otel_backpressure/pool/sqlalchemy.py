@@ -30,7 +30,11 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.pool import NullPool, Pool, QueuePool, StaticPool
 
-from otel_backpressure.pool.metrics import MAX_BUFFERED, PoolReading, TimingRecorder
+from otel_backpressure.pool.metrics import (
+    MAX_BUFFERED,
+    PoolReading,
+    RecorderSlots,
+)
 
 __all__ = ["EnginePool", "read_pool"]
 
@@ -100,7 +104,7 @@ class Tally:
         return f"Tally({self.value})"
 
 
-class EnginePool:
+class EnginePool(RecorderSlots):
     """A ``PoolSource`` over one SQLAlchemy ``Engine`` (an ``AsyncEngine``'s ``sync_engine``)."""
 
     __slots__ = (
@@ -113,7 +117,6 @@ class EnginePool:
         "_timeouts",
         "_used",
         "name",
-        "recorders",
     )
 
     def __init__(
@@ -128,8 +131,7 @@ class EnginePool:
         self._pending = Tally()
         self._timeouts = itertools.count()
         self._used = Tally()  # only for pools that cannot count their own
-        # Read on every checkout: a tuple swapped whole, so never seen half-built.
-        self.recorders: tuple[TimingRecorder, ...] = ()
+        super().__init__()
         self._clock = clock
         self._starts: dict[int, float] = {}  # id(connection record) -> checked out at
         # pool -> the instance attributes the hooks shadowed (restored by close())
@@ -167,12 +169,6 @@ class EnginePool:
         if engine is None:
             raise RuntimeError("the engine was garbage collected")
         return read_pool(engine.pool, used=self.used, pending=self.pending, timeouts=self.timeouts)
-
-    def add_recorder(self, recorder: TimingRecorder) -> None:
-        self.recorders = (*self.recorders, recorder)
-
-    def remove_recorder(self, recorder: TimingRecorder) -> None:
-        self.recorders = tuple(r for r in self.recorders if r is not recorder)
 
     def close(self) -> None:
         """Unhook every pool this source hooked (the current one and disposed ones)."""
