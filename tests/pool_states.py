@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable
+
 NAME = "db.client.connection.pool.name"
 # MetricsCapture.snapshot() keys for the two series of db.client.connection.count
 USED = "db.client.connection.count{db.client.connection.state=used}"
@@ -14,3 +17,12 @@ def buckets(**counts: int) -> tuple[int, ...]:
     for key, count in counts.items():
         values[int(key[1:])] = count
     return tuple(values)
+
+
+async def wait_for(predicate: Callable[[], bool], what: str) -> None:
+    """Yield to the loop until ``predicate()`` holds (at most about 5 s)."""
+    for _ in range(5_000):
+        if predicate():
+            return
+        await asyncio.sleep(0.001)
+    raise AssertionError(f"timed out waiting for {what}")

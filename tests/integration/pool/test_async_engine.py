@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 import otel_backpressure
 from otel_backpressure.testing import FakeClock, MetricsCapture
-from pool_states import IDLE, NAME, USED, buckets
+from pool_states import IDLE, NAME, USED, buckets, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -34,14 +34,6 @@ async def engine(postgres_dsn: str, clock: FakeClock) -> AsyncIterator[AsyncEngi
     )
     yield engine
     await engine.dispose()
-
-
-async def _wait_for(predicate: Any, what: str) -> None:
-    for _ in range(5_000):
-        if predicate():
-            return
-        await asyncio.sleep(0.001)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 async def test_async_engine_through_known_states(
@@ -83,7 +75,7 @@ async def test_async_engine_through_known_states(
         assert metrics.snapshot(series) == {**full, "db.client.connection.pending_requests": 0}
 
         fourth = asyncio.ensure_future(engine.connect())
-        await _wait_for(
+        await wait_for(
             lambda: metrics.value("db.client.connection.pending_requests", series) == 1,
             "the fourth checkout to wait",
         )

@@ -11,7 +11,7 @@ import pytest
 
 import otel_backpressure
 from otel_backpressure.testing import FakeClock, MetricsCapture
-from pool_states import IDLE, NAME, USED, buckets
+from pool_states import IDLE, NAME, USED, buckets, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -25,14 +25,6 @@ async def pool(postgres_dsn: str, clock: FakeClock) -> AsyncIterator[asyncpg.Poo
     pool = asyncpg.create_pool(postgres_dsn, min_size=1, max_size=3, connect=connect)
     yield pool
     await pool.close()
-
-
-async def _wait_for(predicate: Any, what: str) -> None:
-    for _ in range(5_000):
-        if predicate():
-            return
-        await asyncio.sleep(0.001)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 async def test_asyncpg_pool_through_known_states(
@@ -79,7 +71,7 @@ async def test_asyncpg_pool_through_known_states(
         assert metrics.snapshot(series) == {**full, "db.client.connection.pending_requests": 0}
 
         fourth = asyncio.ensure_future(pool.acquire(timeout=0.5))
-        await _wait_for(
+        await wait_for(
             lambda: metrics.value("db.client.connection.pending_requests", series) == 1,
             "the fourth acquire to wait",
         )

@@ -30,7 +30,8 @@ from starlette.responses import PlainTextResponse, StreamingResponse
 from starlette.routing import Route
 
 import contract
-from otel_backpressure import BackpressureInstrumentor, Settings
+from errors_fixtures import ERRORS_ONLY
+from otel_backpressure import BackpressureInstrumentor
 from otel_backpressure.errors import (
     AuthenticationError,
     ConfigurationError,
@@ -52,7 +53,6 @@ from otel_backpressure.errors import (
 )
 from otel_backpressure.testing import MetricsCapture
 
-ERRORS_ONLY = Settings(pool_enabled=False, rate_limit_enabled=False)
 SECRET = "hunter2"
 COUNTER = "backpressure.exceptions"
 OUTCOME = "backpressure.exception.outcome"
