@@ -36,8 +36,7 @@ from otel_backpressure.ratelimit import (
 )
 from otel_backpressure.settings import Settings
 from otel_backpressure.telemetry import Telemetry, configure_telemetry
-
-__version__ = "0.1.0"
+from otel_backpressure.version import __version__
 
 __all__ = [
     "BackpressureInstrumentor",

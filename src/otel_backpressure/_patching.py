@@ -18,6 +18,7 @@ import wrapt
 from opentelemetry.metrics import MeterProvider
 from opentelemetry.trace import TracerProvider
 
+from otel_backpressure._shared import Wrapper
 from otel_backpressure.settings import Settings
 
 __all__ = ["InstrumentationContext", "Integration", "Patch", "Wrapper", "apply", "remove"]
@@ -27,9 +28,6 @@ _logger = logging.getLogger(__name__)
 # What wrapt's FunctionWrapper derives from: ``BaseObjectProxy`` in wrapt 2
 # (where ``ObjectProxy`` is a subclass that FunctionWrapper is not), else ``ObjectProxy``.
 _PROXY: type[Any] = getattr(wrapt, "BaseObjectProxy", wrapt.ObjectProxy)
-
-# wrapt's wrapper signature: (wrapped, instance, args, kwargs) -> result
-Wrapper = Callable[[Callable[..., Any], Any, tuple[Any, ...], dict[str, Any]], Any]
 
 
 @dataclass(frozen=True)

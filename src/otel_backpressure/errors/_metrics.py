@@ -22,26 +22,18 @@ from typing import Final
 from opentelemetry import metrics as otel_metrics
 from opentelemetry.metrics import Counter, MeterProvider
 
-__all__ = ["METRIC", "OUTCOME", "SCOPE", "count_exception", "set_default_meter_provider"]
+from otel_backpressure._shared import get_meter
+
+__all__ = ["METRIC", "OUTCOME", "count_exception", "set_default_meter_provider"]
 
 _logger = logging.getLogger(__name__)
 
-SCOPE: Final = "otel_backpressure"
 METRIC: Final = "backpressure.exceptions"
 OUTCOME: Final = "backpressure.exception.outcome"
 
 _counters: weakref.WeakKeyDictionary[MeterProvider, Counter] = weakref.WeakKeyDictionary()
 # The instrumentor's meter provider while the errors part is enabled.
 _default_provider: MeterProvider | None = None
-
-
-def _scope_version() -> str | None:
-    try:
-        from importlib.metadata import version
-
-        return version("opentelemetry-instrumentation-backpressure")
-    except Exception:  # a source checkout, not an installed distribution
-        return None
 
 
 def set_default_meter_provider(meter_provider: MeterProvider | None) -> None:
@@ -54,7 +46,7 @@ def _counter(meter_provider: MeterProvider | None) -> Counter:
     provider = meter_provider or _default_provider or otel_metrics.get_meter_provider()
     counter = _counters.get(provider)
     if counter is None:
-        counter = provider.get_meter(SCOPE, _scope_version()).create_counter(
+        counter = get_meter(provider).create_counter(
             METRIC,
             unit="{exception}",
             description="Exceptions by error.type and whether they were handled.",

@@ -29,11 +29,12 @@ from opentelemetry import trace
 from opentelemetry.metrics import MeterProvider
 from opentelemetry.trace import Span, StatusCode
 
+from otel_backpressure._shared import type_name
 from otel_backpressure.errors._defaults import registry as default_registry
 from otel_backpressure.errors._metrics import count_exception
 from otel_backpressure.errors._outcome import ErrorOutcome
 from otel_backpressure.errors._registry import ErrorRegistry
-from otel_backpressure.errors._spans import apply_outcome, exception_type_name
+from otel_backpressure.errors._spans import apply_outcome
 
 __all__ = ["fallback_outcome", "mapped_errors", "record_error"]
 
@@ -46,7 +47,7 @@ _FALLBACK_DESCRIPTION: Final = "unhandled exception"
 
 def fallback_outcome(exc: BaseException) -> ErrorOutcome:
     """The outcome of an unmapped exception when we record it ourselves: an Error, no message."""
-    name = exception_type_name(exc)[:255]  # error.type's bound
+    name = type_name(type(exc))[:255]  # error.type's bound
     return ErrorOutcome(name, StatusCode.ERROR, 500, True, _FALLBACK_DESCRIPTION)
 
 

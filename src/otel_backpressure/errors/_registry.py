@@ -24,6 +24,7 @@ import threading
 from collections.abc import Iterable
 from typing import Final
 
+from otel_backpressure._shared import type_name
 from otel_backpressure.errors._outcome import ErrorOutcome
 
 __all__ = ["ErrorRegistry", "Target", "target_key"]
@@ -47,10 +48,6 @@ def target_key(target: Target) -> type[BaseException] | str:
     if isinstance(target, type) and issubclass(target, BaseException):
         return target
     raise TypeError(f"target must be an exception class or a dotted path, got {target!r}")
-
-
-def _class_path(cls: type) -> str:
-    return f"{cls.__module__}.{cls.__qualname__}"
 
 
 def _resolve_loaded(path: str) -> type[BaseException] | None:
@@ -156,7 +153,7 @@ class ErrorRegistry:
         for klass in cls.__mro__:
             outcome = self._by_class.get(klass)
             if outcome is None:
-                outcome = by_resolved_class.get(klass) or self._by_path.get(_class_path(klass))
+                outcome = by_resolved_class.get(klass) or self._by_path.get(type_name(klass))
             if outcome is None:
                 declared = klass.__dict__.get("outcome")
                 outcome = declared if isinstance(declared, ErrorOutcome) else None

@@ -32,14 +32,13 @@ from typing import Any, Final
 from opentelemetry.trace import Span, Status, StatusCode
 from opentelemetry.util.types import AttributeValue
 
+from otel_backpressure._shared import Wrapper, type_name
 from otel_backpressure.errors._outcome import ErrorOutcome
 from otel_backpressure.errors._registry import ErrorRegistry
 
 __all__ = [
     "ERROR_TYPE",
-    "Wrapper",
     "apply_outcome",
-    "exception_type_name",
     "record_exception_wrapper",
     "safe_stacktrace",
     "set_status_wrapper",
@@ -47,8 +46,6 @@ __all__ = [
 
 _logger = logging.getLogger(__name__)
 
-# wrapt's wrapper signature: (wrapped, instance, args, kwargs) -> result
-Wrapper = Callable[[Callable[..., Any], Any, tuple[Any, ...], dict[str, Any]], Any]
 
 ERROR_TYPE: Final = "error.type"
 _MAX_FRAMES: Final = 64  # per exception in a safe stack trace
@@ -61,13 +58,6 @@ _RECORDED_ON: Final = "_otel_backpressure_recorded_on"
 _applying: contextvars.ContextVar[bool] = contextvars.ContextVar(
     "otel_backpressure_errors_applying", default=False
 )
-
-
-def exception_type_name(exc: BaseException) -> str:
-    """The exception's class as OpenTelemetry's ``exception.type`` spells it."""
-    cls = type(exc)
-    module = cls.__module__
-    return f"{module}.{cls.__qualname__}" if module and module != "builtins" else cls.__qualname__
 
 
 def safe_stacktrace(exc: BaseException) -> str:
@@ -108,7 +98,7 @@ def safe_stacktrace(exc: BaseException) -> str:
                 f'  File "{frame.filename}", line {frame.lineno}, in {frame.name}\n'
                 for frame in frames
             )
-        lines.append(f"{exception_type_name(item)}\n")
+        lines.append(f"{type_name(type(item))}\n")
     return "".join(lines)
 
 
@@ -142,7 +132,7 @@ def _record_event(
         span.record_exception(exc, attributes, timestamp, escaped)
         return
     event: dict[str, AttributeValue] = {
-        "exception.type": exception_type_name(exc),
+        "exception.type": type_name(type(exc)),
         "exception.message": outcome.description,
         "exception.stacktrace": safe_stacktrace(exc),
         "exception.escaped": str(escaped),

@@ -21,28 +21,22 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Awaitable, Callable, MutableMapping
 from http import HTTPStatus
 from typing import Any
 
 from opentelemetry import trace
 from opentelemetry.metrics import MeterProvider
 
+from otel_backpressure._shared import ASGIApp, Message, Receive, Scope, Send, type_name
 from otel_backpressure.errors._defaults import registry as default_registry
 from otel_backpressure.errors._metrics import count_exception
 from otel_backpressure.errors._outcome import ErrorOutcome
 from otel_backpressure.errors._registry import ErrorRegistry
-from otel_backpressure.errors._spans import apply_outcome, exception_type_name
+from otel_backpressure.errors._spans import apply_outcome
 
 __all__ = ["ErrorMappingMiddleware", "problem_details"]
 
 _logger = logging.getLogger(__name__)
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
 def _phrase(status: int) -> str:
@@ -109,7 +103,7 @@ class ErrorMappingMiddleware:
         except Exception as exc:
             outcome = self._lookup(exc)
             if outcome is None or started:
-                error_type = exception_type_name(exc) if outcome is None else outcome.error_type
+                error_type = type_name(type(exc)) if outcome is None else outcome.error_type
                 count_exception(error_type, handled=False, meter_provider=self._meter_provider)
                 raise
             failure: Exception = exc

@@ -19,7 +19,8 @@ import weakref
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from otel_backpressure._patching import InstrumentationContext, Patch, Wrapper
+from otel_backpressure._patching import InstrumentationContext, Patch
+from otel_backpressure._shared import Wrapper
 from otel_backpressure.pool.api import PoolInstrumentation, instrument, resolve_engine
 from otel_backpressure.pool.asyncpg import is_asyncpg_pool
 

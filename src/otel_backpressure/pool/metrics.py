@@ -32,6 +32,7 @@ from opentelemetry.metrics import (
     get_meter_provider,
 )
 
+from otel_backpressure._shared import get_meter
 from otel_backpressure.pool._sdk import HistogramSink
 
 __all__ = [
@@ -47,7 +48,6 @@ __all__ = [
 
 _logger = logging.getLogger(__name__)
 
-SCOPE: Final = "otel_backpressure"
 POOL_NAME: Final = "db.client.connection.pool.name"
 STATE: Final = "db.client.connection.state"
 # The semantic conventions' advice for database client durations, in seconds.
@@ -186,7 +186,7 @@ class PoolMetrics:
     _by_provider_lock: ClassVar[threading.Lock] = threading.Lock()
 
     def __init__(self, meter_provider: MeterProvider) -> None:
-        meter = meter_provider.get_meter(SCOPE)
+        meter = get_meter(meter_provider)
         self._lock = threading.Lock()
         # id(source) -> registration; copied on write so callbacks iterate without a lock
         self._registrations: dict[int, _Registration] = {}

@@ -26,7 +26,8 @@ from typing import Any, Final
 from opentelemetry.context import get_value
 from opentelemetry.instrumentation import utils as otel_utils
 
-from otel_backpressure._patching import InstrumentationContext, Patch, Wrapper
+from otel_backpressure._patching import InstrumentationContext, Patch
+from otel_backpressure._shared import Wrapper
 
 __all__ = ["LimitsIntegration", "policy_name"]
 

@@ -28,6 +28,8 @@ from typing import ClassVar, Final, Protocol
 from opentelemetry import metrics as otel_metrics
 from opentelemetry.metrics import CallbackOptions, MeterProvider, Observation
 
+from otel_backpressure._shared import get_meter
+
 __all__ = [
     "EVICTION_REASONS",
     "RESULTS",
@@ -39,7 +41,6 @@ __all__ = [
 
 _logger = logging.getLogger(__name__)
 
-SCOPE: Final = "otel_backpressure"
 POLICY: Final = "backpressure.rate_limit.policy"
 RESULT: Final = "backpressure.rate_limit.result"
 EVICTION_REASON: Final = "backpressure.rate_limit.eviction.reason"
@@ -96,15 +97,6 @@ class KeyCounter(Protocol):
     def key_counts(self) -> Iterable[tuple[str, int]]: ...
 
 
-def _scope_version() -> str | None:
-    try:
-        from importlib.metadata import version
-
-        return version("opentelemetry-instrumentation-backpressure")
-    except Exception:  # not installed as a distribution (a source checkout)
-        return None
-
-
 class RateLimitMetrics:
     """The rate-limit instruments of one ``MeterProvider`` over local counts."""
 
@@ -122,7 +114,7 @@ class RateLimitMetrics:
         self._store_counts: dict[int, StoreCounts] = {}
         # key counts are current state: a collected store simply stops reporting
         self._key_sources: weakref.WeakSet[KeyCounter] = weakref.WeakSet()
-        meter = provider.get_meter(SCOPE, _scope_version())
+        meter = get_meter(provider)
         meter.create_observable_counter(
             "backpressure.rate_limit.requests",
             callbacks=[self._observe_requests],

@@ -32,10 +32,12 @@ import logging
 import math
 import re
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
 from opentelemetry import trace
+
+from otel_backpressure._shared import ASGIApp, Message, Receive, Scope, Send
 
 if TYPE_CHECKING:
     from otel_backpressure.ratelimit.limiter import RateLimiter
@@ -45,11 +47,6 @@ __all__ = ["ClientAddress", "RateLimitMiddleware"]
 
 _logger = logging.getLogger(__name__)
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 # Takes the ASGI scope; typed Any so dict, Starlette's and asgiref's scope types all fit.
 KeyFunc = Callable[[Any], str | Awaitable[str | None] | None]
 PathRule = str | re.Pattern[str]

@@ -36,6 +36,7 @@ from importlib import resources
 from types import TracebackType
 from typing import Any, Final
 
+from otel_backpressure._shared import type_name
 from otel_backpressure.ratelimit import gcra
 from otel_backpressure.ratelimit.metrics import StoreCounts
 from otel_backpressure.ratelimit.policy import Policy
@@ -56,14 +57,6 @@ def _load_script() -> str:
         .joinpath("scripts/gcra.lua")
         .read_text(encoding="utf-8")
     )
-
-
-def _error_type(exc: BaseException) -> str:
-    """``error.type``: the exception's fully qualified class name (low cardinality)."""
-    cls = type(exc)
-    if cls.__module__ == "builtins":
-        return cls.__qualname__
-    return f"{cls.__module__}.{cls.__qualname__}"
 
 
 def _policy_args(policy: Policy) -> tuple[str, int, int]:
@@ -242,11 +235,11 @@ class RedisStore:
         self._open_until = self.clock() + wait
         _logger.warning(
             "Rate-limit Redis store failed (%s); failing %s for %.1fs",
-            _error_type(exc),
+            type_name(type(exc)),
             "open" if self.fail_open else "closed",
             wait,
         )
-        return self._unavailable(policies, _error_type(exc))
+        return self._unavailable(policies, type_name(type(exc)))
 
     def _unavailable(self, policies: tuple[Policy, ...], error_type: str) -> gcra.Verdict:
         for policy in policies:
