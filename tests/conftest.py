@@ -14,7 +14,14 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from otel_backpressure import settings
 from otel_backpressure.testing import FakeClock, MetricsCapture
+
+
+@pytest.fixture(autouse=True)
+def _settings_report_afresh() -> None:
+    """Each test sees bad settings values logged as a fresh process would (once)."""
+    settings._reported.clear()
 
 
 @pytest.fixture(scope="session")

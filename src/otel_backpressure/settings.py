@@ -1,9 +1,20 @@
-"""Settings read from the environment, validated once, with errors that name the variable.
+"""Settings read from the environment: one declaration each, checked, never fatal.
+
+Each setting is declared once, as a field of ``Settings``: its variable, type,
+default, valid range and meaning. ``VARIABLES`` and the README's configuration
+table (``markdown_table()``, checked by ``tests/unit/test_readme.py``) are
+derived from those declarations. Adding a setting is one field::
+
+    loop_resolution: float = _number(
+        "RUNTIME_LOOP_RESOLUTION", 0.01, 0.001, 1.0, "How often the loop is sampled.", unit="s"
+    )
 
 An auto-instrumented application cannot catch an exception from us, so a bad
-value never raises here: it is logged with the variable's name and value, and
-the part of the package that the variable configures is switched off. The rest
-keeps working and the application starts.
+environment value never raises: it is logged at ERROR, once per process for
+each variable and value, with the variable's name, the value and the valid
+range, and the setting keeps its default. Every number has a finite range, so
+no value can overflow a conversion or make a periodic task spin. Code that
+builds ``Settings(...)`` itself gets a ``ValueError`` naming the argument.
 
 Example::
 
@@ -13,281 +24,343 @@ Example::
     if settings.pool_enabled:
         ...
 
-Every variable is listed in ``VARIABLES`` (name, default, meaning); the README's
-configuration table is generated from the same facts.
+The parts read this module; it imports none of them. Values whose syntax a part
+owns (``ERROR_MAPPINGS``) are kept as text here, parsed by that part, and
+reported through ``report_invalid``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
-from typing import Final
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Final, Literal, TypeVar
 
-__all__ = ["PREFIX", "VARIABLES", "Settings", "Variable"]
+__all__ = [
+    "PREFIX",
+    "VARIABLES",
+    "Settings",
+    "Variable",
+    "check_fraction",
+    "check_positive",
+    "markdown_table",
+    "report_invalid",
+]
 
 _logger = logging.getLogger(__name__)
 
 PREFIX: Final = "OTEL_PYTHON_BACKPRESSURE_"
 
+Kind = Literal["switch", "count", "number", "text"]
+Value = bool | int | float | str
+_T = TypeVar("_T")
+
+_TRUE: Final = frozenset({"1", "true", "yes", "on"})
+_FALSE: Final = frozenset({"0", "false", "no", "off"})
+_METADATA_KEY: Final = "otel_backpressure.variable"
+
+
+def _show(number: float) -> str:
+    """``60`` rather than ``60.0``; ``0.75`` as is."""
+    return str(int(number)) if float(number).is_integer() else repr(float(number))
+
 
 @dataclass(frozen=True)
 class Variable:
-    """One documented environment variable and the part it switches off when invalid."""
+    """One setting: its environment variable, kind, default, valid range and meaning.
+
+    ``kind`` is ``switch`` (bool), ``count`` (int), ``number`` (float) or
+    ``text`` (str, whose syntax ``syntax`` describes and a part checks).
+    ``minimum``/``maximum`` bound counts and numbers, both inclusive; ``unit``
+    is shown after the range (``s`` for seconds).
+    """
 
     name: str
     field: str
-    part: str
-    default: str
+    kind: Kind
+    default: Value
     meaning: str
+    minimum: float | None = None
+    maximum: float | None = None
+    unit: str = ""
+    syntax: str = ""
+
+    @property
+    def default_text(self) -> str:
+        """The default as the README shows it (``(none)`` for empty text)."""
+        if self.kind == "switch":
+            return "true" if self.default else "false"
+        if self.kind == "text":
+            return str(self.default)
+        return _show(float(self.default))
+
+    @property
+    def valid(self) -> str:
+        """The valid values as the README shows them: ``true or false``, ``1 to 86400 s``..."""
+        if self.kind == "switch":
+            return "`true` or `false` (also `1`/`0`, `yes`/`no`, `on`/`off`)"
+        if self.kind == "text":
+            return self.syntax
+        whole = "whole number " if self.kind == "count" else ""
+        unit = f" {self.unit}" if self.unit else ""
+        return f"{whole}`{_show(self.minimum or 0)}` to `{_show(self.maximum or 0)}`{unit}"
+
+    @property
+    def expected(self) -> str:
+        """What a bad value should have been, in a log line or an exception."""
+        if self.kind == "switch":
+            return "true or false (or 1/0, yes/no, on/off)"
+        if self.kind == "text":
+            return self.syntax.replace("`", "")
+        kind = "a whole number" if self.kind == "count" else "a number"
+        unit = " seconds" if self.unit == "s" else f" {self.unit}" if self.unit else ""
+        return f"{kind} from {_show(self.minimum or 0)} to {_show(self.maximum or 0)}{unit}"
+
+    def parse(self, raw: str) -> Value:
+        """The value of ``raw`` from the environment; ``ValueError("expected ...")`` if invalid."""
+        text = raw.strip()
+        if self.kind == "text":
+            return text
+        if self.kind == "switch":
+            if text.lower() in _TRUE:
+                return True
+            if text.lower() in _FALSE:
+                return False
+            raise ValueError(f"expected {self.expected}")
+        try:
+            number: int | float = int(text) if self.kind == "count" else float(text)
+        except ValueError:
+            raise ValueError(f"expected {self.expected}") from None
+        if not self._in_range(number):
+            raise ValueError(f"expected {self.expected}")
+        return number if self.kind == "count" else float(number) + 0.0  # -0.0 reads as 0.0
+
+    def check(self, value: object) -> Value:
+        """``value`` given in code, normalised; ``ValueError`` naming the field if invalid."""
+        problem = f"{self.field} must be {self.expected}, got {value!r}"
+        if self.kind == "switch":
+            if not isinstance(value, bool):
+                raise ValueError(problem)
+            return value
+        if self.kind == "text":
+            if not isinstance(value, str):
+                raise ValueError(problem)
+            return value
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(problem)
+        if (self.kind == "count" and not isinstance(value, int)) or not self._in_range(value):
+            raise ValueError(problem)
+        return value if self.kind == "count" else float(value) + 0.0
+
+    def _in_range(self, number: float) -> bool:
+        if self.minimum is None or self.maximum is None:  # _declare forbids this
+            return False
+        # NaN fails both comparisons; the bounds are finite, so inf fails one.
+        return self.minimum <= number <= self.maximum
 
 
-# part -> the Settings flag that a bad value in that part turns off
-_PART_FLAGS: Final = {
-    "pool": "pool_enabled",
-    "rate_limit": "rate_limit_enabled",
-    "errors": "errors_enabled",
-}
-
-VARIABLES: Final[tuple[Variable, ...]] = (
-    Variable(
-        PREFIX + "POOL_ENABLED",
-        "pool_enabled",
-        "pool",
-        "true",
-        "Connection-pool telemetry on or off.",
-    ),
-    Variable(
-        PREFIX + "POOL_TIMINGS",
-        "pool_timings",
-        "pool",
-        "true",
-        "The create/wait/use time histograms; off leaves only the read-at-collection metrics.",
-    ),
-    Variable(
-        PREFIX + "POOL_WARNING_THRESHOLD",
-        "pool_warning_threshold",
-        "pool",
-        "0.75",
-        "Usage (0..1) from which pool_health() says `warning`.",
-    ),
-    Variable(
-        PREFIX + "POOL_CRITICAL_THRESHOLD",
-        "pool_critical_threshold",
-        "pool",
-        "0.9",
-        "Usage (0..1) from which pool_health() says `critical`.",
-    ),
-    Variable(
-        PREFIX + "RATE_LIMIT_ENABLED",
-        "rate_limit_enabled",
-        "rate_limit",
-        "true",
-        "Rate-limit metering (and the `limits` library's) on or off.",
-    ),
-    Variable(
-        PREFIX + "RATE_LIMIT_EVICTION_INTERVAL",
-        "rate_limit_eviction_interval",
-        "rate_limit",
-        "60",
-        "Seconds between the in-memory store's cleanup passes.",
-    ),
-    Variable(
-        PREFIX + "RATE_LIMIT_IDLE_TIMEOUT",
-        "rate_limit_idle_timeout",
-        "rate_limit",
-        "0",
-        "Extra seconds an idle key is kept after its state stops mattering.",
-    ),
-    Variable(
-        PREFIX + "RATE_LIMIT_MAX_KEYS",
-        "rate_limit_max_keys",
-        "rate_limit",
-        "100000",
-        "Most keys the in-memory store holds (a memory bound).",
-    ),
-    Variable(
-        PREFIX + "ERRORS_ENABLED",
-        "errors_enabled",
-        "errors",
-        "true",
-        "Exception-to-span-status mapping on or off.",
-    ),
-    Variable(
-        PREFIX + "ERROR_MAPPINGS",
-        "error_mappings",
-        "errors",
-        "",
-        "Extra exception-to-outcome mappings (syntax in docs/errors.md).",
-    ),
-)
+def _declare(default: _T, variable: Variable) -> _T:
+    """A dataclass field that carries its ``Variable`` (the field name is filled in later)."""
+    if variable.kind in ("count", "number"):
+        low, high = variable.minimum, variable.maximum
+        if low is None or high is None or not (math.isfinite(low) and math.isfinite(high)):
+            raise ValueError(f"{variable.name}: a number needs a finite minimum and maximum")
+        if not low <= float(variable.default) <= high:
+            raise ValueError(f"{variable.name}: the default is outside the range")
+    return field(default=default, metadata={_METADATA_KEY: variable})
 
 
-def _parse_bool(raw: str) -> bool:
-    lowered = raw.strip().lower()
-    if lowered in ("1", "true", "yes", "on"):
-        return True
-    if lowered in ("0", "false", "no", "off"):
-        return False
-    raise ValueError("expected true or false")
+def _switch(suffix: str, default: bool, meaning: str) -> bool:
+    return _declare(default, Variable(PREFIX + suffix, "", "switch", default, meaning))
 
 
-def _number(raw: str, expected: str) -> float:
-    # float()'s own message ("could not convert string to float") names neither
-    # the setting nor what it wants; say what is expected instead.
-    try:
-        return float(raw)
-    except ValueError:
-        raise ValueError(f"expected {expected}") from None
+def _count(suffix: str, default: int, minimum: int, maximum: int, meaning: str) -> int:
+    variable = Variable(PREFIX + suffix, "", "count", default, meaning, minimum, maximum)
+    return _declare(default, variable)
 
 
-def _parse_fraction(raw: str) -> float:
-    value = _number(raw, "a number from 0 to 1")
-    if not 0.0 <= value <= 1.0:
-        raise ValueError("expected a number from 0 to 1")
-    return value
+def _number(
+    suffix: str, default: float, minimum: float, maximum: float, meaning: str, *, unit: str = ""
+) -> float:
+    variable = Variable(PREFIX + suffix, "", "number", default, meaning, minimum, maximum, unit)
+    return _declare(default, variable)
 
 
-def _parse_positive_seconds(raw: str) -> float:
-    value = _number(raw, "a positive number of seconds")
-    if not (math.isfinite(value) and value > 0):
-        raise ValueError("expected a positive number of seconds")
-    return value
+def _text(suffix: str, default: str, meaning: str, *, syntax: str) -> str:
+    variable = Variable(PREFIX + suffix, "", "text", default, meaning, syntax=syntax)
+    return _declare(default, variable)
 
 
-def _parse_non_negative_seconds(raw: str) -> float:
-    value = _number(raw, "zero or a positive number of seconds")
-    if not (math.isfinite(value) and value >= 0):
-        raise ValueError("expected zero or a positive number of seconds")
-    return value
+# Pairs (lower, upper) of fields where lower must not exceed upper.
+_ORDERED: Final = (("pool_warning_threshold", "pool_critical_threshold"),)
 
-
-def _parse_positive_int(raw: str) -> int:
-    try:
-        value = int(raw.replace("_", ""))
-    except ValueError:
-        raise ValueError("expected a positive whole number") from None
-    if value <= 0:
-        raise ValueError("expected a positive whole number")
-    return value
-
-
-def _parse_error_mappings(raw: str) -> str:
-    # Imported here: the errors part depends on settings, not the other way round.
-    from otel_backpressure.errors._mappings import parse_mappings
-
-    parse_mappings(raw)  # ValueError naming the bad entry
-    return raw.strip()
-
-
-_PARSERS: Final[Mapping[str, Callable[[str], object]]] = {
-    "pool_enabled": _parse_bool,
-    "pool_timings": _parse_bool,
-    "pool_warning_threshold": _parse_fraction,
-    "pool_critical_threshold": _parse_fraction,
-    "rate_limit_enabled": _parse_bool,
-    "rate_limit_eviction_interval": _parse_positive_seconds,
-    "rate_limit_idle_timeout": _parse_non_negative_seconds,
-    "rate_limit_max_keys": _parse_positive_int,
-    "errors_enabled": _parse_bool,
-    "error_mappings": _parse_error_mappings,
-}
+_DAY: Final = 86_400.0
 
 
 @dataclass(frozen=True)
 class Settings:
-    """The package's settings; ``Settings()`` is the documented defaults."""
+    """The package's settings; ``Settings()`` is the documented defaults.
 
-    pool_enabled: bool = True
-    pool_timings: bool = True
-    pool_warning_threshold: float = 0.75
-    pool_critical_threshold: float = 0.9
-    rate_limit_enabled: bool = True
-    rate_limit_eviction_interval: float = 60.0
-    rate_limit_idle_timeout: float = 0.0
-    rate_limit_max_keys: int = 100_000
-    errors_enabled: bool = True
-    error_mappings: str = ""
-    # (variable, value, reason) for every value that was rejected
+    Every field is declared with its variable, default, valid range and
+    meaning (see the module docstring); ``problems`` lists the
+    ``(variable, value, reason)`` of each environment value that was ignored.
+    """
+
+    pool_enabled: bool = _switch("POOL_ENABLED", True, "Connection-pool telemetry on or off.")
+    pool_timings: bool = _switch(
+        "POOL_TIMINGS",
+        True,
+        "The create/wait/use time histograms; off leaves only the read-at-collection metrics.",
+    )
+    pool_warning_threshold: float = _number(
+        "POOL_WARNING_THRESHOLD",
+        0.75,
+        0.0,
+        1.0,
+        "Usage from which pool_health() says `warning`; at most the critical threshold.",
+    )
+    pool_critical_threshold: float = _number(
+        "POOL_CRITICAL_THRESHOLD", 0.9, 0.0, 1.0, "Usage from which pool_health() says `critical`."
+    )
+    rate_limit_enabled: bool = _switch(
+        "RATE_LIMIT_ENABLED", True, "Rate-limit metering (and the `limits` library's) on or off."
+    )
+    # At least a tenth of a second: a pass walks only the idle keys from the
+    # oldest, so ten wake-ups a second cost nothing measurable, while 1e-300
+    # made the task a busy loop. At most a day, so the period fits the store's
+    # integer nanoseconds and asyncio's timers (1e300 overflowed them).
+    rate_limit_eviction_interval: float = _number(
+        "RATE_LIMIT_EVICTION_INTERVAL",
+        60.0,
+        0.1,
+        _DAY,
+        "Seconds between the in-memory store's cleanup passes.",
+        unit="s",
+    )
+    rate_limit_idle_timeout: float = _number(
+        "RATE_LIMIT_IDLE_TIMEOUT",
+        0.0,
+        0.0,
+        _DAY,
+        "Extra seconds an idle key is kept after its state stops mattering.",
+        unit="s",
+    )
+    # Ten million keys is a few gigabytes of tables: a bound, not a target.
+    rate_limit_max_keys: int = _count(
+        "RATE_LIMIT_MAX_KEYS",
+        100_000,
+        1,
+        10_000_000,
+        "Most keys the in-memory store holds per policy (a memory bound).",
+    )
+    errors_enabled: bool = _switch(
+        "ERRORS_ENABLED", True, "Exception-to-span-status mapping on or off."
+    )
+    error_mappings: str = _text(
+        "ERROR_MAPPINGS",
+        "",
+        "Extra exception-to-outcome mappings, checked by the errors part (docs/errors.md).",
+        syntax="comma-separated `module.Class=STATUS:HTTP[:ERROR_TYPE]` entries",
+    )
     problems: tuple[tuple[str, str, str], ...] = field(default=(), compare=False)
 
     def __post_init__(self) -> None:
         # Programmatic construction gets an exception naming the argument.
-        check_fraction("pool_warning_threshold", self.pool_warning_threshold)
-        check_fraction("pool_critical_threshold", self.pool_critical_threshold)
-        if self.pool_warning_threshold > self.pool_critical_threshold:
-            raise ValueError(
-                "pool_warning_threshold must not exceed pool_critical_threshold "
-                f"(got {self.pool_warning_threshold} > {self.pool_critical_threshold})"
-            )
-        check_positive("rate_limit_eviction_interval", self.rate_limit_eviction_interval)
-        idle = self.rate_limit_idle_timeout
-        if not (math.isfinite(idle) and idle >= 0):
-            raise ValueError(f"rate_limit_idle_timeout must be >= 0 seconds, got {idle!r}")
-        if not (isinstance(self.rate_limit_max_keys, int) and self.rate_limit_max_keys > 0):
-            raise ValueError(
-                f"rate_limit_max_keys must be a positive int, got {self.rate_limit_max_keys!r}"
-            )
+        for variable in VARIABLES:
+            value = variable.check(getattr(self, variable.field))
+            object.__setattr__(self, variable.field, value)
+        for lower, upper in _ORDERED:
+            low, high = getattr(self, lower), getattr(self, upper)
+            if low > high:
+                raise ValueError(f"{lower} must not exceed {upper} (got {low} > {high})")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
-        """Read every ``OTEL_PYTHON_BACKPRESSURE_*`` variable; never raises."""
+        """Read every ``OTEL_PYTHON_BACKPRESSURE_*`` variable; never raises.
+
+        A bad value is logged once per process (see ``report_invalid``) and the
+        setting keeps its default; a blank value means the default.
+        """
         env = os.environ if environ is None else environ
-        values: dict[str, object] = {}
+        values: dict[str, Value] = {}
+        raws: dict[str, str] = {}
         problems: list[tuple[str, str, str]] = []
-        disabled_parts: set[str] = set()
         for variable in VARIABLES:
             raw = env.get(variable.name)
             if raw is None or raw.strip() == "":
                 continue
             try:
-                values[variable.field] = _PARSERS[variable.field](raw)
+                values[variable.field] = variable.parse(raw)
+                raws[variable.field] = raw
             except ValueError as exc:
                 problems.append((variable.name, raw, str(exc)))
-                disabled_parts.add(variable.part)
-        settings = _build(cls, values, problems, disabled_parts)
-        for name, raw, reason in settings.problems:
-            part = next(v.part for v in VARIABLES if v.name == name)
-            _logger.error(
-                "Ignoring %s=%r (%s); %s telemetry is disabled until it is fixed",
-                name,
-                raw,
-                reason,
-                part.replace("_", " "),
-            )
-        return settings
+        for lower, upper in _ORDERED:
+            low = values.get(lower, _BY_FIELD[lower].default)
+            high = values.get(upper, _BY_FIELD[upper].default)
+            if low > high:  # type: ignore[operator]  # both numbers
+                reason = (
+                    f"{_BY_FIELD[lower].name}={low} must not exceed "
+                    f"{_BY_FIELD[upper].name}={high}; both use their defaults"
+                )
+                for name in (lower, upper):
+                    if name in values:
+                        problems.append((_BY_FIELD[name].name, raws[name], reason))
+                        del values[name]
+        for name, raw, reason in problems:
+            report_invalid(name, raw, reason)
+        return cls(**values, problems=tuple(problems))  # type: ignore[arg-type]
 
 
-def _build(
-    cls: type[Settings],
-    values: dict[str, object],
-    problems: list[tuple[str, str, str]],
-    disabled_parts: set[str],
-) -> Settings:
-    """Construct, turning cross-field conflicts into logged problems as well."""
-    try:
-        settings = cls(**values)  # type: ignore[arg-type]
-    except ValueError as exc:
-        # Only cross-field checks can fail here (each value parsed on its own):
-        # the thresholds. Fall back to their defaults and disable the pool part.
-        for name in ("pool_warning_threshold", "pool_critical_threshold"):
-            if name in values:
-                variable = next(v for v in VARIABLES if v.field == name)
-                problems.append((variable.name, str(values[name]), str(exc)))
-                del values[name]
-        disabled_parts.add("pool")
-        settings = cls(**values)  # type: ignore[arg-type]
-    flags = {_PART_FLAGS[part]: False for part in disabled_parts}
-    return replace(settings, problems=tuple(problems), **flags)  # type: ignore[arg-type]
+VARIABLES: Final[tuple[Variable, ...]] = tuple(
+    dataclasses.replace(spec.metadata[_METADATA_KEY], field=spec.name)
+    for spec in dataclasses.fields(Settings)
+    if _METADATA_KEY in spec.metadata
+)
+_BY_FIELD: Final = {variable.field: variable for variable in VARIABLES}
+_BY_NAME: Final = {variable.name: variable for variable in VARIABLES}
+
+# (variable, value) pairs already logged; bounded, so odd callers cannot grow it.
+_reported: set[tuple[str, str]] = set()
+_reported_lock = threading.Lock()
+_REPORTED_LIMIT: Final = 1024
+
+
+def report_invalid(name: str, raw: str, reason: str) -> None:
+    """Log that variable ``name``'s value ``raw`` is ignored, once per process per value.
+
+    ``reason`` says what was expected; the message adds the default in use.
+    Parts that parse a text setting themselves report through here.
+    """
+    key = (name, raw)
+    with _reported_lock:
+        if key in _reported:
+            return
+        if len(_reported) >= _REPORTED_LIMIT:
+            _reported.clear()
+        _reported.add(key)
+    variable = _BY_NAME.get(name)
+    default = "(none)" if variable is None else variable.default_text or "(none)"
+    _logger.error("Ignoring %s=%r (%s); using the default %s", name, raw, reason, default)
+
+
+def markdown_table() -> str:
+    """The README's configuration table, one row per variable, from the declarations."""
+    lines = ["| variable | default | valid values | meaning |", "|---|---|---|---|"]
+    for variable in VARIABLES:
+        default = f"`{variable.default_text}`" if variable.default_text else "(none)"
+        lines.append(f"| `{variable.name}` | {default} | {variable.valid} | {variable.meaning} |")
+    return "\n".join(lines) + "\n"
 
 
 def check_fraction(argument: str, value: float) -> float:
     """Validate a 0..1 argument, naming it in the error."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
         raise ValueError(f"{argument} must be a number from 0 to 1, got {value!r}")
-    return float(value)
+    return float(value) + 0.0
 
 
 def check_positive(argument: str, value: float) -> float:

@@ -165,7 +165,7 @@ def test_settings_come_from_the_environment_by_default(
     assert len(log) == 2
 
 
-def test_a_bad_variable_switches_its_part_off_and_the_rest_still_starts(
+def test_a_bad_variable_keeps_its_default_and_every_part_starts(
     parts: dict[str, RecordingIntegration],
     log: list[str],
     backpressure: BackpressureInstrumentor,
@@ -175,7 +175,7 @@ def test_a_bad_variable_switches_its_part_off_and_the_rest_still_starts(
     monkeypatch.setenv("OTEL_PYTHON_BACKPRESSURE_RATE_LIMIT_MAX_KEYS", "lots")
     with caplog.at_level(logging.ERROR, logger="otel_backpressure.settings"):
         backpressure.instrument()
-    assert log == ["enable pool", "enable errors"]
+    assert log == ["enable pool", "enable rate_limit", "enable errors"]
     assert "OTEL_PYTHON_BACKPRESSURE_RATE_LIMIT_MAX_KEYS" in caplog.text
     assert "'lots'" in caplog.text
 

@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 
 import contract
-from otel_backpressure.settings import VARIABLES
+from otel_backpressure.settings import VARIABLES, markdown_table
 
 ROOT = Path(__file__).resolve().parents[2]
 README = (ROOT / "README.md").read_text(encoding="utf-8")
@@ -49,12 +49,19 @@ def test_metrics_reference_matches_the_contract() -> None:
         assert prometheus == f"`{spec.prometheus_name}`", name
 
 
-def test_configuration_table_lists_every_setting_with_its_default() -> None:
+def test_configuration_table_is_the_one_generated_from_the_declarations() -> None:
+    """Regenerate with ``python -c "from otel_backpressure.settings import markdown_table as t;
+    print(t())"`` and paste between the settings markers."""
+    assert _section("settings") == markdown_table()
     rows = {row[0].strip("`"): row for row in _rows(_section("settings"))}
     assert list(rows) == [variable.name for variable in VARIABLES]
     for variable in VARIABLES:
-        default = rows[variable.name][1]
-        assert default == (f"`{variable.default}`" if variable.default else "(none)")
+        default, valid = rows[variable.name][1:3]
+        assert default == (f"`{variable.default_text}`" if variable.default_text else "(none)")
+        if variable.kind in ("count", "number"):  # every number's range is documented
+            bounds = re.fullmatch(r"(?:whole number )?`([\d.]+)` to `([\d.]+)`(?: s)?", valid)
+            assert bounds, variable.name
+            assert tuple(map(float, bounds.groups())) == (variable.minimum, variable.maximum)
 
 
 def test_ci_runs_the_readme_test_command() -> None:

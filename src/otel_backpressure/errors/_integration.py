@@ -1,7 +1,9 @@
 """The errors part as ``BackpressureInstrumentor`` sees it.
 
-Enabling registers the mappings of ``OTEL_PYTHON_BACKPRESSURE_ERROR_MAPPINGS``
-(over the defaults) and names the meter provider ``backpressure.exceptions``
+Enabling parses and registers the mappings of
+``OTEL_PYTHON_BACKPRESSURE_ERROR_MAPPINGS`` over the defaults (the settings
+keep the text; its syntax is this part's, so a bad value is reported from
+here, once, and no extra mapping is added) and names the meter provider ``backpressure.exceptions``
 counts into; the instrumentor installs ``PATCHES``. Disabling restores the
 registry exactly as it was.
 
@@ -14,7 +16,6 @@ Example::
 
 from __future__ import annotations
 
-import logging
 from typing import Final
 
 from otel_backpressure._patching import InstrumentationContext, Patch
@@ -24,12 +25,11 @@ from otel_backpressure.errors._metrics import set_default_meter_provider
 from otel_backpressure.errors._outcome import ErrorOutcome
 from otel_backpressure.errors._registry import ErrorRegistry
 from otel_backpressure.errors._spans import record_exception_wrapper, set_status_wrapper
+from otel_backpressure.settings import PREFIX, report_invalid
 
 __all__ = ["PATCHES", "ErrorsIntegration"]
 
-_logger = logging.getLogger(__name__)
-
-_VARIABLE: Final = "OTEL_PYTHON_BACKPRESSURE_ERROR_MAPPINGS"
+_VARIABLE: Final = PREFIX + "ERROR_MAPPINGS"
 
 
 def _registry_of(context: InstrumentationContext) -> ErrorRegistry:
@@ -69,10 +69,11 @@ class ErrorsIntegration:
 
     def enable(self, context: InstrumentationContext) -> None:
         registry = self._registry = _registry_of(context)
+        text = context.settings.error_mappings
         try:
-            mappings = parse_mappings(context.settings.error_mappings)
-        except ValueError as exc:  # Settings.from_env validated already; a hand-built Settings
-            _logger.error("Ignoring %s: %s", _VARIABLE, exc)
+            mappings = parse_mappings(text)
+        except ValueError as exc:  # the setting's default: no extra mappings
+            report_invalid(_VARIABLE, text, str(exc))
             mappings = ()
         for path, outcome in mappings:
             self._registered.append((path, registry.register(path, outcome)))

@@ -11,8 +11,8 @@ Example::
 
     myapp.errors.NotFound=unset:404,httpx.ConnectTimeout=error:504:timeout
 
-Parsing is strict: one bad entry rejects the whole value (the settings log it,
-naming the variable and the entry, and switch the errors part off).
+Parsing is strict: one bad entry rejects the whole value (the errors part logs
+it once, naming the variable and the entry, and adds no mapping from it).
 """
 
 from __future__ import annotations

@@ -6,10 +6,11 @@ import logging
 import re
 
 import pytest
+from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.trace import StatusCode
 
-from otel_backpressure import Settings
-from otel_backpressure.errors import ErrorOutcome, parse_mappings
+from otel_backpressure import BackpressureInstrumentor, Settings
+from otel_backpressure.errors import ErrorOutcome, NotFoundError, parse_mappings, registry
 from otel_backpressure.errors._mappings import SYNTAX
 
 VARIABLE = "OTEL_PYTHON_BACKPRESSURE_ERROR_MAPPINGS"
@@ -65,16 +66,27 @@ def test_settings_keep_a_valid_value() -> None:
     assert settings.errors_enabled
 
 
-def test_a_bad_value_is_logged_and_switches_only_the_errors_part_off(
-    caplog: pytest.LogCaptureFixture,
+def test_a_bad_value_is_logged_once_and_adds_no_mapping_while_the_part_works(
+    caplog: pytest.LogCaptureFixture, tracer_provider: TracerProvider
 ) -> None:
-    with caplog.at_level(logging.ERROR, logger="otel_backpressure.settings"):
-        settings = Settings.from_env({VARIABLE: "a.B=unset:404,oops"})
-    assert not settings.errors_enabled
-    assert settings.pool_enabled
-    assert settings.rate_limit_enabled
-    (problem,) = settings.problems
-    assert problem[0] == VARIABLE
-    assert "'oops'" in problem[2]
-    assert VARIABLE in caplog.text
-    assert "oops" in caplog.text
+    settings = Settings.from_env({VARIABLE: "a.B=unset:404,oops"})
+    assert settings.problems == ()  # the settings keep the text; its syntax is ours
+    assert settings.error_mappings == "a.B=unset:404,oops"
+    instrumentor = BackpressureInstrumentor()
+    with caplog.at_level(logging.ERROR):
+        for _ in range(3):
+            instrumentor.instrument(tracer_provider=tracer_provider, settings=settings)
+            try:
+                assert registry.lookup(NotFoundError) is not None  # the part is on
+                assert "a.B" not in repr(registry.lookup(LookupError))
+                tracer = tracer_provider.get_tracer(__name__)
+                with pytest.raises(NotFoundError), tracer.start_as_current_span("s") as span:
+                    raise NotFoundError("gone")
+                assert span.status.status_code is StatusCode.UNSET  # patches active
+            finally:
+                instrumentor.uninstrument()
+    errors = [record.getMessage() for record in caplog.records if record.levelno >= logging.ERROR]
+    assert len(errors) == 1
+    assert VARIABLE in errors[0]
+    assert "'oops'" in errors[0]
+    assert "using the default (none)" in errors[0]
