@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from otel_backpressure import BackpressureInstrumentor
+from otel_backpressure.testing import MetricsCapture
 
 NAME = "db.client.connection.pool.name"
 # MetricsCapture.snapshot() keys for the two series of db.client.connection.count
@@ -26,3 +31,22 @@ async def wait_for(predicate: Callable[[], bool], what: str) -> None:
             return
         await asyncio.sleep(0.001)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+def pool_names(metrics: MetricsCapture) -> list[str]:
+    """The pool names ``db.client.connection.count`` reports now, sorted."""
+    count = metrics.collect().get("db.client.connection.count")
+    if count is None:
+        return []
+    return sorted(
+        {str(point.attributes[NAME]) for point in count.data.data_points if point.attributes}
+    )
+
+
+@pytest.fixture
+def instrumentor() -> Iterator[BackpressureInstrumentor]:
+    """A ``BackpressureInstrumentor``, uninstrumented after the test if it is still on."""
+    instrumentor = BackpressureInstrumentor()
+    yield instrumentor
+    if instrumentor.is_instrumented_by_opentelemetry:
+        instrumentor.uninstrument()

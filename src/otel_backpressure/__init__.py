@@ -24,8 +24,13 @@ from otel_backpressure.errors import (
     record_error,
 )
 from otel_backpressure.instrumentor import BackpressureInstrumentor
-from otel_backpressure.pool.api import PoolInstrumentation, instrument
-from otel_backpressure.pool.health import PoolHealth, pool_health
+from otel_backpressure.pool import (
+    PoolHealth,
+    PoolHealthSnapshot,
+    PoolInstrumentation,
+    instrument,
+    pool_health,
+)
 from otel_backpressure.ratelimit import (
     Decision,
     MemoryStore,
@@ -48,6 +53,7 @@ __all__ = [
     "MemoryStore",
     "Policy",
     "PoolHealth",
+    "PoolHealthSnapshot",
     "PoolInstrumentation",
     "RateLimitMiddleware",
     "RateLimiter",

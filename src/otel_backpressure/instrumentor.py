@@ -41,7 +41,7 @@ def _integrations() -> tuple[_patching.Integration, ...]:
     nothing until ``instrument()`` is called.
     """
     from otel_backpressure.errors._integration import ErrorsIntegration
-    from otel_backpressure.pool.integration import PoolIntegration
+    from otel_backpressure.pool import PoolIntegration
     from otel_backpressure.ratelimit.limits import LimitsIntegration
 
     return (PoolIntegration(), LimitsIntegration(), ErrorsIntegration())

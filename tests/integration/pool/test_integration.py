@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import asyncpg
@@ -15,30 +14,11 @@ from sqlalchemy.engine import Engine, engine_from_config
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from otel_backpressure import BackpressureInstrumentor
-from otel_backpressure.pool.api import source_of
-from otel_backpressure.pool.metrics import PoolMetrics
+from otel_backpressure.pool import REGISTRY
 from otel_backpressure.testing import MetricsCapture
+from pool_states import NAME, pool_names
 
 pytestmark = pytest.mark.integration
-
-NAME = "db.client.connection.pool.name"
-
-
-@pytest.fixture
-def instrumentor() -> Iterator[BackpressureInstrumentor]:
-    instrumentor = BackpressureInstrumentor()
-    yield instrumentor
-    if instrumentor.is_instrumented_by_opentelemetry:
-        instrumentor.uninstrument()
-
-
-def _pool_names(metrics: MetricsCapture) -> list[str]:
-    count = metrics.collect().get("db.client.connection.count")
-    if count is None:
-        return []
-    return sorted(
-        {str(point.attributes[NAME]) for point in count.data.data_points if point.attributes}
-    )
 
 
 def _asyncpg_url(postgres_dsn: str) -> str:
@@ -64,7 +44,7 @@ async def test_every_spelling_is_instrumented_exactly_once(
     try:
         address = sqlalchemy.make_url(postgres_dsn)
         database = f"{address.host}:{address.port}/{address.database}"
-        assert _pool_names(metrics) == sorted(
+        assert pool_names(metrics) == sorted(
             [
                 "config.sqlite",
                 "early.sqlite",
@@ -75,10 +55,10 @@ async def test_every_spelling_is_instrumented_exactly_once(
                 f"{database}#2",  # the asyncpg pool, a second pool on the same database
             ]
         )
-        assert len(PoolMetrics.for_provider(metrics.meter_provider)) == 7
+        assert len(REGISTRY.metrics_for(metrics.meter_provider)) == 7
         for engine in [existing, *engines, async_engine]:
-            assert source_of(engine) is not None
-        assert source_of(pool) is not None
+            assert REGISTRY.source_of(engine) is not None
+        assert REGISTRY.source_of(pool) is not None
 
         async with async_engine.connect():
             pass
@@ -94,68 +74,12 @@ async def test_every_spelling_is_instrumented_exactly_once(
         await pool.close()
 
     # everything is undone: no series, no hooks, no patches, new engines untouched
-    assert _pool_names(metrics) == []
-    assert len(PoolMetrics.for_provider(metrics.meter_provider)) == 0
+    assert pool_names(metrics) == []
+    assert len(REGISTRY.metrics_for(metrics.meter_provider)) == 0
     assert not isinstance(Engine.__dict__["__init__"], wrapt.ObjectProxy)
     assert not isinstance(asyncpg.pool.Pool.__dict__["__init__"], wrapt.ObjectProxy)
     assert type(pool) is asyncpg.Pool
     for engine in [existing, *engines]:
         assert "connect" not in engine.pool.__dict__
     later = sqlalchemy.create_engine(f"sqlite:///{tmp_path}/later.sqlite")
-    assert source_of(later) is None
-
-
-def test_instrument_uninstrument_instrument(
-    tmp_path: Path, metrics: MetricsCapture, instrumentor: BackpressureInstrumentor
-) -> None:
-    for round_ in range(2):
-        instrumentor.instrument(meter_provider=metrics.meter_provider)
-        engine = sqlalchemy.create_engine(f"sqlite:///{tmp_path}/round{round_}.sqlite")
-        with engine.connect():
-            assert _pool_names(metrics) == [f"round{round_}.sqlite"]
-        instrumentor.uninstrument()
-        assert _pool_names(metrics) == []
-        engine.dispose()
-
-
-def test_timings_setting_reaches_instrumented_engines(
-    tmp_path: Path,
-    metrics: MetricsCapture,
-    instrumentor: BackpressureInstrumentor,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setenv("OTEL_PYTHON_BACKPRESSURE_POOL_TIMINGS", "off")
-    instrumentor.instrument(meter_provider=metrics.meter_provider)
-    engine = sqlalchemy.create_engine(f"sqlite:///{tmp_path}/quiet.sqlite")
-    with engine.connect():
-        pass
-    collected = metrics.collect()
-    assert "db.client.connection.count" in collected
-    assert "db.client.connection.wait_time" not in collected
-    engine.dispose()
-
-
-def test_pool_part_can_be_switched_off(
-    tmp_path: Path,
-    metrics: MetricsCapture,
-    instrumentor: BackpressureInstrumentor,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setenv("OTEL_PYTHON_BACKPRESSURE_POOL_ENABLED", "false")
-    instrumentor.instrument(meter_provider=metrics.meter_provider)
-    engine = sqlalchemy.create_engine(f"sqlite:///{tmp_path}/off.sqlite")
-    assert source_of(engine) is None
-    assert _pool_names(metrics) == []
-
-
-def test_a_bad_engines_option_is_logged_not_raised(
-    tmp_path: Path,
-    metrics: MetricsCapture,
-    instrumentor: BackpressureInstrumentor,
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    # opentelemetry-instrument would turn an exception into a failed start
-    instrumentor.instrument(meter_provider=metrics.meter_provider, engines=["sqlite://"])
-    assert "engines must hold SQLAlchemy Engines" in caplog.text
-    engine = sqlalchemy.create_engine(f"sqlite:///{tmp_path}/after.sqlite")
-    assert source_of(engine) is None  # the pool part did not start half-way
+    assert REGISTRY.source_of(later) is None

@@ -12,15 +12,17 @@ from sqlalchemy import create_engine
 from sqlalchemy.pool import NullPool, QueuePool, StaticPool
 
 import otel_backpressure
-from otel_backpressure import PoolHealth, pool_health
+from otel_backpressure import PoolHealth, PoolHealthSnapshot, pool_health
 from otel_backpressure.testing import MetricsCapture
 
 
-def _without_time(health: dict[str, Any]) -> dict[str, Any]:
-    stamp = datetime.fromisoformat(health.pop("timestamp"))
+def _without_time(health: PoolHealthSnapshot) -> dict[str, Any]:
+    rest = dict(health)
+    stamp = datetime.fromisoformat(rest.pop("timestamp"))
     assert stamp.utcoffset() == timedelta(0)
     assert abs(datetime.now(timezone.utc) - stamp) < timedelta(minutes=1)
-    return health
+    assert set(rest) | {"timestamp"} == set(PoolHealthSnapshot.__annotations__)
+    return rest
 
 
 def test_statuses_follow_the_thresholds_and_the_pools_own_capacity() -> None:
@@ -30,13 +32,14 @@ def test_statuses_follow_the_thresholds_and_the_pools_own_capacity() -> None:
         assert _without_time(pool_health(engine)) == {
             "status": "healthy",
             "pool_name": None,
-            "pool_size": 2,
-            "max_overflow": 2,
-            "available": 0,
             "in_use": 0,
-            "overflow_active": 0,
+            "available": 0,
             "pending": 0,
+            "timeouts": 0,
             "total_capacity": 4,
+            "idle_max": 2,
+            "idle_min": 0,
+            "overflow_active": 0,
             "usage_percent": 0.0,
         }
         held.append(engine.connect())
@@ -100,11 +103,7 @@ def test_unbounded_overflow_has_no_capacity_and_is_healthy() -> None:
     held = [engine.connect() for _ in range(3)]
     try:
         health = pool_health(engine)
-        assert (health["pool_size"], health["max_overflow"], health["total_capacity"]) == (
-            1,
-            None,
-            None,
-        )
+        assert (health["idle_max"], health["total_capacity"]) == (1, None)
         assert (health["in_use"], health["overflow_active"], health["usage_percent"]) == (
             3,
             2,
@@ -166,7 +165,7 @@ async def test_monitor_records_and_warns_past_the_threshold(
         health.start_monitor(interval=0)
     connection = engine.connect()  # 100 % in use: critical
     try:
-        with caplog.at_level(logging.WARNING, logger="otel_backpressure.pool.health"):
+        with caplog.at_level(logging.WARNING, logger="otel_backpressure.pool._health"):
             task = health.start_monitor(interval=0.001)
             for _ in range(5_000):
                 if len(health.history()) >= 2:
@@ -194,7 +193,7 @@ async def test_monitor_survives_a_failing_read(caplog: pytest.LogCaptureFixture)
         raise RuntimeError("unreadable")
 
     engine.pool.checkedin = broken  # type: ignore[method-assign]
-    with caplog.at_level(logging.ERROR, logger="otel_backpressure.pool.health"):
+    with caplog.at_level(logging.ERROR, logger="otel_backpressure.pool._health"):
         task = health.start_monitor(interval=0.001)
         for _ in range(5_000):
             if len([r for r in caplog.records if r.levelno == logging.ERROR]) >= 2:

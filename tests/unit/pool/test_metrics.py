@@ -9,8 +9,10 @@ from sqlalchemy.pool import QueuePool, StaticPool
 
 import contract
 import otel_backpressure
-from otel_backpressure.pool import sqlalchemy as pool_sqlalchemy
-from otel_backpressure.pool.metrics import BOUNDARIES, MAX_BUFFERED, PoolMetrics
+from otel_backpressure.pool import REGISTRY
+from otel_backpressure.pool import _sqlalchemy as pool_sqlalchemy
+from otel_backpressure.pool._metrics import BOUNDARIES
+from otel_backpressure.pool._source import MAX_BUFFERED
 from otel_backpressure.testing import MetricsCapture
 
 POOL_METRICS = sorted(
@@ -45,11 +47,11 @@ def test_every_pool_metric_of_the_contract_is_emitted_and_conforms(
 
 
 def test_instruments_are_created_once_per_provider(metrics: MetricsCapture) -> None:
-    first = PoolMetrics.for_provider(metrics.meter_provider)
-    assert PoolMetrics.for_provider(metrics.meter_provider) is first
+    first = REGISTRY.metrics_for(metrics.meter_provider)
+    assert REGISTRY.metrics_for(metrics.meter_provider) is first
     other = MetricsCapture()
     try:
-        assert PoolMetrics.for_provider(other.meter_provider) is not first
+        assert REGISTRY.metrics_for(other.meter_provider) is not first
     finally:
         other.shutdown()
 

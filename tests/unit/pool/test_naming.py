@@ -11,13 +11,14 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.pool import QueuePool
 
 import otel_backpressure
-from otel_backpressure.pool import api
-from otel_backpressure.pool.naming import NAMES, PoolNames, dsn_name, url_name
+from otel_backpressure.pool import REGISTRY
+from otel_backpressure.pool._naming import dsn_name, url_name
+from otel_backpressure.pool._registry import _Names
 from otel_backpressure.testing import MetricsCapture
 
 
 def test_lowest_free_suffix_is_reused() -> None:
-    names = PoolNames()
+    names = _Names()
     assert [names.acquire("db") for _ in range(3)] == ["db", "db#2", "db#3"]
     names.release("db#2")
     assert names.acquire("db") == "db#2"
@@ -100,7 +101,7 @@ def test_churning_engines_keeps_names_and_memory_flat(metrics: MetricsCapture) -
         gc.collect()
         metrics.collect()
         points = sum(len(m.data.data_points) for m in metrics.collect().values())
-        return len(gc.get_objects()), api.instrumented_count(), len(NAMES), points
+        return len(gc.get_objects()), len(REGISTRY), REGISTRY.live_names, points
 
     gc.collect()
     gc.freeze()  # the collections below then only walk what the churn allocates

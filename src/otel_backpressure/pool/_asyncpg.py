@@ -1,21 +1,26 @@
 """Read an ``asyncpg.Pool``, and time its acquires and releases.
 
 ``asyncpg.Pool`` has ``__slots__`` (no instance attributes to shadow, no weak
-references), so an instrumented pool's class is swapped for a subclass that
-only adds timing around ``_acquire`` and ``release``; the pool's behaviour and
+references), so an instrumented pool's class is swapped for a subclass of its
+own, made for that pool, that only adds timing around ``_acquire`` and
+``release`` and holds its source in a closure; the pool's behaviour and
 ``isinstance`` checks are unchanged, other pools are untouched, and closing the
-source swaps the class back. Connection creation is timed by wrapping the
-pool's own ``connect`` callable. Counts come from ``get_size()``,
-``get_idle_size()``, ``get_min_size()`` and ``get_max_size()`` at collection time.
+source swaps the class back (why not a patch-table row: "Hooks on instances" in
+``_registry``). Connection creation is timed by wrapping the pool's own
+``connect`` callable. Counts come from ``get_size()``, ``get_idle_size()``,
+``get_min_size()`` and ``get_max_size()`` at collection time; asyncpg counts a
+connection only while it is open (``is_closed()`` false), so a backend the
+server terminated stops counting as soon as the event loop sees the socket close.
 
 Because the pool cannot be referenced weakly, a pool drops out of the metrics
 when it is closed (``Pool.close()``/``terminate()``), not when it is dropped.
 
 Example::
 
-    from otel_backpressure.pool.asyncpg import AsyncpgPool
+    from otel_backpressure.pool import AsyncpgPoolSource
 
-    source = AsyncpgPool(pool, name="127.0.0.1:5432/app")
+    source = AsyncpgPoolSource(pool, name="127.0.0.1:5432/app", clock=time.perf_counter,
+                               on_gone=print)
     source.read()     # PoolReading(used=0, idle=2, max=10, ...)
     source.close()
 """
@@ -24,31 +29,23 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
-from otel_backpressure.pool.metrics import (
-    MAX_BUFFERED,
-    PoolReading,
-    RecorderSlots,
-)
+from otel_backpressure.pool._naming import dsn_name
+from otel_backpressure.pool._source import MAX_BUFFERED, PoolReading, PoolSource, RecorderSlots
 
-__all__ = ["AsyncpgPool", "is_asyncpg_pool", "read_asyncpg"]
+__all__ = ["AsyncpgPoolSource", "is_asyncpg_pool", "read_asyncpg"]
 
 _logger = logging.getLogger(__name__)
 
-# id(pool) -> its source; the subclass looks itself up here on every acquire
-_SOURCES: dict[int, AsyncpgPool] = {}
-_SUBCLASSES: dict[type, type] = {}
-
 
 def is_asyncpg_pool(target: object) -> bool:
-    try:
-        from asyncpg.pool import Pool
-    except ImportError:
-        return False
-    return isinstance(target, Pool)
+    """Whether ``target`` is an ``asyncpg.Pool`` (without importing asyncpg)."""
+    module = sys.modules.get("asyncpg.pool")
+    return module is not None and isinstance(target, module.Pool)
 
 
 def read_asyncpg(pool: Any, *, pending: int, timeouts: int) -> PoolReading:
@@ -69,8 +66,10 @@ def read_asyncpg(pool: Any, *, pending: int, timeouts: int) -> PoolReading:
     )
 
 
-class AsyncpgPool(RecorderSlots):
+class AsyncpgPoolSource(RecorderSlots):
     """A ``PoolSource`` over one ``asyncpg.Pool``; the pool lives on one event loop."""
+
+    family: ClassVar[str] = "db"
 
     __slots__ = (
         "_clock",
@@ -83,10 +82,30 @@ class AsyncpgPool(RecorderSlots):
         "timeouts",
     )
 
+    @staticmethod
+    def resolve(target: object) -> Any | None:
+        return target if is_asyncpg_pool(target) else None
+
+    @staticmethod
+    def server(key: Any) -> str:
+        args = key._connect_args
+        return dsn_name(args[0] if args else None, key._connect_kwargs)
+
+    @staticmethod
+    def peek(target: object) -> PoolReading | None:
+        if not is_asyncpg_pool(target):
+            return None
+        return read_asyncpg(target, pending=0, timeouts=0)
+
     def __init__(
-        self, pool: Any, *, name: str, clock: Callable[[], float] = time.perf_counter
+        self,
+        pool: Any,
+        *,
+        name: str,
+        clock: Callable[[], float] = time.perf_counter,
+        on_gone: Callable[[PoolSource], None] | None = None,
     ) -> None:
-        if id(pool) in _SOURCES:
+        if type(pool).__dict__.get("_backpressure_source") is not None:
             raise ValueError(f"pool {name!r} is already instrumented")
         self.name = name
         self.pending = 0
@@ -98,8 +117,7 @@ class AsyncpgPool(RecorderSlots):
         self._original_class = type(pool)
         self._original_connect = pool._connect
         pool._connect = self._timed_connect(pool._connect)
-        pool.__class__ = _instrumented(type(pool))
-        _SOURCES[id(pool)] = self
+        pool.__class__ = _instrumented(type(pool), self)
 
     @property
     def alive(self) -> bool:
@@ -112,14 +130,13 @@ class AsyncpgPool(RecorderSlots):
         """Give the pool back its own class and connect callable."""
         self.recorders = ()
         pool = self._pool
-        if _SOURCES.get(id(pool)) is self:
-            del _SOURCES[id(pool)]
+        if type(pool).__dict__.get("_backpressure_source") is self:
             pool.__class__ = self._original_class
             pool._connect = self._original_connect
 
     def __repr__(self) -> str:
         return (
-            f"AsyncpgPool(name={self.name!r}, alive={self.alive}, pending={self.pending}, "
+            f"AsyncpgPoolSource(name={self.name!r}, alive={self.alive}, pending={self.pending}, "
             f"timeouts={self.timeouts}, recorders={len(self.recorders)})"
         )
 
@@ -164,20 +181,20 @@ class AsyncpgPool(RecorderSlots):
                 recorder.flush()
 
 
-def _instrumented(base: type) -> type:
-    """A same-layout subclass of ``base`` that times acquire and release."""
-    existing = _SUBCLASSES.get(base)
-    if existing is not None:
-        return existing
+def _instrumented(base: type, source: AsyncpgPoolSource) -> type:
+    """A same-layout subclass of ``base``, for one pool, that times acquire and release.
+
+    One class per pool keeps the source in a closure: no table of pools to
+    look up on every acquire, and nothing left behind once the pool is given
+    its own class back.
+    """
     base_acquire = base._acquire  # type: ignore[attr-defined]
     base_release = base.release  # type: ignore[attr-defined]
+    clock = source._clock
 
     async def _acquire(self: Any, timeout: float | None) -> Any:
-        source = _SOURCES.get(id(self))
-        if source is None:
-            return await base_acquire(self, timeout)
         source.pending += 1  # the pool's loop is the only writer: no lock needed
-        start = source._clock()
+        start = clock()
         try:
             proxy = await base_acquire(self, timeout)
         except asyncio.TimeoutError:
@@ -192,15 +209,13 @@ def _instrumented(base: type) -> type:
         return proxy
 
     async def release(self: Any, connection: Any, *, timeout: float | None = None) -> Any:
-        source = _SOURCES.get(id(self))
-        if source is not None:
-            try:
-                source.releasing(connection)
-            except Exception:
-                _logger.debug("asyncpg release telemetry failed", exc_info=True)
+        try:
+            source.releasing(connection)
+        except Exception:
+            _logger.debug("asyncpg release telemetry failed", exc_info=True)
         return await base_release(self, connection, timeout=timeout)
 
-    subclass = type(
+    return type(
         base.__name__,
         (base,),
         {
@@ -209,7 +224,6 @@ def _instrumented(base: type) -> type:
             "__qualname__": base.__qualname__,
             "_acquire": _acquire,
             "release": release,
+            "_backpressure_source": source,
         },
     )
-    _SUBCLASSES[base] = subclass
-    return subclass

@@ -8,11 +8,15 @@ requests, wait time, timeouts), ``_return_conn`` (use time), ``_invoke_creator``
 place is hooked too). Counts are read from ``engine.pool`` at collection time,
 so series continue across ``dispose()``.
 
+Why instance attributes and not a patch-table row: see "Hooks on instances"
+in ``_registry``.
+
 Example::
 
-    from otel_backpressure.pool.sqlalchemy import EnginePool
+    from otel_backpressure.pool import SQLAlchemyPoolSource
 
-    source = EnginePool(engine, name="orders-db")
+    source = SQLAlchemyPoolSource(engine, name="orders-db", clock=time.perf_counter,
+                                  on_gone=print)
     source.read()        # PoolReading(used=0, idle=1, max=15, ...)
     source.close()       # unhooks every pool it hooked
 """
@@ -24,19 +28,17 @@ import logging
 import time
 import weakref
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import NullPool, Pool, QueuePool, StaticPool
 
-from otel_backpressure.pool.metrics import (
-    MAX_BUFFERED,
-    PoolReading,
-    RecorderSlots,
-)
+from otel_backpressure.pool._naming import url_name
+from otel_backpressure.pool._source import MAX_BUFFERED, PoolReading, PoolSource, RecorderSlots
 
-__all__ = ["EnginePool", "read_pool"]
+__all__ = ["SQLAlchemyPoolSource", "read_pool", "resolve_engine"]
 
 _logger = logging.getLogger(__name__)
 
@@ -46,7 +48,18 @@ _HOOKED = ("connect", "_return_conn", "_invoke_creator", "recreate")
 _MAX_OPEN_CHECKOUTS = 65_536
 
 
-def read_pool(pool: Pool, *, used: int, pending: int, timeouts: int) -> PoolReading:
+def resolve_engine(target: object) -> Engine | None:
+    """The sync ``Engine`` behind ``target``, or None if it is not an engine."""
+    if isinstance(target, AsyncEngine):
+        target = target.sync_engine
+    if not isinstance(target, Engine):
+        return None
+    # Engine.execution_options() returns a copy sharing the pool: report the original
+    proxied = getattr(target, "_proxied", None)
+    return proxied if isinstance(proxied, Engine) else target
+
+
+def read_pool(pool: Pool, *, used: int | None, pending: int, timeouts: int) -> PoolReading:
     """What the pool itself can tell; ``used`` is the fallback for pools without counters."""
     if isinstance(pool, QueuePool):
         size = pool.size()
@@ -104,8 +117,10 @@ class Tally:
         return f"Tally({self.value})"
 
 
-class EnginePool(RecorderSlots):
+class SQLAlchemyPoolSource(RecorderSlots):
     """A ``PoolSource`` over one SQLAlchemy ``Engine`` (an ``AsyncEngine``'s ``sync_engine``)."""
+
+    family: ClassVar[str] = "db"
 
     __slots__ = (
         "__weakref__",
@@ -119,13 +134,31 @@ class EnginePool(RecorderSlots):
         "name",
     )
 
+    @staticmethod
+    def resolve(target: object) -> Engine | None:
+        return resolve_engine(target)
+
+    @staticmethod
+    def server(key: Engine) -> str:
+        return url_name(key.url)
+
+    @staticmethod
+    def peek(target: object) -> PoolReading | None:
+        """Read an engine's (or a bare ``Pool``'s) pool without hooks: ``used`` of
+        pools that cannot count their own checkouts is not known."""
+        engine = resolve_engine(target)
+        pool = engine.pool if engine is not None else target
+        if not isinstance(pool, Pool):
+            return None
+        return read_pool(pool, used=None, pending=0, timeouts=0)
+
     def __init__(
         self,
         engine: Engine,
         *,
         name: str,
         clock: Callable[[], float] = time.perf_counter,
-        on_collected: Callable[[EnginePool], None] | None = None,
+        on_gone: Callable[[PoolSource], None] | None = None,
     ) -> None:
         self.name = name
         self._pending = Tally()
@@ -137,13 +170,13 @@ class EnginePool(RecorderSlots):
         # pool -> the instance attributes the hooks shadowed (restored by close())
         self._hooked: weakref.WeakKeyDictionary[Pool, dict[str, Any]] = weakref.WeakKeyDictionary()
         callback = None
-        if on_collected is not None:
+        if on_gone is not None:
             source_ref = weakref.ref(self)
 
             def callback(_: object) -> None:
                 source = source_ref()
                 if source is not None:
-                    on_collected(source)
+                    on_gone(source)
 
         self._engine = weakref.ref(engine, callback)
         self._hook(engine.pool)
@@ -181,7 +214,7 @@ class EnginePool(RecorderSlots):
 
     def __repr__(self) -> str:
         return (
-            f"EnginePool(name={self.name!r}, alive={self.alive}, pending={self.pending}, "
+            f"SQLAlchemyPoolSource(name={self.name!r}, alive={self.alive}, pending={self.pending}, "
             f"timeouts={self.timeouts}, recorders={len(self.recorders)})"
         )
 

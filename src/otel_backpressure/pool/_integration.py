@@ -21,8 +21,7 @@ from typing import Any
 
 from otel_backpressure._patching import InstrumentationContext, Patch
 from otel_backpressure._shared import Wrapper
-from otel_backpressure.pool.api import PoolInstrumentation, instrument, resolve_engine
-from otel_backpressure.pool.asyncpg import is_asyncpg_pool
+from otel_backpressure.pool._registry import REGISTRY, SOURCES, PoolInstrumentation, instrument
 
 __all__ = ["PoolIntegration"]
 
@@ -42,10 +41,7 @@ class PoolIntegration:
 
     @property
     def patches(self) -> tuple[Patch, ...]:
-        return (
-            Patch("sqlalchemy.engine.base", "Engine.__init__", self._wrapper),
-            Patch("asyncpg.pool", "Pool.__init__", self._wrapper),
-        )
+        return tuple(Patch(*line.created_at, self._wrapper) for line in SOURCES)
 
     def enable(self, context: InstrumentationContext) -> None:
         engines = context.options.get("engines") or ()
@@ -53,7 +49,7 @@ class PoolIntegration:
             raise TypeError(f"engines must be a list of engines, got {type(engines).__name__}")
         engines = list(engines)
         for engine in engines:
-            if resolve_engine(engine) is None and not is_asyncpg_pool(engine):
+            if REGISTRY.source_of(engine) is None and not REGISTRY.knows(engine):
                 raise TypeError(
                     "engines must hold SQLAlchemy Engines/AsyncEngines or asyncpg Pools, "
                     f"got {type(engine).__name__}"

@@ -1,0 +1,191 @@
+"""What a pool source is: the ``PoolSource`` protocol, the ``PoolReading`` it returns,
+and the timing recorders it feeds.
+
+A *source* adapts one kind of pool (SQLAlchemy's, asyncpg's, ...) to the
+registry: it names the pool's server, reads the pool's state at collection
+time, and times checkouts on the hot path into plain deques. How to add one is
+in ``_registry``'s docstring.
+
+Example::
+
+    reading = source.read()   # PoolReading(used=1, idle=4, pending=0, timeouts=0, max=15, ...)
+    reading.usage             # 0.0666...
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from typing import Any, ClassVar, Final, Protocol
+
+__all__ = ["MAX_BUFFERED", "PoolReading", "PoolSource", "RecorderSlots", "TimingRecorder"]
+
+# A deque longer than this is handed to the SDK on the hot path (amortised),
+# so memory stays bounded however long the exporter waits between collections.
+MAX_BUFFERED: Final = 4096
+
+
+class PoolReading:
+    """One pool's state now, in connections (requests for ``pending``).
+
+    Every field maps to one instrument of the pool metric family, and the same
+    reading feeds ``pool_health()``. ``None`` means "not known for this kind of
+    pool": the series is not exported and the health field is ``None``.
+
+    - ``used``: open connections checked out (``db.client.connection.count{state=used}``).
+    - ``idle``: open connections checked in, ready to hand out (``state=idle``).
+      A slot whose connection was closed, invalidated or lost is not counted.
+    - ``pending``: checkouts waiting for a connection now.
+    - ``timeouts``: checkouts that timed out so far (monotonic).
+    - ``max``: most connections the pool opens; ``None`` when unbounded.
+    - ``idle_max`` / ``idle_min``: most / fewest idle connections the pool keeps.
+    - ``overflow``: connections open beyond the pool's resting size, never negative.
+    """
+
+    __slots__ = ("idle", "idle_max", "idle_min", "max", "overflow", "pending", "timeouts", "used")
+
+    def __init__(
+        self,
+        *,
+        used: int | None,
+        pending: int,
+        timeouts: int,
+        idle: int | None = None,
+        max: int | None = None,
+        idle_max: int | None = None,
+        idle_min: int | None = None,
+        overflow: int | None = None,
+    ) -> None:
+        self.used = used
+        self.pending = pending
+        self.timeouts = timeouts
+        self.idle = idle
+        self.max = max
+        self.idle_max = idle_max
+        self.idle_min = idle_min
+        self.overflow = overflow
+
+    @property
+    def usage(self) -> float | None:
+        """``used / max`` (0..1), or None when either is not known or the pool is unbounded."""
+        if not self.max or self.used is None:
+            return None
+        return self.used / self.max
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, PoolReading):
+            return NotImplemented
+        return all(getattr(self, n) == getattr(other, n) for n in self.__slots__)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{name}={getattr(self, name)!r}" for name in self.__slots__)
+        return f"PoolReading({fields})"
+
+
+class TimingRecorder:
+    """Durations in seconds waiting for one provider's histograms (one per registration).
+
+    The hot path appends to a deque and calls ``flush()`` only when one grows
+    past ``MAX_BUFFERED``; the provider's collection drains them otherwise.
+    """
+
+    __slots__ = ("create", "flush", "use", "wait")
+
+    def __init__(self) -> None:
+        self.create: deque[float] = deque()
+        self.wait: deque[float] = deque()
+        self.use: deque[float] = deque()
+        self.flush: Callable[[], None] = _nothing
+
+    def __repr__(self) -> str:
+        return (
+            f"TimingRecorder(create={len(self.create)}, wait={len(self.wait)}, "
+            f"use={len(self.use)} buffered)"
+        )
+
+
+def _nothing() -> None:
+    return None
+
+
+class RecorderSlots:
+    """The timing recorders a pool source feeds, one per provider it reports to.
+
+    Read on every checkout: a tuple swapped whole, so never seen half-built.
+    """
+
+    __slots__ = ("recorders",)
+
+    def __init__(self) -> None:
+        self.recorders: tuple[TimingRecorder, ...] = ()
+
+    def add_recorder(self, recorder: TimingRecorder) -> None:
+        self.recorders = (*self.recorders, recorder)
+
+    def remove_recorder(self, recorder: TimingRecorder) -> None:
+        self.recorders = tuple(r for r in self.recorders if r is not recorder)
+
+
+class PoolSource(Protocol):
+    """One pool kind, as the registry and the metrics see it.
+
+    Class level (called before any instance exists):
+
+    - ``family``: which instrument family the source feeds (``"db"``: the
+      ``db.client.connection.*`` table). A family with another table registers
+      its metrics class in ``_metrics.FAMILIES``.
+    - ``resolve(target)``: the object that *is* the pool for ``target`` (the
+      key the registry files it under: an ``AsyncEngine`` and its
+      ``sync_engine`` resolve to the same engine), or None when ``target`` is
+      not this kind.
+    - ``server(key)``: the default name's base, ``address[:port]/database`` as
+      the driver resolves it (``_naming`` has the resolvers); never credentials.
+    - ``peek(target)``: a ``PoolReading`` of a pool nobody instrumented (for
+      ``pool_health()``), or None when ``target`` is not this kind; counts the
+      pool cannot tell without hooks are None.
+
+    Instance level: ``name``, ``alive`` (False once the pool is closed or
+    collected: the registry drops it), ``read()`` (exporter thread; must not
+    block, await or raise for a live pool), ``add_recorder``/``remove_recorder``
+    (``RecorderSlots`` implements them), ``close()`` (give the pool back as it
+    was; safe twice).
+    """
+
+    family: ClassVar[str]
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def alive(self) -> bool: ...
+
+    def read(self) -> PoolReading: ...
+
+    def add_recorder(self, recorder: TimingRecorder) -> None: ...
+
+    def remove_recorder(self, recorder: TimingRecorder) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class PoolSourceClass(Protocol):
+    """The class side of a source: how the registry builds one."""
+
+    family: str
+
+    def resolve(self, target: object) -> Any | None: ...
+
+    def server(self, key: Any) -> str: ...
+
+    def peek(self, target: object) -> PoolReading | None: ...
+
+    def __call__(
+        self,
+        key: Any,
+        *,
+        name: str,
+        clock: Callable[[], float],
+        on_gone: Callable[[PoolSource], None],
+    ) -> PoolSource: ...

@@ -1,0 +1,70 @@
+"""BackpressureInstrumentor's pool part on SQLite: round trips, settings, bad options."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import sqlalchemy
+import sqlalchemy.engine
+
+from otel_backpressure import BackpressureInstrumentor
+from otel_backpressure.pool import REGISTRY
+from otel_backpressure.testing import MetricsCapture
+from pool_states import pool_names
+
+
+def test_instrument_uninstrument_instrument(
+    tmp_path: Path, metrics: MetricsCapture, instrumentor: BackpressureInstrumentor
+) -> None:
+    for round_ in range(2):
+        instrumentor.instrument(meter_provider=metrics.meter_provider)
+        engine = sqlalchemy.create_engine(f"sqlite:///{tmp_path}/round{round_}.sqlite")
+        with engine.connect():
+            assert pool_names(metrics) == [f"round{round_}.sqlite"]
+        instrumentor.uninstrument()
+        assert pool_names(metrics) == []
+        engine.dispose()
+
+
+def test_timings_setting_reaches_instrumented_engines(
+    tmp_path: Path,
+    metrics: MetricsCapture,
+    instrumentor: BackpressureInstrumentor,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("OTEL_PYTHON_BACKPRESSURE_POOL_TIMINGS", "off")
+    instrumentor.instrument(meter_provider=metrics.meter_provider)
+    engine = sqlalchemy.create_engine(f"sqlite:///{tmp_path}/quiet.sqlite")
+    with engine.connect():
+        pass
+    collected = metrics.collect()
+    assert "db.client.connection.count" in collected
+    assert "db.client.connection.wait_time" not in collected
+    engine.dispose()
+
+
+def test_pool_part_can_be_switched_off(
+    tmp_path: Path,
+    metrics: MetricsCapture,
+    instrumentor: BackpressureInstrumentor,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("OTEL_PYTHON_BACKPRESSURE_POOL_ENABLED", "false")
+    instrumentor.instrument(meter_provider=metrics.meter_provider)
+    engine = sqlalchemy.create_engine(f"sqlite:///{tmp_path}/off.sqlite")
+    assert REGISTRY.source_of(engine) is None
+    assert pool_names(metrics) == []
+
+
+def test_a_bad_engines_option_is_logged_not_raised(
+    tmp_path: Path,
+    metrics: MetricsCapture,
+    instrumentor: BackpressureInstrumentor,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # opentelemetry-instrument would turn an exception into a failed start
+    instrumentor.instrument(meter_provider=metrics.meter_provider, engines=["sqlite://"])
+    assert "engines must hold SQLAlchemy Engines" in caplog.text
+    engine = sqlalchemy.create_engine(f"sqlite:///{tmp_path}/after.sqlite")
+    assert REGISTRY.source_of(engine) is None  # the pool part did not start half-way
