@@ -4,24 +4,63 @@ A part declares *what* it patches (``Patch`` rows) and what it sets up and tears
 down (``Integration``); ``instrumentor.py`` is the only code that applies the
 patches, from one table built of every part's rows, and removes them by walking
 the same table, so undoing is symmetric and safe to repeat.
+
+Three rules make this safe in a process other code also patches:
+
+- **Nothing is imported for us.** A target whose module the application has not
+  imported yet is patched by a wrapt post-import hook when (if ever) it is; a
+  library that is not installed costs one debug line; one installed at a
+  version outside ``package.py``'s range is left alone with a warning.
+- **Only our own layer is ours.** Every wrapper this package installs is a
+  ``BackpressureWrapper`` (a ``wrapt.FunctionWrapper`` subclass). A target that
+  someone else (a vendor agent, another instrumentation) has wrapped is wrapped
+  again on top; only an active ``BackpressureWrapper`` counts as "already
+  instrumented".
+- **Removing takes off our layer only**, wherever it now sits: on top, it is
+  replaced by what it wrapped; under a wrapt proxy installed after ours, it is
+  cut out of the chain (that proxy then wraps what we wrapped). Under anything
+  else (a plain function that closed over ours), it cannot be reached, so it is
+  switched to a pass-through that calls straight through, and a debug line
+  says so.
+
+Example::
+
+    installation = apply((Patch("limits.strategies", "FixedWindowRateLimiter.hit", build),),
+                         context)
+    ...
+    remove(installation)
 """
 
 from __future__ import annotations
 
-import importlib
+import importlib.util
+import itertools
 import logging
+import sys
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, Protocol
 
 import wrapt
 from opentelemetry.metrics import MeterProvider
 from opentelemetry.trace import TracerProvider
 
 from otel_backpressure._shared import Wrapper
+from otel_backpressure.package import requirement_for
 from otel_backpressure.settings import Settings
 
-__all__ = ["InstrumentationContext", "Integration", "Patch", "Wrapper", "apply", "remove"]
+__all__ = [
+    "BackpressureWrapper",
+    "InstrumentationContext",
+    "Installation",
+    "Integration",
+    "Patch",
+    "Wrapper",
+    "apply",
+    "remove",
+]
 
 _logger = logging.getLogger(__name__)
 
@@ -48,6 +87,10 @@ class Patch:
     attribute: str
     build_wrapper: Callable[[InstrumentationContext], Wrapper]
 
+    @property
+    def target(self) -> str:
+        return f"{self.module}.{self.attribute}"
+
 
 class Integration(Protocol):
     """A part of the package as the instrumentor sees it."""
@@ -66,51 +109,240 @@ class Integration(Protocol):
         """Undo ``enable``; called after the patches are removed. Safe to call twice."""
 
 
-def _resolve(patch: Patch) -> tuple[Any, str] | None:
-    try:
-        owner: Any = importlib.import_module(patch.module)
-    except ImportError:
-        return None  # optional library not installed: nothing to patch
-    *path, name = patch.attribute.split(".")
-    for part in path:
-        owner = getattr(owner, part, None)
-        if owner is None:
-            return None
-    if not hasattr(owner, name):
-        return None
-    return owner, name
+if TYPE_CHECKING:  # wrapt 2 ships generic stubs; wrapt 1 has none and is not subscriptable
+    _FunctionWrapper = wrapt.FunctionWrapper[..., Any]
+else:
+    _FunctionWrapper = wrapt.FunctionWrapper
 
 
-def apply(patches: tuple[Patch, ...], context: InstrumentationContext) -> list[Patch]:
-    """Install every patch whose target exists; return the ones installed."""
-    installed: list[Patch] = []
-    for patch in patches:
-        target = _resolve(patch)
-        if target is None:
-            _logger.debug("Not patching %s.%s: not importable", patch.module, patch.attribute)
-            continue
-        owner, name = target
-        if isinstance(getattr(owner, name), _PROXY):
-            _logger.debug("%s.%s is already wrapped", patch.module, patch.attribute)
-            continue
+class BackpressureWrapper(_FunctionWrapper):
+    """This package's layer on a patched target; nothing else is recognised as ours.
+
+    ``_self_removed`` turns it into a pass-through for the case where ``remove``
+    cannot take it out of the chain.
+    """
+
+    def __init__(self, wrapped: Any, wrapper: Wrapper) -> None:
+        def switchable(
+            call: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+        ) -> Any:
+            if self._self_removed:
+                return call(*args, **kwargs)
+            return wrapper(call, instance, args, kwargs)
+
+        super().__init__(wrapped, switchable)
+        self._self_removed = False
+
+
+def _is_ours(candidate: Any) -> bool:
+    return isinstance(candidate, BackpressureWrapper) and not candidate._self_removed
+
+
+def _layers(top: Any) -> list[Any]:
+    """``top`` and every wrapt proxy beneath it, outermost first."""
+    chain = [top]
+    while isinstance(chain[-1], _PROXY):
+        chain.append(chain[-1].__wrapped__)
+    return chain
+
+
+@dataclass
+class _Installed:
+    patch: Patch
+    owner: Any
+    name: str
+    layer: BackpressureWrapper
+    owned: bool  # the owner held the attribute itself (not inherited from a base class)
+
+
+class Installation:
+    """What one ``apply`` installed, and the targets it still waits to be imported."""
+
+    __slots__ = ("_active", "_checked", "_context", "_installed", "_lock", "_waiting")
+
+    def __init__(self, context: InstrumentationContext) -> None:
+        self._context = context
+        self._lock = threading.Lock()
+        self._active = True
+        self._installed: list[_Installed] = []
+        self._waiting: dict[str, list[Patch]] = {}  # module name -> its patches
+        self._checked: dict[str, bool] = {}  # requirement -> the installed version meets it
+
+    @property
+    def installed(self) -> list[Patch]:
+        """The patches in place now, in the order they were installed."""
+        return [item.patch for item in self._installed]
+
+    @property
+    def waiting(self) -> list[Patch]:
+        """Patches whose module the application has not imported (yet)."""
+        return [patch for patches in self._waiting.values() for patch in patches]
+
+    def _wait(self, module: str, patch: Patch) -> None:
+        self._waiting.setdefault(module, []).append(patch)
+        _hooks.wait(module, self)
+
+    def _imported(self, module: ModuleType) -> None:
+        with self._lock:
+            patches = self._waiting.pop(module.__name__, []) if self._active else []
+            for patch in patches:
+                self._install(patch, module)
+
+    def _supported(self, module: str) -> bool:
+        """Whether the library ``module`` belongs to is installed in its declared range."""
+        requirement = requirement_for(module)
+        if requirement is None:
+            return True
+        if requirement not in self._checked:
+            from opentelemetry.instrumentation.dependencies import get_dependency_conflicts
+
+            conflict = get_dependency_conflicts([requirement])
+            if conflict is not None:
+                _logger.warning("Backpressure telemetry skips %s: %s", module, conflict)
+            self._checked[requirement] = conflict is None
+        return self._checked[requirement]
+
+    def _install(self, patch: Patch, module: ModuleType) -> None:
+        if not self._supported(patch.module):
+            return
+        *path, name = patch.attribute.split(".")
+        owner: Any = module
+        for part in path:
+            owner = getattr(owner, part, None)
+        if owner is None or not hasattr(owner, name):
+            _logger.debug("Not patching %s: no such attribute in this version", patch.target)
+            return
+        original = _raw_attribute(owner, name)
+        if any(_is_ours(layer) for layer in _layers(original)):
+            _logger.debug("%s is already wrapped by this package", patch.target)
+            return
         try:
-            wrapt.wrap_function_wrapper(owner, name, patch.build_wrapper(context))
+            layer = BackpressureWrapper(original, patch.build_wrapper(self._context))
+            owned = isinstance(owner, ModuleType) or name in vars(owner)
+            setattr(owner, name, layer)
         except Exception:
-            # One target that cannot be wrapped must not cost the others, and
-            # what was installed stays recorded so that remove() undoes it.
-            _logger.exception("Could not patch %s.%s", patch.module, patch.attribute)
-            continue
-        installed.append(patch)
-    return installed
+            # One target that cannot be wrapped must not cost the others.
+            _logger.exception("Could not patch %s", patch.target)
+            return
+        self._installed.append(_Installed(patch, owner, name, layer, owned))
+
+    def _remove(self) -> None:
+        with self._lock:
+            self._active = False
+            for module in self._waiting:
+                _hooks.forget(module, self)
+            self._waiting.clear()
+            installed, self._installed = self._installed, []
+        for item in reversed(installed):
+            _take_off(item)
 
 
-def remove(patches: list[Patch]) -> None:
-    """Remove patches installed by ``apply``, newest first."""
-    for patch in reversed(patches):
-        target = _resolve(patch)
-        if target is None:
+def _raw_attribute(owner: Any, name: str) -> Any:
+    """The attribute as stored (a class's function, not a bound method), searching bases."""
+    if isinstance(owner, type):
+        for cls in owner.__mro__:
+            if name in vars(cls):
+                return vars(cls)[name]
+    return getattr(owner, name)
+
+
+def _take_off(item: _Installed) -> None:
+    layer = item.layer
+    layer._self_removed = True  # whatever happens below, it now only calls through
+    top = vars(item.owner).get(item.name)
+    if top is layer:
+        if item.owned:
+            setattr(item.owner, item.name, layer.__wrapped__)
+        else:
+            delattr(item.owner, item.name)  # the base class's attribute shows through again
+        return
+    chain = _layers(top)
+    for outer, inner in itertools.pairwise(chain):
+        if inner is layer:
+            try:
+                outer.__wrapped__ = layer.__wrapped__
+            except Exception:
+                break
+            return
+    _logger.debug(
+        "%s was wrapped again by other code after this package, in a way that cannot be "
+        "unpicked; this package's layer stays inside it as a pass-through",
+        item.patch.target,
+    )
+
+
+class _Hooks:
+    """One wrapt post-import hook per module name, handing the module to whoever waits."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._waiting: dict[str, list[Installation]] = {}
+
+    def wait(self, module: str, installation: Installation) -> None:
+        with self._lock:
+            waiting = self._waiting.get(module)
+            if waiting is None:
+                self._waiting[module] = [installation]
+                # wrapt runs the hook at once if the module got imported meanwhile
+                register = True
+            else:
+                waiting.append(installation)
+                register = False
+        if register:
+            wrapt.register_post_import_hook(self._imported, module)
+
+    def forget(self, module: str, installation: Installation) -> None:
+        with self._lock:
+            waiting = self._waiting.get(module, [])
+            if installation in waiting:
+                waiting.remove(installation)
+
+    def _imported(self, module: ModuleType) -> None:
+        with self._lock:
+            waiting = self._waiting.pop(module.__name__, [])
+        for installation in waiting:
+            try:
+                installation._imported(module)
+            except Exception:  # never into the application's import
+                _logger.exception("Patching %s after its import failed", module.__name__)
+
+
+_hooks = _Hooks()
+
+
+def _installed_at_all(module: str) -> bool:
+    top = module.partition(".")[0]
+    if top in sys.modules:
+        return True
+    try:
+        return importlib.util.find_spec(top) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def apply(patches: tuple[Patch, ...], context: InstrumentationContext) -> Installation:
+    """Install every patch whose module is imported; hook the rest to their import.
+
+    Never imports a target's module itself. A library that is not installed is
+    logged once at debug level with the targets it would have had.
+    """
+    installation = Installation(context)
+    absent: dict[str, list[str]] = {}
+    for patch in patches:
+        if not _installed_at_all(patch.module):
+            absent.setdefault(patch.module.partition(".")[0], []).append(patch.target)
             continue
-        owner, name = target
-        current = getattr(owner, name)
-        if isinstance(current, _PROXY):
-            setattr(owner, name, current.__wrapped__)
+        module = sys.modules.get(patch.module)
+        if module is None:
+            installation._wait(patch.module, patch)
+        else:
+            with installation._lock:
+                installation._install(patch, module)
+    for library, targets in absent.items():
+        _logger.debug("%s is not installed: not patching %s", library, ", ".join(targets))
+    return installation
+
+
+def remove(installation: Installation) -> None:
+    """Take off every layer ``apply`` installed, newest first, and stop waiting for imports."""
+    installation._remove()

@@ -16,20 +16,17 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Collection
-from typing import Any, Final
+from typing import Any
 
 from opentelemetry.instrumentation.instrumentor import (  # type: ignore[attr-defined]
     BaseInstrumentor,
 )
 
 from otel_backpressure import _patching
+from otel_backpressure.package import _instruments
 from otel_backpressure.settings import Settings
 
 __all__ = ["BackpressureInstrumentor"]
-
-# The supported SQLAlchemy range, as data: both instrumentation_dependencies()
-# and the package's core dependency say the same.
-_instruments: Final = ("sqlalchemy >= 2.0",)
 
 _logger = logging.getLogger(__name__)
 
@@ -51,9 +48,10 @@ class BackpressureInstrumentor(BaseInstrumentor):  # type: ignore[misc]
     """Pool telemetry, rate-limit metering and error mapping for the whole process."""
 
     _enabled: list[_patching.Integration]
-    _installed: list[_patching.Patch]
+    _installed: list[_patching.Installation]
 
     def instrumentation_dependencies(self) -> Collection[str]:
+        """Nothing the whole needs: each part checks its own library (``package.py``)."""
         return _instruments
 
     def _instrument(self, **kwargs: Any) -> None:
@@ -72,14 +70,15 @@ class BackpressureInstrumentor(BaseInstrumentor):  # type: ignore[misc]
             try:
                 integration.enable(context)
                 self._enabled.append(integration)
-                self._installed.extend(_patching.apply(integration.patches, context))
+                self._installed.append(_patching.apply(integration.patches, context))
             except Exception:
                 # opentelemetry-instrument re-raises an instrumentor's error and
                 # the app fails to start: one broken part must not do that.
                 _logger.exception("Backpressure %s telemetry failed to start", integration.name)
 
     def _uninstrument(self, **kwargs: Any) -> None:
-        _patching.remove(getattr(self, "_installed", []))
+        for installation in reversed(getattr(self, "_installed", [])):
+            _patching.remove(installation)
         for integration in reversed(getattr(self, "_enabled", [])):
             try:
                 integration.disable()
