@@ -24,6 +24,11 @@ POLICY = "backpressure_rate_limit_policy"
 RESULT = "backpressure_rate_limit_result"
 OUTCOME = "backpressure_exception_outcome"
 
+# Every series this package exports carries its instrumentation scope, so the
+# variables list only services, pools and policies that have our series, never
+# a scrape job such as `otel-collector` or another library's pools.
+OURS = 'otel_scope_name="otel_backpressure"'
+
 # Label selectors driven by the dashboard variables.
 SVC = 'job=~"$service"'
 POOLS = f'{SVC}, {POOL}=~"$pool"'
@@ -519,16 +524,17 @@ def dashboard() -> dict[str, Any]:
         "links": [],
         "templating": {
             "list": [
-                variable("service", "Service", "label_values(job)"),
+                variable("service", "Service", f"label_values({{{OURS}}}, job)"),
                 variable(
                     "pool",
                     "Pool",
-                    f"label_values(db_client_connection_count{{{SVC}}}, {POOL})",
+                    f"label_values(db_client_connection_count{{{OURS}, {SVC}}}, {POOL})",
                 ),
                 variable(
                     "policy",
                     "Rate-limit policy",
-                    f"label_values(backpressure_rate_limit_requests_total{{{SVC}}}, {POLICY})",
+                    f"label_values(backpressure_rate_limit_requests_total{{{OURS}, {SVC}}}, "
+                    f"{POLICY})",
                 ),
             ]
         },

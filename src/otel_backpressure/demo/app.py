@@ -33,13 +33,14 @@ from otel_backpressure.errors import ConflictError, NotFoundError, RateLimitExce
 from otel_backpressure.errors import ValidationError as GameValidationError
 from otel_backpressure.ratelimit import Policy, RateLimiter
 from otel_backpressure.ratelimit.middleware import RateLimitMiddleware
+from otel_backpressure.version import __version__
 
 __all__ = ["GameService", "build_app"]
 
 PLAYER_ID_HEADER = "x-player-id"
 MAX_SCORE = 1000
 
-_tracer = trace.get_tracer("otel_backpressure.demo")
+_tracer = trace.get_tracer("otel_backpressure.demo", __version__)
 
 
 class GameService:

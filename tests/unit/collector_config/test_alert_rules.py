@@ -86,3 +86,19 @@ def test_docs_explain_every_alert() -> None:
     docs = (PROMETHEUS.parents[1] / "docs" / "collector.md").read_text()
     for alert in alert_names():
         assert f"| `{alert}` |" in docs, alert
+
+
+def test_each_alert_links_its_runbook_section() -> None:
+    """`runbook_url` names a section of docs/alerts.md that exists and names the alert."""
+    runbook = (PROMETHEUS.parents[1] / "docs" / "alerts.md").read_text()
+    headings = {
+        line.removeprefix("## ").strip() for line in runbook.splitlines() if line.startswith("## ")
+    }
+    rules = yaml.safe_load((PROMETHEUS / "alerts.yml").read_text())
+    for rule in (r for g in rules["groups"] for r in g["rules"]):
+        alert = rule["alert"]
+        assert alert in headings, f"docs/alerts.md has no section for {alert}"
+        assert rule["annotations"]["runbook_url"] == f"docs/alerts.md#{alert.lower()}"
+        section = runbook.split(f"## {alert}\n", 1)[1].split("\n## ", 1)[0]
+        assert "**Reads**" in section
+        assert "**What to do**" in section

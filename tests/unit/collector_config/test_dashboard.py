@@ -92,6 +92,15 @@ def test_variables_for_service_pool_and_policy_feed_the_queries() -> None:
         assert f'=~\\"${name}\\"' in text, name
 
 
+def test_variables_offer_only_values_with_this_packages_series() -> None:
+    """A scrape job such as `otel-collector` has no series of ours, so it is not offered."""
+    from otel_backpressure._shared import SCOPE
+
+    for variable in dashboard()["templating"]["list"]:
+        assert f'otel_scope_name="{SCOPE}"' in variable["definition"], variable["name"]
+        assert variable["query"]["query"] == variable["definition"]
+
+
 def test_dashboard_provider_loads_the_mounted_directory() -> None:
     provider = yaml.safe_load(
         (GRAFANA / "provisioning" / "dashboards" / "dashboards.yaml").read_text()
