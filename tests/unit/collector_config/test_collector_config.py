@@ -63,17 +63,28 @@ def test_memory_limiter_is_configured(collector: dict[str, Any]) -> None:
     assert limiter.get("limit_mib") or limiter.get("limit_percentage")
     if "limit_mib" in limiter:
         assert 0 < limiter["spike_limit_mib"] < limiter["limit_mib"]
-    assert "batch" in collector["processors"]
 
 
 @pytest.mark.parametrize("signal", ["metrics", "traces"])
-def test_pipeline_runs_memory_limiter_first_then_batch(
+def test_pipeline_runs_memory_limiter_first_and_no_batch_processor(
     collector: dict[str, Any], signal: str
 ) -> None:
+    """The batch processor is deprecated: pushing exporters batch after their queue."""
     pipeline = collector["service"]["pipelines"][signal]
     assert pipeline["receivers"] == ["otlp"]
     assert pipeline["processors"][0] == "memory_limiter"
-    assert pipeline["processors"][-1] == "batch"
+    assert "batch" not in {component_type(p) for p in pipeline["processors"]}
+
+
+def test_pushing_exporters_batch_in_their_sending_queue(collector: dict[str, Any]) -> None:
+    for exporter_id, exporter in collector["exporters"].items():
+        if component_type(exporter_id) not in {"otlp_grpc", "otlp_http"}:
+            continue  # prometheus is scraped; debug only logs
+        queue = exporter["sending_queue"]
+        assert queue["enabled"] is True, exporter_id
+        batch = queue["batch"]
+        assert batch["sizer"] in {"items", "bytes"}  # the only sizers batching accepts
+        assert batch["flush_timeout"], exporter_id
 
 
 def test_metrics_go_to_prometheus_and_traces_to_jaeger_and_debug(
@@ -97,10 +108,11 @@ def test_health_check_extension_is_enabled(collector: dict[str, Any]) -> None:
 
 def test_every_component_is_defined_known_and_used(collector: dict[str, Any]) -> None:
     # Component types of current collector-contrib releases; `logging` (removed,
-    # now `debug`) and the deprecated `otlp`/`otlphttp` exporter aliases are not.
+    # now `debug`), the deprecated `otlp`/`otlphttp` exporter aliases and the
+    # deprecated `batch` processor are not.
     known = {
         "receivers": {"otlp"},
-        "processors": {"memory_limiter", "batch"},
+        "processors": {"memory_limiter"},
         "exporters": {"prometheus", "otlp_grpc", "otlp_http", "debug"},
         "extensions": {"health_check"},
     }
