@@ -179,7 +179,7 @@ async def main() -> None:
     )
     dead_redis_limiter = RateLimiter(
         [Policy("e2e-redis-down", rate=5, period=1.0)],
-        store=RedisStore(DEAD_REDIS_URL, prefix=f"{PREFIX}:", backoff=0.2, max_backoff=0.5),
+        store=RedisStore(DEAD_REDIS_URL, prefix=f"{PREFIX}:", probe_interval=0.2),
     )
     signups = MovingWindowRateLimiter(MemoryStorage())
     signup_limit = parse("4/second")

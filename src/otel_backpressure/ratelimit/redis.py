@@ -1,18 +1,27 @@
-"""The Redis store: one Lua script, one round trip per decision, for many instances.
+"""The Redis store: one Lua script, one round trip for many decisions, for many instances.
 
 The script runs GCRA on the Redis server's clock (``TIME``), so instances
 with skewed clocks agree. A client's state is one small string key per
 policy, ``{prefix}{{client key}}:{policy}``: the braces make them one hash
-tag, so all keys of a call live in one slot and the script runs on Redis
+tag, so all keys of a decision live in one slot and the script runs on Redis
 Cluster. Each key expires once its state is idle, so nothing needs sweeping.
-It is sent with EVALSHA and re-loaded when the server answers NOSCRIPT (a
-restarted or ``SCRIPT FLUSH``-ed server).
+The script is registered with redis-py's ``register_script``, which sends
+EVALSHA and loads the script again when a restarted or ``SCRIPT FLUSH``-ed
+server answers NOSCRIPT.
 
-When Redis is unreachable or slower than ``timeout``, the decision fails
-open (allowed; ``fail_open=False`` rejects instead), the error is counted in
-``backpressure.rate_limit.store.errors``, and a circuit breaker stops asking
-Redis for ``backoff`` seconds (doubling up to ``max_backoff`` while it stays
-down), so the timeout is not added to every request. Decisions made while
+**Batching.** A store has at most one round trip in flight. A decision that
+arrives while one is in flight waits for it and then goes out with every
+other decision that arrived meanwhile, in one script call (decided in
+arrival order, each exactly as if alone). A lone decision goes out at once:
+nothing ever waits for a batch to fill. On Redis Cluster a batch is split by
+hash slot and the slots' calls go out together.
+
+**Failures.** When Redis is unreachable or slower than ``timeout``, the
+decision fails open (allowed; ``fail_open=False`` rejects instead), the error
+is counted in ``backpressure.rate_limit.store.errors``, and a circuit breaker
+(:mod:`._breaker`) stops asking Redis: one outage opens it once however many
+decisions were in flight, and while it is open one probe per
+``probe_interval`` seconds finds out when Redis is back. Decisions made while
 the breaker is open count as ``error.type=circuit_open``.
 
 Example::
@@ -28,8 +37,6 @@ Example::
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import logging
 import time
 from collections.abc import Callable, Sequence
 from importlib import resources
@@ -38,17 +45,21 @@ from typing import Any, Final
 
 from otel_backpressure._shared import type_name
 from otel_backpressure.ratelimit import gcra
+from otel_backpressure.ratelimit._breaker import SKIP, Breaker
 from otel_backpressure.ratelimit.metrics import StoreCounts
 from otel_backpressure.ratelimit.policy import Policy
 from otel_backpressure.settings import check_positive
 
 __all__ = ["RedisStore"]
 
-_logger = logging.getLogger(__name__)
-
 _US: Final = 1_000_000
 _NS_PER_US: Final = 1_000
 CIRCUIT_OPEN: Final = "circuit_open"
+# the script's first argument: empty = decide at the server's clock
+_SERVER_TIME: Final = ""
+
+# one queued decision: its keys, its script arguments, its policies, its answer
+_Queued = tuple[list[str], list[object], tuple[Policy, ...], "asyncio.Future[gcra.Verdict]"]
 
 
 def _load_script() -> str:
@@ -68,26 +79,62 @@ def _policy_args(policy: Policy) -> tuple[str, int, int]:
     return suffix, interval_us, policy.burst
 
 
+def _verdict(reply: Sequence[int], at: int) -> gcra.Verdict:
+    allowed, index, remaining, retry_us, reset_us = reply[at : at + 5]
+    return gcra.Verdict(
+        allowed == 1, index, remaining, retry_us * _NS_PER_US, reset_us * _NS_PER_US, None
+    )
+
+
 class RedisStore:
-    """GCRA state in Redis, shared by every instance; see the module docstring."""
+    """GCRA state in Redis, shared by every instance; see the module docstring.
+
+    Args:
+        url: a ``redis://`` / ``rediss://`` / ``unix://`` URL; the store creates
+            a ``redis.asyncio`` client with ``timeout`` as its socket timeouts
+            and no retries, and closes it in :meth:`aclose`. Exactly one of
+            ``url`` and ``client`` is given.
+        client: your own ``redis.asyncio.Redis`` or
+            ``redis.asyncio.RedisCluster``; it keeps its own timeouts and
+            retries, and the store bounds each round trip with ``timeout``.
+        prefix: prepended to every key; must not contain braces (the store
+            makes the client key the hash tag).
+        timeout: seconds one round trip may take before the decisions in it
+            fail open (or closed); positive and finite.
+        fail_open: ``True`` (default) allows a request Redis could not decide;
+            ``False`` rejects it, with ``retry_after`` the seconds to the next
+            probe.
+        probe_interval: seconds between probes while the circuit is open;
+            enforcement resumes at most this long (plus one round trip) after
+            Redis answers again. Positive and finite.
+        clock: the breaker's clock, seconds as a float (default
+            ``time.monotonic``); decisions themselves use the server's clock.
+
+    Raises:
+        ValueError: neither or both of ``url`` and ``client``; a ``prefix``
+            with braces; a ``timeout`` or ``probe_interval`` that is not a
+            positive finite number.
+        TypeError: a ``url``/``prefix`` that is not a ``str``, a ``client``
+            that is not a ``redis.asyncio`` client, a non-bool ``fail_open``.
+        ImportError: ``redis`` is not installed (the ``redis`` extra).
+    """
 
     __slots__ = (
         "_args",
+        "_breaker",
         "_client",
-        "_failures",
-        "_no_script",
-        "_open_until",
+        "_cluster",
+        "_drainer",
         "_owns_client",
-        "_probing",
-        "_sha",
-        "_source",
+        "_pending",
+        "_script",
+        "_sending",
         "_wait_for",
-        "backoff",
         "clock",
         "counts",
         "fail_open",
-        "max_backoff",
         "prefix",
+        "probe_interval",
         "timeout",
     )
 
@@ -99,8 +146,7 @@ class RedisStore:
         prefix: str = "backpressure:ratelimit:",
         timeout: float = 0.25,
         fail_open: bool = True,
-        backoff: float = 1.0,
-        max_backoff: float = 30.0,
+        probe_interval: float = 1.0,
         clock: Callable[[], float] | None = None,
     ) -> None:
         if (url is None) == (client is None):
@@ -112,15 +158,14 @@ class RedisStore:
         if "{" in prefix or "}" in prefix:
             raise ValueError(f"prefix must not contain braces (a hash tag), got {prefix!r}")
         self.timeout = check_positive("timeout", timeout)
-        self.backoff = check_positive("backoff", backoff)
-        self.max_backoff = check_positive("max_backoff", max_backoff)
-        if self.max_backoff < self.backoff:
-            raise ValueError(f"max_backoff ({max_backoff}) must be >= backoff ({backoff})")
+        self.probe_interval = check_positive("probe_interval", probe_interval)
         if not isinstance(fail_open, bool):
             raise TypeError(f"fail_open must be a bool, got {fail_open!r}")
         self.prefix = prefix
         self.fail_open = fail_open
         self.clock: Callable[[], float] = clock or time.monotonic
+        from redis.asyncio.cluster import RedisCluster
+
         if client is None:
             import redis.asyncio
             from redis.backoff import NoBackoff
@@ -134,35 +179,38 @@ class RedisStore:
                 retry=Retry(NoBackoff(), 0),
             )
             self._owns_client = True
-            self._wait_for = False
+        elif not callable(getattr(client, "register_script", None)):
+            raise TypeError(f"client must be a redis.asyncio client, got {client!r}")
         else:
-            if not callable(getattr(client, "evalsha", None)):
-                raise TypeError(f"client must be a redis.asyncio client, got {client!r}")
-            # a caller's client has its own timeouts and retries; bound the call here
             self._owns_client = False
-            self._wait_for = True
+        # a caller's client has its own timeouts and retries: bound the call here
+        self._wait_for = not self._owns_client
+        self._cluster = isinstance(client, RedisCluster)
         self._client = client
-        from redis.exceptions import NoScriptError
-
-        self._no_script: type[Exception] = NoScriptError
-        self._source = _load_script()
-        self._sha = hashlib.sha1(self._source.encode("utf-8")).hexdigest()
+        self._script = client.register_script(_load_script())
         self.counts = StoreCounts()
-        # policies -> (key suffixes, the script's ARGV tail), built once per policy set
+        self._breaker = Breaker(self.probe_interval, self.clock)
+        # policies -> (key suffixes, the script's per-request arguments after cost)
         self._args: dict[tuple[Policy, ...], tuple[list[str], list[object]]] = {}
-        self._failures = 0
-        self._open_until = 0.0
-        self._probing = False
+        # decisions waiting for the round trip in flight to end
+        self._pending: list[_Queued] = []
+        self._sending = False
+        self._drainer: asyncio.Task[None] | None = None
 
     @property
     def client(self) -> Any:
         return self._client
 
+    @property
+    def breaker(self) -> Breaker:
+        """The circuit breaker (read its ``outages``; see :mod:`._breaker`)."""
+        return self._breaker
+
     def _script_args(self, policies: tuple[Policy, ...]) -> tuple[list[str], list[object]]:
         prepared = self._args.get(policies)
         if prepared is None:
             suffixes: list[str] = []
-            tail: list[object] = []
+            tail: list[object] = [len(policies)]
             for policy in policies:
                 suffix, interval_us, burst = _policy_args(policy)
                 suffixes.append(suffix)
@@ -179,83 +227,111 @@ class RedisStore:
         return [tagged + suffix for suffix in suffixes]
 
     async def decide(self, key: str, policies: Sequence[Policy], cost: int) -> gcra.Verdict:
-        """One script call; on failure a fail-open (or closed) verdict, counted."""
+        """Decide one request; on failure a fail-open (or closed) verdict, counted."""
         chosen = tuple(policies)
-        probing = False
-        if self._open_until:
-            now = self.clock()
-            if now < self._open_until or self._probing:
-                return self._unavailable(chosen, CIRCUIT_OPEN)
-            # half open: this call probes, the others fail fast meanwhile
-            self._probing = probing = True
         suffixes, tail = self._script_args(chosen)
         tagged = f"{self.prefix}{{{key}}}"
         keys = [tagged + suffix for suffix in suffixes]
+        if self._sending:  # a round trip is in flight: go out with the next batch
+            if self._breaker.is_open:
+                return self._unavailable(chosen, CIRCUIT_OPEN)
+            future: asyncio.Future[gcra.Verdict] = asyncio.get_running_loop().create_future()
+            self._pending.append((keys, [cost, *tail], chosen, future))
+            return await future
+        ticket = self._breaker.admit()
+        if ticket == SKIP:
+            return self._unavailable(chosen, CIRCUIT_OPEN)
+        self._sending = True
         try:
-            if self._wait_for:
-                reply = await asyncio.wait_for(self._evaluate(keys, [cost, *tail]), self.timeout)
-            else:  # our own client: its socket timeouts bound the call, no extra task
-                try:
-                    reply = await self._client.evalsha(self._sha, len(keys), *keys, cost, *tail)
-                except self._no_script:  # a restarted or flushed server: load, retry once
-                    self._sha = await self._client.script_load(self._source)
-                    reply = await self._client.evalsha(self._sha, len(keys), *keys, cost, *tail)
-            allowed, index, remaining, retry_us, reset_us = reply  # integer replies
+            reply = await self._call(keys, [_SERVER_TIME, cost, *tail])
+        except asyncio.CancelledError:
+            self._breaker.abandoned(ticket)
+            raise
         except Exception as exc:
-            return self._failed(chosen, exc)
+            error_type = type_name(type(exc))
+            self._breaker.failed(ticket, error_type)
+            return self._unavailable(chosen, error_type)
         finally:
-            if probing:  # also when the caller is cancelled mid-probe
-                self._probing = False
-        if self._open_until:
-            _logger.info("Rate-limit Redis store reachable again; circuit closed")
-            self._open_until = 0.0
-            self._failures = 0
-        return gcra.Verdict(
-            allowed == 1,
-            index,
-            remaining,
-            retry_us * _NS_PER_US,
-            reset_us * _NS_PER_US,
-            None,
-        )
+            self._sending = False
+            if self._pending:
+                self._start_batch()
+        self._breaker.succeeded(ticket)
+        return _verdict(reply, 0)
 
-    async def _evaluate(self, keys: list[str], args: list[object]) -> Any:
-        """EVALSHA; on NOSCRIPT (a restarted or flushed server) load the script and retry."""
-        client = self._client
+    async def _call(self, keys: list[str], args: list[object]) -> Any:
+        """One script call; a caller's client is bounded by ``timeout`` here."""
+        if self._wait_for:
+            return await asyncio.wait_for(self._script(keys, args), self.timeout)
+        # our own client: its socket timeouts bound the call, no extra task
+        return await self._script(keys, args)
+
+    def _start_batch(self) -> None:
+        self._sending = True
+        self._drainer = asyncio.ensure_future(self._drain())
+
+    async def _drain(self) -> None:
+        """Send what queued up, batch after batch, until nothing is waiting."""
         try:
-            return await client.evalsha(self._sha, len(keys), *keys, *args)
-        except self._no_script:
-            self._sha = await client.script_load(self._source)
-            return await client.evalsha(self._sha, len(keys), *keys, *args)
+            while self._pending:
+                batch, self._pending = self._pending, []
+                ticket = self._breaker.admit()
+                if ticket == SKIP:
+                    for _, _, policies, future in batch:
+                        if not future.done():
+                            future.set_result(self._unavailable(policies, CIRCUIT_OPEN))
+                elif self._cluster:
+                    await asyncio.gather(*(self._send(ticket, g) for g in _by_slot(batch)))
+                else:
+                    await self._send(ticket, batch)
+        finally:
+            self._sending = False
+            for _, _, _, future in self._pending:  # only left over when cancelled
+                future.cancel()
+            self._pending = []
 
-    def _failed(self, policies: tuple[Policy, ...], exc: Exception) -> gcra.Verdict:
-        self._probing = False
-        self._failures += 1
-        wait = min(self.max_backoff, self.backoff * 2 ** min(self._failures - 1, 32))
-        self._open_until = self.clock() + wait
-        _logger.warning(
-            "Rate-limit Redis store failed (%s); failing %s for %.1fs",
-            type_name(type(exc)),
-            "open" if self.fail_open else "closed",
-            wait,
-        )
-        return self._unavailable(policies, type_name(type(exc)))
+    async def _send(self, ticket: int, batch: list[_Queued]) -> None:
+        """One script call deciding ``batch``; every waiting decision gets its verdict."""
+        keys: list[str] = []
+        args: list[object] = [_SERVER_TIME]
+        for request_keys, request_args, _, _ in batch:
+            keys += request_keys
+            args += request_args
+        try:
+            reply = await self._call(keys, args)
+        except asyncio.CancelledError:
+            self._breaker.abandoned(ticket)
+            for _, _, _, future in batch:
+                future.cancel()
+            raise
+        except Exception as exc:
+            error_type = type_name(type(exc))
+            self._breaker.failed(ticket, error_type)
+            for _, _, policies, future in batch:
+                if not future.done():
+                    future.set_result(self._unavailable(policies, error_type))
+            return
+        self._breaker.succeeded(ticket)
+        for i, (_, _, _, future) in enumerate(batch):
+            if not future.done():  # its caller may have been cancelled meanwhile
+                future.set_result(_verdict(reply, 5 * i))
 
     def _unavailable(self, policies: tuple[Policy, ...], error_type: str) -> gcra.Verdict:
         for policy in policies:
             self.counts.failed(policy.name, error_type)
         if self.fail_open:
             return gcra.Verdict(True, 0, policies[0].burst - 1, 0, 0, None)
-        retry_ns = max(0, round((self._open_until - self.clock()) * 1e9))
+        retry_ns = round(self._breaker.retry_in() * 1e9)
         return gcra.Verdict(False, 0, 0, retry_ns, 0, None)
 
     @property
     def circuit_open(self) -> bool:
-        """Whether decisions currently skip Redis."""
-        return bool(self._open_until) and self.clock() < self._open_until
+        """Whether decisions currently skip Redis (the breaker is open or half open)."""
+        return self._breaker.is_open
 
     async def aclose(self) -> None:
-        """Close the client if this store created it."""
+        """Wait for a batch in flight, then close the client if this store created it."""
+        if self._drainer is not None and not self._drainer.done():
+            await asyncio.wait([self._drainer], timeout=self.timeout)
         if self._owns_client:
             await self._client.aclose()
 
@@ -271,8 +347,18 @@ class RedisStore:
         await self.aclose()
 
     def __repr__(self) -> str:
-        state = "open" if self.circuit_open else "closed"
         return (
             f"RedisStore(prefix={self.prefix!r}, timeout={self.timeout}, "
-            f"fail_open={self.fail_open}, circuit={state}, failures={self._failures})"
+            f"fail_open={self.fail_open}, circuit={self._breaker.state}, "
+            f"outages={self._breaker.outages})"
         )
+
+
+def _by_slot(batch: list[_Queued]) -> list[list[_Queued]]:
+    """A batch split by Redis Cluster hash slot: a script call may touch one slot only."""
+    from redis.crc import key_slot
+
+    groups: dict[int, list[_Queued]] = {}
+    for queued in batch:
+        groups.setdefault(key_slot(queued[0][0].encode()), []).append(queued)
+    return list(groups.values())

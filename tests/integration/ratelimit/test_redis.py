@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
+import os
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -55,8 +57,18 @@ class PrivateRedis:
                 time.sleep(0.01)
         raise RuntimeError(f"redis-server did not start on port {self.port}")
 
+    def pause(self) -> None:
+        """Freeze the server (SIGSTOP): connections stay open, nothing answers."""
+        assert self.process is not None
+        os.kill(self.process.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.process is not None
+        os.kill(self.process.pid, signal.SIGCONT)
+
     def stop(self) -> None:
         if self.process is not None:
+            self.resume()  # a frozen server would not act on SIGTERM
             self.process.terminate()
             self.process.wait(timeout=10)
             self.process = None
@@ -91,10 +103,13 @@ def _hammer(url: str, prefix: str, hits: int, results: multiprocessing.Queue[int
     async def run() -> int:
         store = RedisStore(url, prefix=prefix, timeout=5.0, fail_open=False)
         limiter = RateLimiter([HOURLY], store=store)
+        # half one by one, half at once (batched): exact either way
         allowed = 0
-        for _ in range(hits):
+        for _ in range(hits // 2):
             if (await limiter.hit("shared-key")).allowed:
                 allowed += 1
+        at_once = await asyncio.gather(*(limiter.hit("shared-key") for _ in range(hits // 2)))
+        allowed += sum(decision.allowed for decision in at_once)
         await store.aclose()
         return allowed
 
@@ -141,6 +156,39 @@ async def test_one_slot_per_client_and_keys_that_expire_when_idle(
         RedisStore("redis://127.0.0.1/0", prefix="{app}:")
 
 
+def script_calls(url: str) -> int:
+    with redis.Redis.from_url(url) as client:
+        stats = client.info("commandstats")
+    return int(stats.get("cmdstat_evalsha", {}).get("calls", 0))
+
+
+async def test_concurrent_decisions_go_out_together_and_stay_exact(
+    private_redis: PrivateRedis,
+) -> None:
+    store = RedisStore(private_redis.url, prefix="batch:")
+    burst = Policy("burst", rate=5, period=3600, burst=5)
+    limiter = RateLimiter([HOURLY, burst], store=store)
+    assert (await limiter.hit("warm")).allowed  # the first call loads the script
+    before = script_calls(private_redis.url)
+    # a lone decision goes out at once, in its own script call
+    assert (await limiter.hit("warm")).allowed
+    assert script_calls(private_redis.url) == before + 1
+    keys = [f"client-{i % 10}" for i in range(200)]
+    decisions = await asyncio.gather(*(limiter.hit(key) for key in keys))
+    calls = script_calls(private_redis.url)
+    assert calls - before - 1 < 20  # 200 decisions, a handful of round trips
+    by_key: dict[str, int] = {}
+    for key, decision in zip(keys, decisions, strict=True):
+        by_key[key] = by_key.get(key, 0) + decision.allowed
+    assert by_key == {f"client-{i}": 5 for i in range(10)}  # exactly the burst per key
+    rejected = [d for d in decisions if not d.allowed]
+    assert all(d.policy.name == "burst" and d.retry_after > 0 for d in rejected)
+    # one by one after the crowd: each its own call again
+    await limiter.hit("warm")
+    assert script_calls(private_redis.url) == calls + 1
+    await store.aclose()
+
+
 async def test_a_flushed_script_cache_is_survived(
     private_redis: PrivateRedis, metrics: MetricsCapture
 ) -> None:
@@ -157,7 +205,9 @@ async def test_a_restarted_redis_is_survived(
     private_redis: PrivateRedis, metrics: MetricsCapture
 ) -> None:
     clock = FakeClock()
-    store = RedisStore(private_redis.url, prefix="restart:", timeout=1.0, backoff=5, clock=clock)
+    store = RedisStore(
+        private_redis.url, prefix="restart:", timeout=1.0, probe_interval=5, clock=clock
+    )
     limiter = RateLimiter([HOURLY], store=store, meter_provider=metrics.meter_provider)
     assert (await limiter.hit("k")).remaining == 39
     private_redis.stop()
@@ -174,12 +224,51 @@ async def test_a_restarted_redis_is_survived(
     await store.aclose()
 
 
+ONCE = Policy("once", rate=1, period=3600, burst=1)  # after one hit, Redis rejects
+
+
+@pytest.mark.parametrize("own_client", [True, False], ids=["url", "caller-client"])
+async def test_a_stall_is_one_outage_and_one_probe_resumes_enforcement(
+    private_redis: PrivateRedis, metrics: MetricsCapture, own_client: bool
+) -> None:
+    clock = FakeClock()
+    if own_client:
+        store = RedisStore(private_redis.url, prefix="stall:", timeout=0.2, clock=clock)
+    else:
+        client = redis.asyncio.Redis.from_url(private_redis.url)
+        store = RedisStore(client=client, prefix="stall:", timeout=0.2, clock=clock)
+    limiter = RateLimiter([ONCE], store=store, meter_provider=metrics.meter_provider)
+    assert (await limiter.hit("k")).allowed
+    assert not (await limiter.hit("k")).allowed  # enforced
+    private_redis.pause()
+    try:
+        # 50 requests in flight when Redis freezes: none fails, all are let through
+        during = await asyncio.gather(*(limiter.hit("k") for _ in range(50)))
+        assert all(decision.allowed for decision in during)
+        assert store.breaker.outages == 1
+        assert store.circuit_open
+    finally:
+        private_redis.resume()
+    # Redis answers again; the breaker still skips it until the next probe is due
+    assert (await limiter.hit("k")).allowed
+    clock.advance(store.probe_interval)
+    assert not (await limiter.hit("k")).allowed  # the probe: enforced again
+    assert not store.circuit_open
+    assert not (await limiter.hit("k")).allowed
+    assert store.breaker.outages == 1
+    points = metrics.points(metrics.collect()["backpressure.rate_limit.store.errors"])
+    assert sum(point.value for point in points.values()) == 51
+    await store.aclose()
+    if not own_client:
+        await client.aclose()
+
+
 async def test_unreachable_redis_fails_open_is_metered_and_not_retried_every_call(
     metrics: MetricsCapture,
 ) -> None:
     clock = FakeClock()
     store = RedisStore(
-        f"redis://127.0.0.1:{free_port()}/0", timeout=0.5, backoff=2, max_backoff=8, clock=clock
+        f"redis://127.0.0.1:{free_port()}/0", timeout=0.5, probe_interval=2, clock=clock
     )
     limiter = RateLimiter([HOURLY], store=store, meter_provider=metrics.meter_provider)
     decisions = [await limiter.hit("k") for _ in range(5)]
@@ -187,11 +276,15 @@ async def test_unreachable_redis_fails_open_is_metered_and_not_retried_every_cal
     assert errors(metrics, "hourly", "redis.exceptions.ConnectionError") == 1
     assert errors(metrics, "hourly", "circuit_open") == 4  # no connection attempt while open
     clock.advance(2)
-    await limiter.hit("k")  # half open: one probe, fails, back-off doubles
+    await limiter.hit("k")  # half open: one probe, fails
     assert errors(metrics, "hourly", "redis.exceptions.ConnectionError") == 2
-    clock.advance(2)
+    clock.advance(1.9)
     await limiter.hit("k")
     assert errors(metrics, "hourly", "circuit_open") == 5
+    clock.advance(0.1)  # the interval does not grow: the next probe goes one interval later
+    await limiter.hit("k")
+    assert errors(metrics, "hourly", "redis.exceptions.ConnectionError") == 3
+    assert store.breaker.outages == 1
     assert "circuit=open" in repr(store)
     await store.aclose()
 
@@ -199,7 +292,7 @@ async def test_unreachable_redis_fails_open_is_metered_and_not_retried_every_cal
 async def test_fail_closed_rejects_until_the_back_off_ends(metrics: MetricsCapture) -> None:
     clock = FakeClock()
     store = RedisStore(
-        f"redis://127.0.0.1:{free_port()}/0", fail_open=False, backoff=3, clock=clock
+        f"redis://127.0.0.1:{free_port()}/0", fail_open=False, probe_interval=3, clock=clock
     )
     limiter = RateLimiter([HOURLY], store=store, meter_provider=metrics.meter_provider)
     rejected = await limiter.hit("k")
@@ -250,7 +343,7 @@ async def test_a_cancelled_probe_does_not_wedge_the_breaker(metrics: MetricsCapt
     server = await asyncio.start_server(never_answer, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     clock = FakeClock()
-    store = RedisStore(f"redis://127.0.0.1:{port}/0", timeout=0.05, backoff=1, clock=clock)
+    store = RedisStore(f"redis://127.0.0.1:{port}/0", timeout=0.05, probe_interval=1, clock=clock)
     limiter = RateLimiter([HOURLY], store=store, meter_provider=metrics.meter_provider)
     await limiter.hit("k")  # times out: the breaker opens
     clock.advance(1)
@@ -277,7 +370,7 @@ def test_bad_arguments_name_the_argument() -> None:
         RedisStore("redis://x", client=object())
     with pytest.raises(ValueError, match="timeout"):
         RedisStore("redis://127.0.0.1/0", timeout=0)
-    with pytest.raises(ValueError, match="max_backoff"):
-        RedisStore("redis://127.0.0.1/0", backoff=5, max_backoff=1)
+    with pytest.raises(ValueError, match="probe_interval"):
+        RedisStore("redis://127.0.0.1/0", probe_interval=float("inf"))
     with pytest.raises(TypeError, match="client"):
         RedisStore(client=object())

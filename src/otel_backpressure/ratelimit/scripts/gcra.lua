@@ -1,55 +1,78 @@
--- GCRA for every policy of one client key, all or nothing, in one round trip.
--- The same arithmetic as gcra.py, over integer microseconds of the server's clock
--- (exact in Lua's doubles up to 2^53 us, about 285 years).
--- KEYS[i]: the client's TAT under policy i. All keys share the client's hash tag,
---          so they live in one slot and the script runs on Redis Cluster.
--- ARGV[1]: cost; then per policy: interval (us), burst.
--- Returns {allowed (0/1), deciding policy index (0-based), remaining,
---          retry_after_us, reset_after_us}.
-local time = redis.call('TIME')
-local now = tonumber(time[1]) * 1000000 + tonumber(time[2])
-local cost = tonumber(ARGV[1])
-local count = #KEYS
-local stored = redis.call('MGET', unpack(KEYS))
+-- GCRA for a batch of requests, each for one client key under one or more policies
+-- (all or nothing per request), in one round trip. The same arithmetic as gcra.py,
+-- over integer microseconds (exact in Lua's doubles up to 2^53 us, about 285 years).
+-- Requests are decided in order, so two requests of one batch for the same key see
+-- each other exactly as two separate calls would.
+-- KEYS: every request's keys, request after request: the client's TAT under each of
+--       its policies. A request's keys share the client's hash tag (one Cluster
+--       slot); on Redis Cluster a batch holds one slot's requests only.
+-- ARGV[1]: empty: decide at the server's clock (TIME) and let keys expire once idle.
+--          Else the time to decide at, in us, for the tests that run this script and
+--          gcra.py on the same inputs; the keys then do not expire (the test's clock
+--          is not the server's).
+-- ARGV[2..]: per request: cost, policy count n, then n times (interval in us, burst).
+-- Returns, per request, 5 integers: allowed (0/1), deciding policy index (0-based),
+--          remaining, retry_after_us, reset_after_us.
+local now = tonumber(ARGV[1])
+local expire = now == nil
+if expire then
+  local time = redis.call('TIME')
+  now = tonumber(time[1]) * 1000000 + tonumber(time[2])
+end
 
-local new_tats = {}
-local rejected, longest_wait = 0, -1
-local fewest, fewest_remaining = 0, 0
-for i = 1, count do
-  local interval = tonumber(ARGV[2 * i])
-  local limit = tonumber(ARGV[2 * i + 1]) * interval
-  local tat = tonumber(stored[i])
-  local base = now
-  if tat and tat > now then
-    base = tat
-  end
-  local new_tat = base + cost * interval
-  local wait = new_tat - now - limit
-  if wait > 0 then
-    if wait > longest_wait then
-      rejected, longest_wait = i, wait
+local out = {}
+local k, a = 0, 2
+while a <= #ARGV do
+  local cost, count = tonumber(ARGV[a]), tonumber(ARGV[a + 1])
+  local new_tats = {}
+  local rejected, longest_wait = 0, -1
+  local fewest, fewest_remaining = 0, 0
+  for i = 1, count do
+    local interval = tonumber(ARGV[a + 2 * i])
+    local limit = tonumber(ARGV[a + 2 * i + 1]) * interval
+    local tat = tonumber(redis.call('GET', KEYS[k + i]))
+    local base = now
+    if tat and tat > now then
+      base = tat
     end
-    new_tats[i] = base
+    local new_tat = base + cost * interval
+    local wait = new_tat - now - limit
+    if wait > 0 then
+      if wait > longest_wait then
+        rejected, longest_wait = i, wait
+      end
+      new_tats[i] = base
+    else
+      local remaining = math.floor(-wait / interval)
+      if fewest == 0 or remaining < fewest_remaining then
+        fewest, fewest_remaining = i, remaining
+      end
+      new_tats[i] = new_tat
+    end
+  end
+  local n = #out
+  if rejected > 0 then
+    -- a rejection consumes nothing under any policy: nothing is written
+    local interval = tonumber(ARGV[a + 2 * rejected])
+    local limit = tonumber(ARGV[a + 2 * rejected + 1]) * interval
+    local base = new_tats[rejected]
+    out[n + 1], out[n + 2] = 0, rejected - 1
+    out[n + 3] = math.floor((limit - (base - now)) / interval)
+    out[n + 4], out[n + 5] = longest_wait, base - now
   else
-    local remaining = math.floor(-wait / interval)
-    if fewest == 0 or remaining < fewest_remaining then
-      fewest, fewest_remaining = i, remaining
+    for i = 1, count do
+      -- numbers go to Redis in full precision (Lua's tostring would round them);
+      -- the state is idle once its TAT has passed: let Redis drop it then
+      if expire then
+        redis.call('SET', KEYS[k + i], new_tats[i], 'PX', math.ceil((new_tats[i] - now) / 1000) + 1)
+      else
+        redis.call('SET', KEYS[k + i], new_tats[i])
+      end
     end
-    new_tats[i] = new_tat
+    out[n + 1], out[n + 2], out[n + 3] = 1, fewest - 1, fewest_remaining
+    out[n + 4], out[n + 5] = 0, new_tats[fewest] - now
   end
+  k = k + count
+  a = a + 2 + 2 * count
 end
-
-if rejected > 0 then
-  -- a rejection consumes nothing under any policy: nothing is written
-  local interval = tonumber(ARGV[2 * rejected])
-  local limit = tonumber(ARGV[2 * rejected + 1]) * interval
-  local base = new_tats[rejected]
-  return {0, rejected - 1, math.floor((limit - (base - now)) / interval), longest_wait, base - now}
-end
-
-for i = 1, count do
-  -- the state is idle once its TAT has passed: let Redis drop it then
-  -- (numbers go to Redis in full precision; Lua's tostring would round them)
-  redis.call('SET', KEYS[i], new_tats[i], 'PX', math.ceil((new_tats[i] - now) / 1000) + 1)
-end
-return {1, fewest - 1, fewest_remaining, 0, new_tats[fewest] - now}
+return out
