@@ -33,17 +33,24 @@ from typing import Any, ClassVar
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import AsyncEngine
-from sqlalchemy.pool import NullPool, Pool, QueuePool, StaticPool
+from sqlalchemy.pool import (
+    AssertionPool,
+    NullPool,
+    Pool,
+    QueuePool,
+    SingletonThreadPool,
+    StaticPool,
+)
 
 from otel_backpressure.pool._naming import url_name
 from otel_backpressure.pool._source import MAX_BUFFERED, PoolReading, PoolSource, RecorderSlots
 
-__all__ = ["SQLAlchemyPoolSource", "read_pool", "resolve_engine"]
+__all__ = ["SQLAlchemyPoolSource", "is_open", "read_pool", "resolve_engine"]
 
 _logger = logging.getLogger(__name__)
 
 _HOOKED = ("connect", "_return_conn", "_invoke_creator", "recreate")
-# checkout start times kept per connection record; a detached connection never
+# checkouts in progress kept per connection record; a detached connection never
 # comes back, so the table is cleared past this size rather than grow forever
 _MAX_OPEN_CHECKOUTS = 65_536
 
@@ -59,34 +66,107 @@ def resolve_engine(target: object) -> Engine | None:
     return proxied if isinstance(proxied, Engine) else target
 
 
-def read_pool(pool: Pool, *, used: int | None, pending: int, timeouts: int) -> PoolReading:
-    """What the pool itself can tell; ``used`` is the fallback for pools without counters."""
+def is_open(record: Any) -> bool:
+    """Whether a connection record holds a connection its driver has not seen closed.
+
+    A record invalidated (hard) has none; a driver that learns of a lost
+    connection without being used (asyncpg, on its event loop) says so through
+    ``is_closed()``; psycopg and psycopg2 say so through ``closed`` once a use
+    failed. A sync driver cannot know of a server-side close before its next
+    use, so neither can a reading.
+    """
+    connection = record.dbapi_connection
+    if connection is None:
+        return False
+    driver = getattr(connection, "driver_connection", connection)  # SQLAlchemy's async adapters
+    is_closed = getattr(driver, "is_closed", None)
+    if callable(is_closed):
+        return not is_closed()
+    closed = getattr(driver, "closed", False)
+    return not (closed is True or (type(closed) is int and closed != 0))
+
+
+def _queued(pool: QueuePool) -> list[Any] | None:
+    """The records waiting in a ``QueuePool``'s queue, or None if its layout is unknown."""
+    queue: Any = pool._pool
+    items = getattr(queue, "queue", None)  # util.queue.Queue: a deque
+    if items is None:  # AsyncAdaptedQueue: an asyncio.Queue, made on first use
+        inner = queue.__dict__.get("_queue")
+        items = () if inner is None else getattr(inner, "_queue", None)
+    if items is None:
+        return None
+    for _ in range(3):  # another thread may change the deque while it is copied
+        try:
+            return list(items)
+        except RuntimeError:
+            continue
+    return None
+
+
+def _split(records: Any) -> tuple[int, int]:
+    """(used, idle) among ``records``: open ones, checked out while a fairy holds them."""
+    used = idle = 0
+    for record in list(records):
+        if record is not None and is_open(record):
+            if record.fairy_ref is not None:
+                used += 1
+            else:
+                idle += 1
+    return used, idle
+
+
+def read_pool(
+    pool: Pool, *, used: int | None, pending: int, timeouts: int, lost: int = 0
+) -> PoolReading:
+    """What the pool itself can tell, counting open connections only.
+
+    ``used`` is the fallback for pools that keep no record of their checkouts
+    (NullPool); ``lost`` is how many checked-out slots are known to have lost
+    their connection (invalidated while held), subtracted from the used count.
+    """
     if isinstance(pool, QueuePool):
-        size = pool.size()
-        max_overflow = pool._max_overflow
-        bounded = max_overflow > -1 and size > 0
+        return _read_queue_pool(pool, pending=pending, timeouts=timeouts, lost=lost)
+    if isinstance(pool, NullPool):  # connections close on checkin: never idle
         return PoolReading(
-            used=pool.checkedout(),
-            idle=pool.checkedin(),
+            used=None if used is None else max(0, used - lost),
+            idle=0,
             pending=pending,
             timeouts=timeouts,
-            max=size + max_overflow if bounded else None,
-            idle_max=size if size > 0 else None,
-            idle_min=0,
-            overflow=max(0, pool.overflow()),
+            idle_max=0,
         )
-    if isinstance(pool, NullPool):  # connections close on checkin: never idle
-        return PoolReading(used=used, idle=0, pending=pending, timeouts=timeouts, idle_max=0)
     if isinstance(pool, StaticPool):
         # One connection shared by every checkout: it is used while any fairy holds it.
-        record = pool.__dict__.get("connection")  # memoized on first use
-        if record is None or record.dbapi_connection is None:
-            in_use = idle = 0
-        else:
-            in_use = int(record.fairy_ref is not None)
-            idle = 1 - in_use
+        in_use, idle = _split([pool.__dict__.get("connection")])  # memoized on first use
+        return PoolReading(used=in_use, idle=idle, pending=pending, timeouts=timeouts, idle_max=1)
+    if isinstance(pool, SingletonThreadPool):  # one connection per thread, kept open
+        in_use, idle = _split(pool._all_conns)
+        return PoolReading(
+            used=in_use, idle=idle, pending=pending, timeouts=timeouts, idle_max=pool.size
+        )
+    if isinstance(pool, AssertionPool):  # one connection, kept open between checkouts
+        in_use, idle = _split([pool._conn])
         return PoolReading(used=in_use, idle=idle, pending=pending, timeouts=timeouts, idle_max=1)
     return PoolReading(used=used, pending=pending, timeouts=timeouts)
+
+
+def _read_queue_pool(pool: QueuePool, *, pending: int, timeouts: int, lost: int) -> PoolReading:
+    size = pool.size()
+    max_overflow = pool._max_overflow
+    bounded = max_overflow > -1 and size > 0
+    used = max(0, pool.checkedout() - lost)
+    queued = _queued(pool)
+    # a queued slot whose connection was invalidated reconnects on its next checkout
+    idle = pool.checkedin() if queued is None else sum(1 for r in queued if is_open(r))
+    return PoolReading(
+        used=used,
+        idle=idle,
+        pending=pending,
+        timeouts=timeouts,
+        max=size + max_overflow if bounded else None,
+        idle_max=size if size > 0 else None,
+        idle_min=0,
+        overflow=max(0, used + idle - size) if size > 0 else 0,
+    )
 
 
 def _peek(counter: itertools.count[int]) -> int:
@@ -166,7 +246,9 @@ class SQLAlchemyPoolSource(RecorderSlots):
         self._used = Tally()  # only for pools that cannot count their own
         super().__init__()
         self._clock = clock
-        self._starts: dict[int, float] = {}  # id(connection record) -> checked out at
+        # id(connection record) -> (the record, checked out at or None): every
+        # checkout in progress, so a reading can tell which lost their connection
+        self._starts: dict[int, tuple[Any, float | None]] = {}
         # pool -> the instance attributes the hooks shadowed (restored by close())
         self._hooked: weakref.WeakKeyDictionary[Pool, dict[str, Any]] = weakref.WeakKeyDictionary()
         callback = None
@@ -197,11 +279,30 @@ class SQLAlchemyPoolSource(RecorderSlots):
     def used(self) -> int:
         return self._used.value
 
+    @property
+    def lost(self) -> int:
+        """Checked-out slots whose connection is gone (invalidated while held)."""
+        for _ in range(3):  # checkouts on other threads may change the table meanwhile
+            try:
+                held = list(self._starts.values())
+            except RuntimeError:
+                continue
+            return sum(
+                1 for record, _ in held if record.fairy_ref is not None and not is_open(record)
+            )
+        return 0
+
     def read(self) -> PoolReading:
         engine = self._engine()
         if engine is None:
             raise RuntimeError("the engine was garbage collected")
-        return read_pool(engine.pool, used=self.used, pending=self.pending, timeouts=self.timeouts)
+        return read_pool(
+            engine.pool,
+            used=self.used,
+            pending=self.pending,
+            timeouts=self.timeouts,
+            lost=self.lost,
+        )
 
     def close(self) -> None:
         """Unhook every pool this source hooked (the current one and disposed ones)."""
@@ -224,7 +325,9 @@ class SQLAlchemyPoolSource(RecorderSlots):
         if "connect" in pool.__dict__:
             return  # hooked already (a pool is hooked by one source only)
         shadowed = {name: pool.__dict__[name] for name in _HOOKED if name in pool.__dict__}
-        counts_used = not isinstance(pool, (QueuePool, StaticPool))
+        counts_used = isinstance(pool, NullPool) or not isinstance(
+            pool, (QueuePool, StaticPool, SingletonThreadPool, AssertionPool)
+        )
         connect = pool.connect
         return_conn = pool._return_conn
         invoke_creator = pool._invoke_creator
@@ -250,32 +353,34 @@ class SQLAlchemyPoolSource(RecorderSlots):
                 raise
             leave()
             try:
-                fresh = fairy._counter == 1  # not a nested re-checkout of the same fairy
-                if counts_used and fresh:
-                    checked_out()
-                recorders = source.recorders
-                if fresh and (recorders or counts_used):
-                    now = clock()
+                if fairy._counter == 1:  # not a nested re-checkout of the same fairy
+                    if counts_used:
+                        checked_out()
+                    recorders = source.recorders
+                    now = clock() if recorders else None
                     if len(starts) >= _MAX_OPEN_CHECKOUTS:
                         starts.clear()
-                    starts[id(fairy._connection_record)] = now
-                    for recorder in recorders:
-                        waits = recorder.wait
-                        waits.append(now - start)
-                        if len(waits) > MAX_BUFFERED:
-                            recorder.flush()
+                    record = fairy._connection_record
+                    starts[id(record)] = (record, now)
+                    if now is not None:
+                        for recorder in recorders:
+                            waits = recorder.wait
+                            waits.append(now - start)
+                            if len(waits) > MAX_BUFFERED:
+                                recorder.flush()
             except Exception:
                 _logger.debug("Pool checkout telemetry failed", exc_info=True)
             return fairy
 
         def hooked_return_conn(record: Any) -> None:
             try:
-                start = starts.pop(id(record), None)
-                if start is not None:
+                held = starts.pop(id(record), None)
+                if held is not None:
                     if counts_used:
                         checked_in()
+                    start = held[1]
                     recorders = source.recorders
-                    if recorders:
+                    if recorders and start is not None:
                         used_for = clock() - start
                         for recorder in recorders:
                             uses = recorder.use

@@ -192,7 +192,7 @@ async def test_monitor_survives_a_failing_read(caplog: pytest.LogCaptureFixture)
     def broken() -> int:
         raise RuntimeError("unreadable")
 
-    engine.pool.checkedin = broken  # type: ignore[method-assign]
+    engine.pool.checkedout = broken  # type: ignore[method-assign]
     with caplog.at_level(logging.ERROR, logger="otel_backpressure.pool._health"):
         task = health.start_monitor(interval=0.001)
         for _ in range(5_000):
