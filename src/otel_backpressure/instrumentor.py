@@ -54,6 +54,36 @@ class BackpressureInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         """Nothing the whole needs: each part checks its own library (``package.py``)."""
         return _instruments
 
+    def instrument(self, **kwargs: Any) -> Any:
+        """Instrument the process; called again while instrumented, instrument the
+        ``engines`` given (for ``meter_provider``, or the first call's provider).
+
+        Other options of a later call are ignored, as OpenTelemetry's warning says.
+        """
+        engines = kwargs.get("engines")
+        if not (self.is_instrumented_by_opentelemetry and engines):
+            return super().instrument(**kwargs)
+        self._adopt_engines(engines, kwargs.get("meter_provider"))
+        if set(kwargs) - {"engines", "meter_provider"}:
+            return super().instrument(**kwargs)  # warns that the rest is ignored
+        return None
+
+    def _adopt_engines(self, engines: Any, meter_provider: Any) -> None:
+        from otel_backpressure.pool import PoolIntegration
+
+        enabled = getattr(self, "_enabled", [])
+        pool = next((i for i in enabled if isinstance(i, PoolIntegration)), None)
+        if pool is None:
+            _logger.warning(
+                "BackpressureInstrumentor is already instrumented without its pool part; "
+                "engines= was ignored: use otel_backpressure.instrument(engine) for each engine"
+            )
+            return
+        try:
+            pool.adopt(engines, meter_provider)
+        except Exception:
+            _logger.exception("Backpressure pool telemetry: engines= was ignored")
+
     def _instrument(self, **kwargs: Any) -> None:
         settings = kwargs.pop("settings", None) or Settings.from_env()
         context = _patching.InstrumentationContext(

@@ -19,6 +19,8 @@ import weakref
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from opentelemetry.metrics import MeterProvider
+
 from otel_backpressure._patching import InstrumentationContext, Patch
 from otel_backpressure._shared import Wrapper
 from otel_backpressure.pool._registry import REGISTRY, SOURCES, PoolInstrumentation, instrument
@@ -26,6 +28,22 @@ from otel_backpressure.pool._registry import REGISTRY, SOURCES, PoolInstrumentat
 __all__ = ["PoolIntegration"]
 
 _logger = logging.getLogger(__name__)
+
+
+def _engines(engines: object) -> list[Any]:
+    """The ``engines`` option as a list, every item checked to be a pool we can read."""
+    if engines is None:
+        return []
+    if not isinstance(engines, Iterable) or isinstance(engines, (str, bytes)):
+        raise TypeError(f"engines must be a list of engines, got {type(engines).__name__}")
+    engines = list(engines)
+    for engine in engines:
+        if not REGISTRY.accepts(engine):
+            raise TypeError(
+                "engines must hold SQLAlchemy Engines/AsyncEngines or asyncpg Pools, "
+                f"got {type(engine).__name__}"
+            )
+    return engines
 
 
 class PoolIntegration:
@@ -44,19 +62,22 @@ class PoolIntegration:
         return tuple(Patch(*line.created_at, self._wrapper) for line in SOURCES)
 
     def enable(self, context: InstrumentationContext) -> None:
-        engines = context.options.get("engines") or ()
-        if not isinstance(engines, Iterable) or isinstance(engines, (str, bytes)):
-            raise TypeError(f"engines must be a list of engines, got {type(engines).__name__}")
-        engines = list(engines)
-        for engine in engines:
-            if REGISTRY.source_of(engine) is None and not REGISTRY.knows(engine):
-                raise TypeError(
-                    "engines must hold SQLAlchemy Engines/AsyncEngines or asyncpg Pools, "
-                    f"got {type(engine).__name__}"
-                )
+        engines = _engines(context.options.get("engines"))
         self._context = context
         for engine in engines:
-            self._instrument(engine)
+            self._instrument(engine, context.meter_provider)
+
+    def adopt(self, engines: object, meter_provider: MeterProvider | None) -> None:
+        """Instrument ``engines`` handed to a later ``instrument()`` call, while enabled.
+
+        ``meter_provider`` None means the provider the part was enabled with.
+        Raises ``TypeError`` for an ``engines`` that is not a list of pools.
+        """
+        context = self._context
+        if context is None:
+            raise RuntimeError("the pool part is not enabled")
+        for engine in _engines(engines):
+            self._instrument(engine, meter_provider or context.meter_provider)
 
     def disable(self) -> None:
         for handle in list(self._handles):
@@ -64,14 +85,14 @@ class PoolIntegration:
         self._handles.clear()
         self._context = None
 
-    def _instrument(self, target: Any) -> None:
+    def _instrument(self, target: Any, meter_provider: MeterProvider | None = None) -> None:
         context = self._context
         if context is None:
             return
         try:
             handle = instrument(
                 target,
-                meter_provider=context.meter_provider,
+                meter_provider=meter_provider or context.meter_provider,
                 timings=context.settings.pool_timings,
             )
         except Exception:

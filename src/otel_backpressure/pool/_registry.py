@@ -324,6 +324,10 @@ class PoolRegistry:
                 return None, reading
         return None
 
+    def accepts(self, target: object) -> bool:
+        """Whether some source can instrument ``target``."""
+        return self._kind_of(target)[0] is not None
+
     def knows(self, target: object) -> bool:
         """Whether some source can instrument or read ``target``."""
         return any(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -68,3 +69,62 @@ def test_a_bad_engines_option_is_logged_not_raised(
     assert "engines must hold SQLAlchemy Engines" in caplog.text
     engine = sqlalchemy.create_engine(f"sqlite:///{tmp_path}/after.sqlite")
     assert REGISTRY.source_of(engine) is None  # the pool part did not start half-way
+
+
+def test_a_second_instrument_call_instruments_its_engines(
+    tmp_path: Path,
+    metrics: MetricsCapture,
+    instrumentor: BackpressureInstrumentor,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    first = sqlalchemy.create_engine(f"sqlite:///{tmp_path}/first.sqlite")
+    second = sqlalchemy.create_engine(f"sqlite:///{tmp_path}/second.sqlite")
+    other = MetricsCapture()
+    third = sqlalchemy.create_engine(f"sqlite:///{tmp_path}/third.sqlite")
+    try:
+        # engines made before instrumenting, as one per tenant would be
+        instrumentor.instrument(meter_provider=metrics.meter_provider, engines=[first])
+        with caplog.at_level(logging.WARNING):
+            BackpressureInstrumentor().instrument(
+                meter_provider=metrics.meter_provider, engines=[second]
+            )
+        assert "already instrumented" not in caplog.text
+        assert pool_names(metrics) == ["first.sqlite", "second.sqlite"]
+        # a later call's provider gets the engines it hands over
+        BackpressureInstrumentor().instrument(meter_provider=other.meter_provider, engines=[third])
+        assert pool_names(other) == ["third.sqlite"]
+        assert pool_names(metrics) == ["first.sqlite", "second.sqlite"]
+        instrumentor.uninstrument()
+        assert (pool_names(metrics), pool_names(other)) == ([], [])
+    finally:
+        other.shutdown()
+        for engine in (first, second, third):
+            engine.dispose()
+
+
+def test_a_second_call_with_the_pool_part_off_warns_by_name(
+    tmp_path: Path,
+    metrics: MetricsCapture,
+    instrumentor: BackpressureInstrumentor,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    monkeypatch.setenv("OTEL_PYTHON_BACKPRESSURE_POOL_ENABLED", "false")
+    instrumentor.instrument(meter_provider=metrics.meter_provider)
+    engine = sqlalchemy.create_engine(f"sqlite:///{tmp_path}/ignored.sqlite")
+    with caplog.at_level(logging.WARNING):
+        instrumentor.instrument(meter_provider=metrics.meter_provider, engines=[engine])
+    assert "engines= was ignored" in caplog.text
+    assert "otel_backpressure.instrument(engine)" in caplog.text
+    assert REGISTRY.source_of(engine) is None
+
+
+def test_a_bad_engines_option_in_a_second_call_is_logged_not_raised(
+    metrics: MetricsCapture,
+    instrumentor: BackpressureInstrumentor,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    instrumentor.instrument(meter_provider=metrics.meter_provider)
+    instrumentor.instrument(meter_provider=metrics.meter_provider, engines=[object()])
+    assert "engines must hold SQLAlchemy Engines" in caplog.text
+    assert "engines= was ignored" in caplog.text
