@@ -430,7 +430,9 @@ def panels() -> list[tuple[Panel, int, int]]:
             timeseries(
                 "Store errors",
                 "Failures of the rate-limit store (e.g. Redis unreachable) per second, by "
-                "error.type.",
+                "error.type: the exception's fully qualified class name, the same on every "
+                "Python (e.g. redis.exceptions.ConnectionError; builtins bare, e.g. "
+                "TimeoutError), or circuit_open.",
                 [
                     (
                         f"sum by ({by_policy}, error_type) "
@@ -448,8 +450,11 @@ def panels() -> list[tuple[Panel, int, int]]:
         (
             timeseries(
                 "Exceptions by type and outcome",
-                "Exceptions per second by error.type; handled ones are expected (mapped to a "
-                "status by the application), unhandled ones are failures.",
+                "Exceptions per second by error.type: a mapped outcome's name (e.g. "
+                "not_found) or an unmapped exception's fully qualified class name (e.g. "
+                "sqlalchemy.exc.ProgrammingError; builtins bare, e.g. ValueError). Handled "
+                "ones are expected (mapped to a status by the application), unhandled ones "
+                "are failures (escaped a server span or the middleware).",
                 [
                     (
                         f"sum by (job, error_type, {OUTCOME}) "

@@ -7,7 +7,8 @@ the parts.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, MutableMapping
+import builtins
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from typing import Any, Final
 
 from opentelemetry import metrics
@@ -24,6 +25,8 @@ __all__ = [
     "Send",
     "Wrapper",
     "get_meter",
+    "newest_builtin",
+    "python_name",
     "type_name",
 ]
 
@@ -51,11 +54,53 @@ def get_meter(meter_provider: MeterProvider | None = None) -> Meter:
     return provider.get_meter(SCOPE, __version__)
 
 
+# Classes that an older supported Python defines apart from, or names
+# differently than, the newest one: (module, qualname) -> the newest name. Found
+# by comparing every exception class of the standard library on 3.10 to 3.13
+# (and the exceptiongroup backport 3.10 needs); tests/unit/test_shared.py holds
+# the survey's findings.
+_RENAMED: Final[Mapping[tuple[str, str], str]] = {
+    # 3.10: separate classes; 3.11 made both aliases of the builtin
+    ("asyncio.exceptions", "TimeoutError"): "TimeoutError",
+    ("concurrent.futures._base", "TimeoutError"): "TimeoutError",
+    # 3.10-3.12: the same class as 3.13's re.PatternError, under its old name
+    ("re", "error"): "re.PatternError",
+    # 3.10: the backport of 3.11's builtins
+    ("exceptiongroup", "ExceptionGroup"): "ExceptionGroup",
+    ("exceptiongroup", "BaseExceptionGroup"): "BaseExceptionGroup",
+}
+
+
 def type_name(cls: type) -> str:
-    """A class's fully qualified name as ``error.type`` spells it.
+    """A class's fully qualified name as ``error.type`` spells it, the same on every Python.
 
     ``module.QualName``, or the bare name for builtins (``ValueError``), as the
-    semantic conventions' ``exception.type`` examples do.
+    semantic conventions' ``exception.type`` examples do. A class that an older
+    Python keeps apart from (or names differently than) the newest one gets
+    the newest name: on 3.10, ``asyncio.TimeoutError`` and
+    ``concurrent.futures.TimeoutError`` are ``TimeoutError`` as on 3.11+;
+    ``re.error`` is ``re.PatternError`` as on 3.13. Aliases such as
+    ``IOError``, ``EnvironmentError``, ``socket.error`` and ``socket.timeout``
+    are the builtin classes themselves and need nothing.
     """
+    renamed = _RENAMED.get((cls.__module__, cls.__qualname__))
+    return python_name(cls) if renamed is None else renamed
+
+
+def python_name(cls: type) -> str:
+    """``module.QualName`` as this Python spells it (and the SDK and other instrumentations)."""
     module = cls.__module__
     return f"{module}.{cls.__qualname__}" if module and module != "builtins" else cls.__qualname__
+
+
+def newest_builtin(cls: type) -> type | None:
+    """The builtin class that replaced ``cls`` on newer Pythons, when it is not ``cls`` itself.
+
+    ``TimeoutError`` for 3.10's ``asyncio.TimeoutError``; None for everything
+    else (including 3.11+'s ``asyncio.TimeoutError``, which is the builtin).
+    """
+    name = _RENAMED.get((cls.__module__, cls.__qualname__))
+    if name is None or "." in name:
+        return None
+    builtin = getattr(builtins, name, None)
+    return builtin if isinstance(builtin, type) and builtin is not cls else None

@@ -4,13 +4,19 @@ A synchronous Counter, added to only on the exception path: exceptions are not
 the hot path, an add costs a few microseconds against the tens a problem
 response costs to build, and the count is exact at every collection without
 keeping local state. ``handled`` = mapped and turned into a response (or
-suppressed by ``mapped_errors``); ``unhandled`` = it propagated.
+suppressed by ``mapped_errors``); ``unhandled`` = it propagated (out of
+``ErrorMappingMiddleware``, ``mapped_errors``, or a server span: the span
+patches count what escapes a server span even without the middleware).
+
+Each exception object is counted once, by the first place that sees it: one
+that escapes ``mapped_errors``, then the middleware, then the server span is
+one exception, not three. The mark lives on the exception, so it dies with it.
 
 Example::
 
     from otel_backpressure.errors._metrics import count_exception
 
-    count_exception("not_found", handled=True)
+    count_exception(exc, "not_found", handled=True)
 """
 
 from __future__ import annotations
@@ -30,6 +36,9 @@ _logger = logging.getLogger(__name__)
 
 METRIC: Final = "backpressure.exceptions"
 OUTCOME: Final = "backpressure.exception.outcome"
+
+# Set on an exception once it is counted.
+_COUNTED: Final = "_otel_backpressure_counted"
 
 _counters: weakref.WeakKeyDictionary[MeterProvider, Counter] = weakref.WeakKeyDictionary()
 # The instrumentor's meter provider while the errors part is enabled.
@@ -56,9 +65,19 @@ def _counter(meter_provider: MeterProvider | None) -> Counter:
 
 
 def count_exception(
-    error_type: str, *, handled: bool, meter_provider: MeterProvider | None = None
+    exc: BaseException,
+    error_type: str,
+    *,
+    handled: bool,
+    meter_provider: MeterProvider | None = None,
 ) -> None:
-    """Add one exception; never raises."""
+    """Add one exception, unless ``exc`` was counted already; never raises."""
+    if getattr(exc, _COUNTED, False):
+        return
+    try:
+        setattr(exc, _COUNTED, True)
+    except Exception:  # a class that refuses attributes: it may be counted twice
+        _logger.debug("Cannot mark %s as counted", type(exc).__name__)
     try:
         _counter(meter_provider).add(
             1, {"error.type": error_type, OUTCOME: "handled" if handled else "unhandled"}

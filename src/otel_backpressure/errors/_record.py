@@ -61,6 +61,9 @@ def record_error(
 ) -> ErrorOutcome:
     """Put ``exc``'s mapped outcome on ``span`` (default: the current span) and count it.
 
+    Counted once per exception object: recording it again, or its later escape
+    from a server span, adds nothing to ``backpressure.exceptions``.
+
     An unmapped exception is recorded as an Error with its class as
     ``error.type`` and a fixed description (never its message). Never raises
     into the caller; returns the outcome it applied.
@@ -74,7 +77,7 @@ def record_error(
         apply_outcome(target, exc, outcome, escaped=not handled)
     except Exception:
         _logger.warning("Could not record %s on a span", type(exc).__name__, exc_info=True)
-    count_exception(outcome.error_type, handled=handled, meter_provider=meter_provider)
+    count_exception(exc, outcome.error_type, handled=handled, meter_provider=meter_provider)
     return outcome
 
 

@@ -24,7 +24,7 @@ import threading
 from collections.abc import Iterable
 from typing import Final
 
-from otel_backpressure._shared import type_name
+from otel_backpressure._shared import newest_builtin, type_name
 from otel_backpressure.errors._outcome import ErrorOutcome
 
 __all__ = ["ErrorRegistry", "Target", "target_key"]
@@ -66,6 +66,30 @@ def _resolve_loaded(path: str) -> type[BaseException] | None:
             return owner
         return None
     return None
+
+
+def _lineage(cls: type[BaseException]) -> list[type[BaseException]]:
+    """``cls.__mro__`` as the newest Python has it, so a mapping decides alike on every Python.
+
+    On 3.10 ``asyncio.TimeoutError`` is not a ``TimeoutError`` (nor an
+    ``OSError``); from 3.11 it is. Each such class is followed by the builtin
+    that replaced it, and that builtin's bases.
+    """
+    lineage: list[type[BaseException]] = []
+    for klass in cls.__mro__:
+        if not issubclass(klass, BaseException):
+            continue
+        twin = newest_builtin(klass)
+        for member in (klass, *(twin.__mro__ if twin is not None else ())):
+            if issubclass(member, BaseException) and member not in lineage:
+                lineage.append(member)
+    return lineage
+
+
+def _path_of(cls: type[BaseException]) -> str:
+    """The dotted path a registration by name matches: ``builtins.X`` for a builtin."""
+    name = type_name(cls)
+    return name if "." in name else f"builtins.{name}"
 
 
 class ErrorRegistry:
@@ -117,7 +141,9 @@ class ErrorRegistry:
 
         The most specific class of the MRO that has a mapping decides; for one
         class, a registration by class beats one by path, which beats the
-        class's own ``outcome`` attribute.
+        class's own ``outcome`` attribute. The MRO is the newest Python's (see
+        ``_lineage``), so 3.10's ``asyncio.TimeoutError`` matches a mapping
+        for ``TimeoutError`` or ``OSError`` as it does on 3.11+.
         """
         cls = exc if isinstance(exc, type) else type(exc)
         try:
@@ -150,10 +176,10 @@ class ErrorRegistry:
         by_resolved_class = {
             resolved: self._by_path[path] for path, resolved in self._resolved.items()
         }
-        for klass in cls.__mro__:
+        for klass in _lineage(cls):
             outcome = self._by_class.get(klass)
             if outcome is None:
-                outcome = by_resolved_class.get(klass) or self._by_path.get(type_name(klass))
+                outcome = by_resolved_class.get(klass) or self._by_path.get(_path_of(klass))
             if outcome is None:
                 declared = klass.__dict__.get("outcome")
                 outcome = declared if isinstance(declared, ErrorOutcome) else None

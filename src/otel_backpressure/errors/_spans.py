@@ -25,14 +25,17 @@ import contextvars
 import logging
 import sys
 import traceback
+import weakref
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, Final
 
-from opentelemetry.trace import Span, Status, StatusCode
+from opentelemetry.semconv.attributes.http_attributes import HTTP_RESPONSE_STATUS_CODE
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from opentelemetry.util.types import AttributeValue
 
-from otel_backpressure._shared import Wrapper, type_name
+from otel_backpressure._shared import Wrapper, python_name, type_name
+from otel_backpressure.errors._metrics import count_exception
 from otel_backpressure.errors._outcome import ErrorOutcome
 from otel_backpressure.errors._registry import ErrorRegistry
 
@@ -48,11 +51,20 @@ _logger = logging.getLogger(__name__)
 
 
 ERROR_TYPE: Final = "error.type"
+# The ASGI instrumentation's default (old) semantic conventions name it so.
+_HTTP_STATUS_CODE_OLD: Final = "http.status_code"
 _MAX_FRAMES: Final = 64  # per exception in a safe stack trace
 _MAX_CHAIN: Final = 8  # exceptions followed through __cause__/__context__
 # Span ids an exception's event was already recorded on, kept on the exception
 # itself so the marker dies with it.
 _RECORDED_ON: Final = "_otel_backpressure_recorded_on"
+
+# Server spans ErrorMappingMiddleware answered for -> (error.type, the Error
+# status it set or None). FastAPI's telemetry marks its server span again as
+# the response ends, after the middleware (error.type = the status code, Error
+# without a description for 5xx); this lets the outcome stand. Weak: an entry
+# goes with its span.
+_answered: weakref.WeakKeyDictionary[Any, tuple[str, Status | None]] = weakref.WeakKeyDictionary()
 
 # True while this module sets a status itself, so its own calls are not remapped.
 _applying: contextvars.ContextVar[bool] = contextvars.ContextVar(
@@ -167,11 +179,37 @@ def apply_outcome(
     if not span.is_recording():
         return
     is_error = outcome.is_error if http_status is None else http_status >= 500
+    status = Status(StatusCode.ERROR, outcome.describe(exc)) if is_error else None
     with _own_calls():
         span.set_attribute(ERROR_TYPE, outcome.error_type)
-        if is_error:
-            span.set_status(Status(StatusCode.ERROR, outcome.describe(exc)))
+        if status is not None:
+            span.set_status(status)
         _record_event(span, exc, outcome, escaped=escaped)
+    if http_status is not None:
+        try:
+            _answered[span] = (outcome.error_type, status)
+        except TypeError:  # a span type that takes no weak references
+            _logger.debug("Cannot remember the outcome of %r", span)
+
+
+def _keep_answered(
+    wrapped: Callable[..., Any], span: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> bool:
+    """Re-assert the middleware's outcome when a span it answered for is marked Error again."""
+    try:
+        remembered = _answered.get(span)
+    except TypeError:
+        return False
+    if remembered is None:
+        return False
+    is_error, description = _error_description(args, kwargs)
+    if not is_error or description is not None:
+        return False
+    error_type, status = remembered
+    with _own_calls():
+        wrapped(status or Status(StatusCode.ERROR))
+        span.set_attribute(ERROR_TYPE, error_type)
+    return True
 
 
 def _is_default_description(exc: BaseException, description: str) -> bool:
@@ -192,39 +230,100 @@ def _error_description(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[b
     return status is StatusCode.ERROR, description
 
 
+def _attributes(span: Any) -> Mapping[str, Any]:
+    attributes = getattr(span, "attributes", None)
+    return attributes if isinstance(attributes, Mapping) else {}
+
+
+def _http_failed(span: Any, server: bool) -> bool:
+    """Whether the HTTP rule makes ``span`` an Error: it answered 5xx, or (server) nothing."""
+    attributes = _attributes(span)
+    status = attributes.get(HTTP_RESPONSE_STATUS_CODE, attributes.get(_HTTP_STATUS_CODE_OLD))
+    if isinstance(status, int) and not isinstance(status, bool):
+        return status >= 500
+    return server  # the server will answer 500 for the exception that escaped
+
+
+def _same_name_everywhere(span: Any, exc: BaseException) -> None:
+    """Rewrite an ``error.type`` another instrumentation wrote from ``exc``'s class.
+
+    On 3.10, FastAPI's telemetry names ``asyncio.TimeoutError``
+    ``asyncio.exceptions.TimeoutError``; 3.11+ says ``TimeoutError``.
+    """
+    cls = type(exc)
+    name, raw = type_name(cls), python_name(cls)
+    if name != raw and _attributes(span).get(ERROR_TYPE) == raw:
+        span.set_attribute(ERROR_TYPE, name)
+
+
+def _decide(
+    span: Any, exc: BaseException, registry: ErrorRegistry, is_error: bool, description: str | None
+) -> tuple[ErrorOutcome, Status | None] | None:
+    """For an Error status derived from ``exc``: (its outcome, the status to set, if any).
+
+    A failure outcome sets Error with its safe description; an expected one
+    sets nothing, unless the HTTP rule makes the span an Error regardless (then
+    without a description: the outcome's would contradict the 5xx).
+
+    None leaves the call alone: not an Error, a description of the
+    application's own, or an unmapped exception. An exception that reaches a
+    server span this way escaped it, and is counted ``unhandled``.
+    """
+    if not is_error:
+        return None
+    if description is not None and not _is_default_description(exc, description):
+        return None  # the application's own status
+    outcome = registry.lookup(exc)
+    server = getattr(span, "kind", None) is SpanKind.SERVER
+    if server:
+        error_type = outcome.error_type if outcome is not None else type_name(type(exc))
+        count_exception(exc, error_type, handled=False)
+    if outcome is None:
+        _same_name_everywhere(span, exc)
+        return None
+    if outcome.is_error:
+        return outcome, Status(StatusCode.ERROR, outcome.describe(exc))
+    return outcome, Status(StatusCode.ERROR) if _http_failed(span, server) else None
+
+
 def set_status_wrapper(registry: ErrorRegistry) -> Wrapper:
     """Replace the Error status OpenTelemetry derives from a mapped exception.
 
-    Three cases while a mapped exception is being handled: a default
-    description (``"Type: message"`` or ``str(exc)``) is replaced by the
-    outcome; no description (the ASGI instrumentation answering a 5xx that
-    the exception caused) keeps Error, per the HTTP rule, and gains the
-    outcome's ``error.type`` and description; any other description is the
-    application's own and is kept.
+    While a mapped exception is being handled, an Error status with a default
+    description (``"Type: message"`` or ``str(exc)``) or none at all (FastAPI's
+    telemetry, the ASGI instrumentation answering 5xx) becomes the outcome:
+    whoever created the span, its ``error.type`` is the outcome's, and its
+    status is the outcome's unless the HTTP rule makes it an Error (a span
+    that answered 5xx, or a server span the exception escaped before any
+    answer). Any other description is the application's own and is kept.
+    Exceptions escaping a server span are counted ``unhandled``.
     """
 
     def set_status(
         wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
-        exc = sys.exc_info()[1]
-        if exc is None or _applying.get():
+        if _applying.get():
             return wrapped(*args, **kwargs)
+        exc = sys.exc_info()[1]
+        if exc is None:
+            try:
+                kept = bool(_answered) and _keep_answered(wrapped, instance, args, kwargs)
+            except Exception:
+                _logger.warning("Error mapping failed in set_status", exc_info=True)
+                kept = False
+            return None if kept else wrapped(*args, **kwargs)
         try:
-            is_error, description = _error_description(args, kwargs)
-            outcome = registry.lookup(exc) if is_error else None
-            if outcome is not None and description is not None:
-                outcome = outcome if _is_default_description(exc, description) else None
+            decision = _decide(instance, exc, registry, *_error_description(args, kwargs))
         except Exception:
             _logger.warning("Error mapping failed; OpenTelemetry's default applies", exc_info=True)
-            outcome = None
-        if outcome is None:
+            decision = None
+        if decision is None:
             return wrapped(*args, **kwargs)
+        outcome, status = decision
         try:
             with _own_calls():
-                if outcome.is_error:
-                    wrapped(Status(StatusCode.ERROR, outcome.describe(exc)))
-                elif description is None:
-                    wrapped(*args, **kwargs)  # an HTTP 5xx: Error whatever the outcome
+                if status is not None:
+                    wrapped(status)
                 instance.set_attribute(ERROR_TYPE, outcome.error_type)
         except Exception:
             _logger.warning("Error mapping failed in set_status", exc_info=True)
@@ -234,6 +333,12 @@ def set_status_wrapper(registry: ErrorRegistry) -> Wrapper:
 
 
 def record_exception_wrapper(registry: ErrorRegistry) -> Wrapper:
+    """Record a mapped exception's event as its outcome asks (see ``_record_event``).
+
+    An unmapped exception keeps the SDK's event, with ``exception.type``
+    spelled by ``type_name`` so that it reads the same on every Python.
+    """
+
     def record_exception(
         wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
@@ -245,9 +350,9 @@ def record_exception_wrapper(registry: ErrorRegistry) -> Wrapper:
             outcome = registry.lookup(exc) if isinstance(exc, BaseException) else None
         except Exception:
             _logger.warning("Error mapping failed; OpenTelemetry's default applies", exc_info=True)
-            outcome = None
-        if outcome is None:
             return wrapped(*args, **kwargs)
+        if outcome is None:
+            return wrapped(**_named_alike(bound))
         try:
             with _own_calls():
                 _record_event(
@@ -263,6 +368,18 @@ def record_exception_wrapper(registry: ErrorRegistry) -> Wrapper:
         return None
 
     return record_exception
+
+
+def _named_alike(bound: dict[str, Any]) -> dict[str, Any]:
+    """``bound`` with ``exception.type`` as ``type_name`` spells it, where the SDK differs."""
+    exc = bound["exception"]
+    if not isinstance(exc, BaseException):
+        return bound
+    name = type_name(type(exc))
+    attributes = bound["attributes"] or {}
+    if name == python_name(type(exc)) or "exception.type" in attributes:
+        return bound
+    return {**bound, "attributes": {**attributes, "exception.type": name}}
 
 
 def _bind_record_exception(

@@ -104,7 +104,7 @@ class ErrorMappingMiddleware:
             outcome = self._lookup(exc)
             if outcome is None or started:
                 error_type = type_name(type(exc)) if outcome is None else outcome.error_type
-                count_exception(error_type, handled=False, meter_provider=self._meter_provider)
+                count_exception(exc, error_type, handled=False, meter_provider=self._meter_provider)
                 raise
             failure: Exception = exc
         else:
@@ -146,7 +146,7 @@ class ErrorMappingMiddleware:
             apply_outcome(span, exc, outcome, escaped=False, http_status=outcome.http_status)
         except Exception:
             _logger.warning("Could not put the error outcome on the span", exc_info=True)
-        count_exception(outcome.error_type, handled=True, meter_provider=self._meter_provider)
+        count_exception(exc, outcome.error_type, handled=True, meter_provider=self._meter_provider)
         await send({"type": "http.response.body", "body": body})
 
     def __repr__(self) -> str:

@@ -1,0 +1,112 @@
+"""The shared helpers: the scope and meter, and ``type_name``, the same on every Python.
+
+``type_name`` is what ``error.type`` (and ``exception.type`` in the events the
+errors part writes) says for an exception class. The table below is the
+finding of a survey of every exception class the standard library exposes on
+3.10, 3.11, 3.12 and 3.13: the names that differ between them, and the aliases
+that already agree. This suite runs on each of those Pythons, so each row is
+checked where it matters.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import concurrent.futures
+import importlib
+import re
+import select
+import socket
+import sys
+
+import pytest
+from opentelemetry.sdk.metrics import MeterProvider
+
+from otel_backpressure._shared import SCOPE, get_meter, newest_builtin, python_name, type_name
+from otel_backpressure.version import __version__
+
+# dotted path of a class (as users spell it) -> error.type on every supported Python
+SAME_EVERYWHERE: dict[str, str] = {
+    # 3.10: separate classes in asyncio.exceptions / concurrent.futures._base
+    "asyncio.TimeoutError": "TimeoutError",
+    "asyncio.exceptions.TimeoutError": "TimeoutError",
+    "concurrent.futures.TimeoutError": "TimeoutError",
+    # 3.13 renamed re.error to re.PatternError
+    "re.error": "re.PatternError",
+    # aliases of builtins on every supported Python
+    "socket.timeout": "TimeoutError",
+    "builtins.TimeoutError": "TimeoutError",
+    "builtins.IOError": "OSError",
+    "builtins.EnvironmentError": "OSError",
+    "socket.error": "OSError",
+    "select.error": "OSError",
+    # distinct classes with one name everywhere
+    "asyncio.CancelledError": "asyncio.exceptions.CancelledError",
+    "concurrent.futures.CancelledError": "concurrent.futures._base.CancelledError",
+    "asyncio.InvalidStateError": "asyncio.exceptions.InvalidStateError",
+    "asyncio.IncompleteReadError": "asyncio.exceptions.IncompleteReadError",
+    "socket.gaierror": "socket.gaierror",
+    "builtins.ValueError": "ValueError",
+    "builtins.KeyboardInterrupt": "KeyboardInterrupt",
+}
+
+
+def _resolve(path: str) -> type:
+    module, _, name = path.rpartition(".")
+    cls = getattr(importlib.import_module(module), name)
+    assert isinstance(cls, type)
+    return cls
+
+
+@pytest.mark.parametrize("path", sorted(SAME_EVERYWHERE))
+def test_type_name_is_the_same_on_every_python(path: str) -> None:
+    assert type_name(_resolve(path)) == SAME_EVERYWHERE[path]
+
+
+def test_exception_groups_are_named_as_the_builtins() -> None:
+    if sys.version_info >= (3, 11):
+        groups = (builtins.ExceptionGroup, builtins.BaseExceptionGroup)
+    else:  # anyio and Starlette bring the backport on 3.10
+        import exceptiongroup
+
+        groups = (exceptiongroup.ExceptionGroup, exceptiongroup.BaseExceptionGroup)
+    assert [type_name(cls) for cls in groups] == ["ExceptionGroup", "BaseExceptionGroup"]
+
+
+def test_the_timeouts_are_one_class_from_3_11_and_have_the_builtin_as_twin_before() -> None:
+    for cls in (asyncio.TimeoutError, concurrent.futures.TimeoutError):
+        if sys.version_info >= (3, 11):
+            assert cls is TimeoutError
+            assert newest_builtin(cls) is None
+        else:
+            assert cls is not TimeoutError
+            assert newest_builtin(cls) is TimeoutError
+    assert newest_builtin(re.error) is None  # renamed, not replaced by a builtin
+    assert newest_builtin(ValueError) is None
+
+
+def test_python_name_is_what_this_python_says() -> None:
+    assert python_name(socket.timeout) == "TimeoutError"
+    assert python_name(select.error) == "OSError"
+    assert python_name(re.error) == (
+        "re.PatternError" if sys.version_info >= (3, 13) else "re.error"
+    )
+    expected = "TimeoutError" if sys.version_info >= (3, 11) else "asyncio.exceptions.TimeoutError"
+    assert python_name(asyncio.TimeoutError) == expected
+
+
+def test_user_classes_are_module_and_qualified_name() -> None:
+    class Local(Exception):
+        pass
+
+    assert type_name(Local) == f"{__name__}.{Local.__qualname__}"
+    assert "<locals>" in type_name(Local)
+
+
+def test_every_meter_carries_the_scope_and_version() -> None:
+    provider = MeterProvider()
+    try:
+        meter = get_meter(provider)
+        assert (meter.name, meter.version) == (SCOPE, __version__)
+    finally:
+        provider.shutdown()
