@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import builtins
+import concurrent.futures
+import re
 import sys
 import types
 from collections.abc import Iterator
@@ -123,3 +127,32 @@ def test_defaults_are_registered_by_path_only() -> None:
     assert registry.lookup(PoolExhaustedError()) is PoolExhaustedError.outcome
     assert registry.lookup(DatabaseError()) is DatabaseError.outcome
     assert repr(registry).startswith(f"ErrorRegistry(classes=0, paths={len(DEFAULT_MAPPINGS)}")
+
+
+TIMEOUT = ErrorOutcome("timeout", StatusCode.ERROR, 504)
+
+
+@pytest.mark.parametrize(
+    "target", [TimeoutError, "builtins.TimeoutError", OSError, "builtins.OSError"]
+)
+def test_a_timeout_mapping_decides_alike_on_every_python(target: type | str) -> None:
+    """On 3.10 these timeouts are neither TimeoutError nor OSError; from 3.11 they are."""
+    registry = ErrorRegistry([(target, TIMEOUT)])
+    assert registry.lookup(asyncio.TimeoutError()) is TIMEOUT
+    assert registry.lookup(concurrent.futures.TimeoutError()) is TIMEOUT
+
+
+def test_renamed_classes_match_their_newest_path() -> None:
+    registry = ErrorRegistry([("re.PatternError", BROKEN)])  # 3.13's name
+    assert registry.lookup(re.error("bad pattern")) is BROKEN  # 3.10-3.12's name
+
+
+def test_exception_groups_match_the_builtin_path_on_every_python() -> None:
+    registry = ErrorRegistry([("builtins.ExceptionGroup", BROKEN)])
+    if sys.version_info >= (3, 11):
+        group: Exception = builtins.ExceptionGroup("many", [ValueError()])
+    else:  # the backport anyio and Starlette raise on 3.10
+        import exceptiongroup
+
+        group = exceptiongroup.ExceptionGroup("many", [ValueError()])
+    assert registry.lookup(group) is BROKEN

@@ -7,6 +7,7 @@ an escaping exception: ``start_as_current_span``, ``use_span`` and
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -17,6 +18,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import Status, StatusCode
 
 from otel_backpressure import BackpressureInstrumentor
+from otel_backpressure._shared import python_name
 from otel_backpressure.errors import (
     AuthenticationError,
     ConfigurationError,
@@ -442,3 +444,30 @@ def test_an_exception_whose_str_fails_is_still_mapped(
     span.end()
     (exported,) = span_exporter.get_finished_spans()
     assert (exported.events[0].attributes or {})["exception.message"] == "database error"
+
+
+def test_an_unmapped_class_is_spelled_alike_on_every_python(
+    instrumented: BackpressureInstrumentor,
+    tracer_provider: TracerProvider,
+    span_exporter: InMemorySpanExporter,
+) -> None:
+    """``re.error`` is ``re.PatternError`` from 3.13; another instrumentation writes this
+    Python's spelling into error.type (as FastAPI's telemetry does), the SDK into its event."""
+
+    def fail_in_span() -> None:
+        with tracer_provider.get_tracer("test").start_as_current_span("s") as span:
+            try:
+                raise re.error("bad pattern")
+            except re.error as exc:
+                span.set_attribute("error.type", python_name(type(exc)))
+                span.set_status(StatusCode.ERROR)
+                span.record_exception(exc)
+                raise
+
+    with pytest.raises(re.error):
+        fail_in_span()
+    (finished,) = span_exporter.get_finished_spans()
+    assert (finished.attributes or {})["error.type"] == "re.PatternError"
+    types = [(event.attributes or {})["exception.type"] for event in finished.events]
+    assert types == ["re.PatternError"] * len(types)
+    assert len(types) == 2  # ours, then the one start_as_current_span records
