@@ -12,6 +12,7 @@ SUITES: dict[str, str] = {
     "ratelimit": "Rate-limit decisions: in memory per decision, and on Redis per second, vs limits",
     "errors": "error mapping: spans without an exception (nil) and the exception path",
     "pool": "Pool checkout/checkin and checkout + SELECT 1: bare vs this package vs contrib",
+    "redis_store": "Rate limiting on Redis: 1 and 32 at once, server CPU, vs every limits strategy",
     "redis_outage": "Rate limiting off after a Redis stall or restart ends (private redis-server)",
     # END suites
 }

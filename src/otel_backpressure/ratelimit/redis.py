@@ -56,7 +56,10 @@ _US: Final = 1_000_000
 _NS_PER_US: Final = 1_000
 CIRCUIT_OPEN: Final = "circuit_open"
 # the script's first argument: empty = decide at the server's clock
-_SERVER_TIME: Final = ""
+_SERVER_TIME: Final = b""
+
+# asyncio.timeout (3.11+): a deadline without the task asyncio.wait_for creates
+_deadline: Callable[[float], Any] | None = getattr(asyncio, "timeout", None)
 
 # one queued decision: its keys, its script arguments, its policies, its answer
 _Queued = tuple[list[str], list[object], tuple[Policy, ...], "asyncio.Future[gcra.Verdict]"]
@@ -79,8 +82,9 @@ def _policy_args(policy: Policy) -> tuple[str, int, int]:
     return suffix, interval_us, policy.burst
 
 
-def _verdict(reply: Sequence[int], at: int) -> gcra.Verdict:
-    allowed, index, remaining, retry_us, reset_us = reply[at : at + 5]
+def _verdict(fields: Sequence[bytes], at: int) -> gcra.Verdict:
+    """The verdict of the request at field ``at`` of the script's reply, split on spaces."""
+    allowed, index, remaining, retry_us, reset_us = map(int, fields[at : at + 5])
     return gcra.Verdict(
         allowed == 1, index, remaining, retry_us * _NS_PER_US, reset_us * _NS_PER_US, None
     )
@@ -91,7 +95,7 @@ class RedisStore:
 
     Args:
         url: a ``redis://`` / ``rediss://`` / ``unix://`` URL; the store creates
-            a ``redis.asyncio`` client with ``timeout`` as its socket timeouts
+            a ``redis.asyncio`` client with ``timeout`` as its connect timeout
             and no retries, and closes it in :meth:`aclose`. Exactly one of
             ``url`` and ``client`` is given.
         client: your own ``redis.asyncio.Redis`` or
@@ -129,7 +133,6 @@ class RedisStore:
         "_pending",
         "_script",
         "_sending",
-        "_wait_for",
         "clock",
         "counts",
         "fail_open",
@@ -171,10 +174,12 @@ class RedisStore:
             from redis.backoff import NoBackoff
             from redis.retry import Retry
 
-            # bounded: one attempt, socket timeouts; the breaker does the retrying
+            # one attempt, the breaker does the retrying; no socket timeout (redis-py's
+            # default is 5 s): the store bounds each round trip with one deadline,
+            # where redis-py's per-send wait_for costs a task per command
             client = redis.asyncio.Redis.from_url(
                 str(url),
-                socket_timeout=self.timeout,
+                socket_timeout=None,
                 socket_connect_timeout=self.timeout,
                 retry=Retry(NoBackoff(), 0),
             )
@@ -183,8 +188,6 @@ class RedisStore:
             raise TypeError(f"client must be a redis.asyncio client, got {client!r}")
         else:
             self._owns_client = False
-        # a caller's client has its own timeouts and retries: bound the call here
-        self._wait_for = not self._owns_client
         self._cluster = isinstance(client, RedisCluster)
         self._client = client
         self._script = client.register_script(_load_script())
@@ -215,6 +218,8 @@ class RedisStore:
                 suffix, interval_us, burst = _policy_args(policy)
                 suffixes.append(suffix)
                 tail.extend((interval_us, burst))
+            # encoded once here rather than by redis-py on every call
+            tail = [str(value).encode() for value in tail]
             prepared = (suffixes, tail)
             if len(self._args) < 1024:  # bounded: per-route sets are few
                 self._args[policies] = prepared
@@ -256,14 +261,14 @@ class RedisStore:
             if self._pending:
                 self._start_batch()
         self._breaker.succeeded(ticket)
-        return _verdict(reply, 0)
+        return _verdict(reply.split(), 0)
 
     async def _call(self, keys: list[str], args: list[object]) -> Any:
-        """One script call; a caller's client is bounded by ``timeout`` here."""
-        if self._wait_for:
+        """One script call, bounded by ``timeout`` (redis-py drops a cancelled connection)."""
+        if _deadline is None:  # Python 3.10
             return await asyncio.wait_for(self._script(keys, args), self.timeout)
-        # our own client: its socket timeouts bound the call, no extra task
-        return await self._script(keys, args)
+        async with _deadline(self.timeout):
+            return await self._script(keys, args)
 
     def _start_batch(self) -> None:
         self._sending = True
@@ -311,9 +316,10 @@ class RedisStore:
                     future.set_result(self._unavailable(policies, error_type))
             return
         self._breaker.succeeded(ticket)
+        fields = reply.split()
         for i, (_, _, _, future) in enumerate(batch):
             if not future.done():  # its caller may have been cancelled meanwhile
-                future.set_result(_verdict(reply, 5 * i))
+                future.set_result(_verdict(fields, 5 * i))
 
     def _unavailable(self, policies: tuple[Policy, ...], error_type: str) -> gcra.Verdict:
         for policy in policies:

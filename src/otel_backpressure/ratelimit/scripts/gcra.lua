@@ -11,8 +11,10 @@
 --          gcra.py on the same inputs; the keys then do not expire (the test's clock
 --          is not the server's).
 -- ARGV[2..]: per request: cost, policy count n, then n times (interval in us, burst).
--- Returns, per request, 5 integers: allowed (0/1), deciding policy index (0-based),
---          remaining, retry_after_us, reset_after_us.
+-- Returns one string of 5 integers per request, all separated by spaces: allowed
+--          (0/1), deciding policy index (0-based), remaining, retry_after_us,
+--          reset_after_us. One string, not an array: the client parses one reply
+--          line per batch instead of five per decision.
 local now = tonumber(ARGV[1])
 local expire = now == nil
 if expire then
@@ -50,15 +52,13 @@ while a <= #ARGV do
       new_tats[i] = new_tat
     end
   end
-  local n = #out
   if rejected > 0 then
     -- a rejection consumes nothing under any policy: nothing is written
     local interval = tonumber(ARGV[a + 2 * rejected])
     local limit = tonumber(ARGV[a + 2 * rejected + 1]) * interval
     local base = new_tats[rejected]
-    out[n + 1], out[n + 2] = 0, rejected - 1
-    out[n + 3] = math.floor((limit - (base - now)) / interval)
-    out[n + 4], out[n + 5] = longest_wait, base - now
+    out[#out + 1] = string.format('0 %d %d %d %d', rejected - 1,
+      math.floor((limit - (base - now)) / interval), longest_wait, base - now)
   else
     for i = 1, count do
       -- numbers go to Redis in full precision (Lua's tostring would round them);
@@ -69,10 +69,10 @@ while a <= #ARGV do
         redis.call('SET', KEYS[k + i], new_tats[i])
       end
     end
-    out[n + 1], out[n + 2], out[n + 3] = 1, fewest - 1, fewest_remaining
-    out[n + 4], out[n + 5] = 0, new_tats[fewest] - now
+    out[#out + 1] = string.format('1 %d %d 0 %d', fewest - 1, fewest_remaining,
+      new_tats[fewest] - now)
   end
   k = k + count
   a = a + 2 + 2 * count
 end
-return out
+return table.concat(out, ' ')
