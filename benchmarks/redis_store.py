@@ -222,7 +222,7 @@ async def _client_breakdown(url: str) -> list[tuple[str, float]]:
 def store_verdict(reply: bytes) -> object:
     from otel_backpressure.ratelimit.redis import _verdict
 
-    return _verdict(reply.split(), 0)
+    return _verdict([int(field) for field in reply.split()], 0)
 
 
 def main() -> None:

@@ -82,9 +82,9 @@ def _policy_args(policy: Policy) -> tuple[str, int, int]:
     return suffix, interval_us, policy.burst
 
 
-def _verdict(fields: Sequence[bytes], at: int) -> gcra.Verdict:
-    """The verdict of the request at field ``at`` of the script's reply, split on spaces."""
-    allowed, index, remaining, retry_us, reset_us = map(int, fields[at : at + 5])
+def _verdict(values: Sequence[int], at: int) -> gcra.Verdict:
+    """The verdict of the request whose five integers start at ``values[at]``."""
+    allowed, index, remaining, retry_us, reset_us = values[at : at + 5]
     return gcra.Verdict(
         allowed == 1, index, remaining, retry_us * _NS_PER_US, reset_us * _NS_PER_US, None
     )
@@ -197,7 +197,8 @@ class RedisStore:
         self._args: dict[tuple[Policy, ...], tuple[list[str], list[object]]] = {}
         # decisions waiting for the round trip in flight to end
         self._pending: list[_Queued] = []
-        self._sending = False
+        # the event loop of the round trip in flight; None when none is
+        self._sending: asyncio.AbstractEventLoop | None = None
         self._drainer: asyncio.Task[None] | None = None
 
     @property
@@ -237,31 +238,50 @@ class RedisStore:
         suffixes, tail = self._script_args(chosen)
         tagged = f"{self.prefix}{{{key}}}"
         keys = [tagged + suffix for suffix in suffixes]
-        if self._sending:  # a round trip is in flight: go out with the next batch
+        loop = asyncio.get_running_loop()
+        # a round trip is in flight: go out with the next batch (unless the flag
+        # is left over from another, closed event loop, which would never clear it)
+        if self._sending is loop:
             if self._breaker.is_open:
                 return self._unavailable(chosen, CIRCUIT_OPEN)
-            future: asyncio.Future[gcra.Verdict] = asyncio.get_running_loop().create_future()
+            future: asyncio.Future[gcra.Verdict] = loop.create_future()
             self._pending.append((keys, [cost, *tail], chosen, future))
             return await future
         ticket = self._breaker.admit()
         if ticket == SKIP:
             return self._unavailable(chosen, CIRCUIT_OPEN)
-        self._sending = True
+        self._sending = loop
         try:
-            reply = await self._call(keys, [_SERVER_TIME, cost, *tail])
+            outcome = await self._round_trip(ticket, keys, [_SERVER_TIME, cost, *tail], 1)
+        finally:
+            self._sending = None
+            if self._pending:
+                self._start_batch(loop)
+        if isinstance(outcome, str):
+            return self._unavailable(chosen, outcome)
+        return _verdict(outcome, 0)
+
+    async def _round_trip(
+        self, ticket: int, keys: list[str], args: list[object], requests: int
+    ) -> list[int] | str:
+        """One script call for ``requests`` decisions: the reply's integers, or the error type.
+
+        The breaker hears the outcome. A reply of the wrong shape (not the script's)
+        counts as a failure like an unreachable server, never as a raised error.
+        """
+        try:
+            values = [int(field) for field in (await self._call(keys, args)).split()]
+            if len(values) != 5 * requests:
+                raise ValueError(f"expected {5 * requests} integers, got {len(values)}")
         except asyncio.CancelledError:
             self._breaker.abandoned(ticket)
             raise
         except Exception as exc:
             error_type = type_name(type(exc))
             self._breaker.failed(ticket, error_type)
-            return self._unavailable(chosen, error_type)
-        finally:
-            self._sending = False
-            if self._pending:
-                self._start_batch()
+            return error_type
         self._breaker.succeeded(ticket)
-        return _verdict(reply.split(), 0)
+        return values
 
     async def _call(self, keys: list[str], args: list[object]) -> Any:
         """One script call, bounded by ``timeout`` (redis-py drops a cancelled connection)."""
@@ -270,9 +290,9 @@ class RedisStore:
         async with _deadline(self.timeout):
             return await self._script(keys, args)
 
-    def _start_batch(self) -> None:
-        self._sending = True
-        self._drainer = asyncio.ensure_future(self._drain())
+    def _start_batch(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._sending = loop
+        self._drainer = loop.create_task(self._drain())
 
     async def _drain(self) -> None:
         """Send what queued up, batch after batch, until nothing is waiting."""
@@ -281,15 +301,13 @@ class RedisStore:
                 batch, self._pending = self._pending, []
                 ticket = self._breaker.admit()
                 if ticket == SKIP:
-                    for _, _, policies, future in batch:
-                        if not future.done():
-                            future.set_result(self._unavailable(policies, CIRCUIT_OPEN))
+                    self._settle(batch, CIRCUIT_OPEN)
                 elif self._cluster:
                     await asyncio.gather(*(self._send(ticket, g) for g in _by_slot(batch)))
                 else:
                     await self._send(ticket, batch)
         finally:
-            self._sending = False
+            self._sending = None
             for _, _, _, future in self._pending:  # only left over when cancelled
                 future.cancel()
             self._pending = []
@@ -302,24 +320,22 @@ class RedisStore:
             keys += request_keys
             args += request_args
         try:
-            reply = await self._call(keys, args)
+            outcome = await self._round_trip(ticket, keys, args, len(batch))
         except asyncio.CancelledError:
-            self._breaker.abandoned(ticket)
             for _, _, _, future in batch:
                 future.cancel()
             raise
-        except Exception as exc:
-            error_type = type_name(type(exc))
-            self._breaker.failed(ticket, error_type)
-            for _, _, policies, future in batch:
-                if not future.done():
-                    future.set_result(self._unavailable(policies, error_type))
-            return
-        self._breaker.succeeded(ticket)
-        fields = reply.split()
-        for i, (_, _, _, future) in enumerate(batch):
-            if not future.done():  # its caller may have been cancelled meanwhile
-                future.set_result(_verdict(fields, 5 * i))
+        self._settle(batch, outcome)
+
+    def _settle(self, batch: list[_Queued], outcome: list[int] | str) -> None:
+        """Give each waiting decision its verdict: from the reply, or failed open (closed)."""
+        for i, (_, _, policies, future) in enumerate(batch):
+            if future.done():  # its caller was cancelled meanwhile
+                continue
+            if isinstance(outcome, str):
+                future.set_result(self._unavailable(policies, outcome))
+            else:
+                future.set_result(_verdict(outcome, 5 * i))
 
     def _unavailable(self, policies: tuple[Policy, ...], error_type: str) -> gcra.Verdict:
         for policy in policies:

@@ -235,7 +235,8 @@ async def test_a_stall_is_one_outage_and_one_probe_resumes_enforcement(
     if own_client:
         store = RedisStore(private_redis.url, prefix="stall:", timeout=0.2, clock=clock)
     else:
-        client = redis.asyncio.Redis.from_url(private_redis.url)
+        # a caller's client, decoding replies to str: the store reads either
+        client = redis.asyncio.Redis.from_url(private_redis.url, decode_responses=True)
         store = RedisStore(client=client, prefix="stall:", timeout=0.2, clock=clock)
     limiter = RateLimiter([ONCE], store=store, meter_provider=metrics.meter_provider)
     assert (await limiter.hit("k")).allowed
@@ -261,6 +262,29 @@ async def test_a_stall_is_one_outage_and_one_probe_resumes_enforcement(
     await store.aclose()
     if not own_client:
         await client.aclose()
+
+
+def test_a_round_trip_abandoned_with_its_event_loop_does_not_block_the_next_loop(
+    private_redis: PrivateRedis,
+) -> None:
+    store = RedisStore(private_redis.url, prefix="loops:", timeout=5.0)
+    limiter = RateLimiter([ONCE], store=store)
+    first = asyncio.new_event_loop()
+    private_redis.pause()
+    try:
+        # a decision in flight when its loop is closed, its coroutine never finished
+        in_flight = first.create_task(limiter.hit("k"))
+        first.run_until_complete(asyncio.sleep(0.05))
+        first.close()
+    finally:
+        private_redis.resume()
+
+    async def next_loop() -> None:
+        # answered (by Redis or failed open), not queued behind the dead round trip
+        await asyncio.wait_for(limiter.hit("k"), 10)
+
+    asyncio.run(next_loop())
+    del in_flight
 
 
 async def test_unreachable_redis_fails_open_is_metered_and_not_retried_every_call(

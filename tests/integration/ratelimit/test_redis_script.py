@@ -100,7 +100,8 @@ def test_lua_and_python_decide_the_same(
                 expected = gcra.decide(tats[key], now_us * 1_000, policies, cost)
                 if expected.tats is not None:
                     tats[key] = list(expected.tats)
-                assert _verdict(reply.split(), 5 * i) == expected._replace(tats=None)
+                values = [int(field) for field in reply.split()]
+                assert _verdict(values, 5 * i) == expected._replace(tats=None)
         for key, held in tats.items():
             stored = client.mget([f"{prefix}{{{key}}}{suffix}" for suffix in suffixes])
             assert [None if v is None else int(v) * 1_000 for v in stored] == held
