@@ -6,9 +6,18 @@ arithmetic in Lua, over microseconds) agree exactly. Integers, not floats:
 ``tat += interval`` never drifts, so a request at the very instant a slot
 frees up is decided the same way every time.
 
-The state of a key under a policy is its *theoretical arrival time* (TAT):
-when the key would be back to a full burst. A request costing ``cost`` is
-allowed when ``max(tat, now) + cost * interval - now <= burst * interval``.
+Terms, as in the ATM Forum's and ITU-T I.371's description of GCRA(T, τ):
+
+- the *emission interval* ``T`` (``interval``): ``period / rate``, the time
+  one request's share of the quota takes to refill;
+- the *theoretical arrival time* (TAT), the state of a key under a policy:
+  when the key would be back to a full burst;
+- the *tolerance* ``τ`` (``tolerance``): how far a key's TAT may run ahead of
+  the clock, here ``burst * T``. A request costing ``cost`` is allowed when
+  ``max(tat, now) + cost * T - now <= tolerance``. (I.371 tests the TAT
+  *before* adding the request, so its τ is one ``T`` less; the decisions are
+  the same. Implementations that take a cost, such as redis-cell, test after,
+  as here.)
 
 Example::
 
@@ -52,11 +61,12 @@ def decide_one(
     ``new_tat`` is what to store when allowed; when rejected it is the TAT
     unchanged (``max(tat, now)``), since a rejection consumes nothing.
     """
+    tolerance = burst * interval
     base = now if tat is None or tat < now else tat
     new_tat = base + cost * interval
-    wait = new_tat - now - burst * interval
+    wait = new_tat - now - tolerance
     if wait > 0:
-        return False, base, (burst * interval - (base - now)) // interval, wait, base - now
+        return False, base, (tolerance - (base - now)) // interval, wait, base - now
     return True, new_tat, -wait // interval, 0, new_tat - now
 
 
@@ -66,28 +76,24 @@ def decide(tats: Sequence[int | None], now: int, policies: Sequence[Policy], cos
     ``tats[i]`` is the key's stored TAT under ``policies[i]`` (None when the
     store holds none: an idle key). Every policy is evaluated before anything
     is committed, so a rejection by one consumes nothing under the others.
+    The deciding policy is the one with the longest wait when rejected, the
+    one with the fewest remaining when allowed (the first on a tie).
     """
     new_tats: list[int] = []
-    rejected = -1
-    longest_wait = 0
-    fewest = -1
-    fewest_remaining = 0
-    outcomes = []
-    for i, policy in enumerate(policies):
-        outcome = decide_one(tats[i], now, policy.interval_ns, policy.burst, cost)
-        outcomes.append(outcome)
-        allowed, new_tat, remaining, wait, _ = outcome
-        new_tats.append(new_tat)
-        if not allowed:
-            if wait > longest_wait:
-                rejected, longest_wait = i, wait
-        elif fewest < 0 or remaining < fewest_remaining:
-            fewest, fewest_remaining = i, remaining
-    if rejected >= 0:
-        _, _, remaining, wait, reset = outcomes[rejected]
-        return Verdict(False, rejected, remaining, wait, reset, None)
-    _, _, remaining, _, reset = outcomes[fewest]
-    return Verdict(True, fewest, remaining, 0, reset, new_tats)
+    rejected = False
+    deciding = -1
+    # the deciding policy's (allowed, new_tat, remaining, retry_after_ns, reset_after_ns)
+    chosen = (True, 0, 0, 0, 0)
+    for index, policy in enumerate(policies):
+        outcome = decide_one(tats[index], now, policy.interval_ns, policy.burst, cost)
+        new_tats.append(outcome[1])
+        if outcome[0]:
+            if not rejected and (deciding < 0 or outcome[2] < chosen[2]):
+                deciding, chosen = index, outcome
+        elif not rejected or outcome[3] > chosen[3]:
+            deciding, chosen, rejected = index, outcome, True
+    _, _, remaining, wait, reset = chosen
+    return Verdict(not rejected, deciding, remaining, wait, reset, None if rejected else new_tats)
 
 
 def is_idle(tat: int, now: int, idle_timeout_ns: int = 0) -> bool:

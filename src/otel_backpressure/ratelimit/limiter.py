@@ -17,25 +17,22 @@ Example::
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Sequence
 from typing import Final, NamedTuple
 
 from opentelemetry.metrics import MeterProvider, NoOpMeterProvider
 
 from otel_backpressure.ratelimit import gcra
-from otel_backpressure.ratelimit.memory import HitSync, MemoryStore
-from otel_backpressure.ratelimit.metrics import RESULTS, Count, RateLimitMetrics
+from otel_backpressure.ratelimit.memory import MemoryStore
+from otel_backpressure.ratelimit.metrics import Count, RateLimitMetrics
 from otel_backpressure.ratelimit.policy import Decision, Policy
 from otel_backpressure.ratelimit.redis import RedisStore
 from otel_backpressure.settings import Settings
 
 __all__ = ["RateLimiter"]
 
-_NS: Final = 1e9
-# indexes into a policy's three counts (the hot path spells them 1 and 2)
-_ALLOWED, _REJECTED, _DRY_RUN_REJECTED = range(3)
-# a Decision straight from its fields, skipping NamedTuple's Python-level __new__
-_new_decision = tuple.__new__
+_NS_PER_SECOND: Final = 1e9  # a float: Decision's times are float seconds
 
 
 class _PolicySet(NamedTuple):
@@ -43,7 +40,10 @@ class _PolicySet(NamedTuple):
 
     policies: tuple[Policy, ...]
     tables: tuple[dict[str, int], ...]
-    counts: tuple[tuple[Count, Count, Count], ...]
+    # per policy, the (allowed, rejected) counts to add to when enforcing...
+    enforced: tuple[tuple[Count, Count], ...]
+    # ...and in a dry run
+    dry_run: tuple[tuple[Count, Count], ...]
 
 
 def _check_policies(policies: Sequence[Policy], argument: str) -> tuple[Policy, ...]:
@@ -68,28 +68,37 @@ class RateLimiter:
     counts rejections as ``dry_run_rejected``; the caller does not enforce
     them, and since a rejection never consumes, a dry run changes no state
     that enforcement would not have changed.
+
+    Arguments:
+
+    - ``policies``: a non-empty sequence of ``Policy`` with distinct names,
+      applied to every call that names no policies of its own.
+    - ``store``: a ``MemoryStore`` or a ``RedisStore``; default a new
+      ``MemoryStore`` with its settings from the environment.
+    - ``meter_provider``: where the decisions are metered; default the
+      global one.
+    - ``clock``: a callable returning monotonic seconds, for the default
+      store (tests); with a ``store`` given, the store keeps the time.
+
+    Raises ``TypeError`` for policies that are not a sequence of ``Policy`` or
+    a store of another kind, and ``ValueError`` for no policies, a repeated
+    policy name or a ``clock`` given with a ``store``. A default store's
+    settings come from the environment, where a bad value is logged and its
+    default used, so building a limiter never fails on the environment.
     """
 
     __slots__ = (
+        "__weakref__",
         "_counters",
         "_default_set",
+        "_lock",
         "_memory",
         "_metrics",
         "_policies",
         "_redis",
         "_resolved",
         "_store",
-        "hit_sync",
     )
-
-    # Decide one request without an event loop (in-memory store only;
-    # thread-safe): ``hit_sync(key, *, policies=None, cost=1, dry_run=False)``.
-    # An instance attribute, not a method: for one or two policies on the
-    # in-memory store it is the store's specialised one-frame closure, else
-    # ``_hit_sync``. (Both also take the keywords positionally at run time, a
-    # closure because keyword-only parameters slow every call; typed callers
-    # see them keyword-only.)
-    hit_sync: HitSync
 
     def __init__(
         self,
@@ -117,25 +126,16 @@ class RateLimiter:
         else:  # OTEL_PYTHON_BACKPRESSURE_RATE_LIMIT_ENABLED=false: limit, export nothing
             self._metrics = RateLimitMetrics(NoOpMeterProvider())
         self._metrics.watch(store)
-        # policy -> its three counts (allowed, rejected, dry run rejected), resolved once
+        # guards the counts of decisions made on Redis (the memory store counts
+        # its decisions under its own lock) and the caches below
+        self._lock = threading.Lock()
+        # policy -> its three counts (allowed, rejected, dry run rejected),
+        # this limiter's own: exact, since one lock guards each
         self._counters: dict[Policy, tuple[Count, Count, Count]] = {}
-        for policy in self._policies:
-            self._counts_for(policy)
         self._default_set = self._resolve(self._policies)
         # per-call policy tuples (the middleware's per-route sets), by identity:
         # id -> (the tuple itself, kept alive so its id is not reused; its set)
         self._resolved: dict[int, tuple[tuple[Policy, ...], _PolicySet]] = {}
-        # the common cases, one or two policies in memory: a specialised closure
-        self.hit_sync = self._hit_sync
-        memory = self._memory
-        if memory is not None and len(self._policies) == 1:
-            only = self._policies[0]
-            self.hit_sync = memory.one_policy_hit(only, self._counters[only], self._hit_sync)
-        elif memory is not None and len(self._policies) == 2:
-            first, second = self._policies
-            self.hit_sync = memory.two_policy_hit(
-                (first, second), (self._counters[first], self._counters[second]), self._hit_sync
-            )
 
     @property
     def policies(self) -> tuple[Policy, ...]:
@@ -152,19 +152,20 @@ class RateLimiter:
     def _counts_for(self, policy: Policy) -> tuple[Count, Count, Count]:
         counts = self._counters.get(policy)
         if counts is None:
-            metrics = self._metrics
-            counts = (
-                metrics.counter(policy.name, RESULTS[_ALLOWED]),
-                metrics.counter(policy.name, RESULTS[_REJECTED]),
-                metrics.counter(policy.name, RESULTS[_DRY_RUN_REJECTED]),
-            )
-            self._counters[policy] = counts
+            counts = self._counters[policy] = self._metrics.owned_counts(policy.name, self)
         return counts
 
     def _resolve(self, policies: tuple[Policy, ...]) -> _PolicySet:
         memory = self._memory
         tables = () if memory is None else tuple(memory.table(policy) for policy in policies)
-        return _PolicySet(policies, tables, tuple(self._counts_for(p) for p in policies))
+        with self._lock:
+            counts = [self._counts_for(policy) for policy in policies]
+        return _PolicySet(
+            policies,
+            tables,
+            tuple((allowed, rejected) for allowed, rejected, _ in counts),
+            tuple((allowed, dry_run) for allowed, _, dry_run in counts),
+        )
 
     def _arguments(self, key: str, policies: Sequence[Policy] | None, cost: int) -> _PolicySet:
         if type(key) is not str:
@@ -191,34 +192,35 @@ class RateLimiter:
                     )
         return chosen
 
-    def _finish(self, verdict: gcra.Verdict, chosen: _PolicySet, dry_run: bool) -> Decision:
-        policy = chosen.policies[verdict.deciding]
-        counts = chosen.counts[verdict.deciding]
-        if verdict.allowed:
-            counts[_ALLOWED].value += 1
-        else:
-            counts[_DRY_RUN_REJECTED if dry_run else _REJECTED].value += 1
-        return _new_decision(
-            Decision,
-            (
-                verdict.allowed,
-                policy,
-                verdict.remaining,
-                verdict.retry_after_ns / _NS,
-                verdict.reset_after_ns / _NS,
-            ),
+    def _counted(self, verdict: gcra.Verdict, chosen: _PolicySet, dry_run: bool) -> Decision:
+        """A Redis verdict as a ``Decision``, counted like the memory store counts its own."""
+        allowed, deciding, remaining, retry_after, reset_after, _ = verdict
+        counts = (chosen.dry_run if dry_run else chosen.enforced)[deciding]
+        with self._lock:
+            counts[0 if allowed else 1].value += 1
+        return Decision(
+            allowed,
+            chosen.policies[deciding],
+            remaining,
+            retry_after / _NS_PER_SECOND,
+            reset_after / _NS_PER_SECOND,
         )
 
-    def _hit_sync(
+    def hit_sync(
         self,
         key: str,
+        *,
         policies: Sequence[Policy] | None = None,
         cost: int = 1,
         dry_run: bool = False,
     ) -> Decision:
-        """``hit_sync``'s general path (any policies and cost); see ``hit_sync``.
+        """Decide one request without an event loop; in-memory store only, thread-safe.
 
-        This is also the in-memory core of ``hit``: one code path for both.
+        ``policies`` replace the limiter's own for this call (a route's set);
+        ``cost`` (int, requests, at most every policy's burst) is what the
+        request spends. Raises ``TypeError`` on a ``RedisStore`` (use
+        ``await hit``), for a key that is not a str or bad ``policies``, and
+        ``ValueError`` for a ``cost`` out of range.
         """
         memory = self._memory
         if memory is None:
@@ -226,14 +228,17 @@ class RateLimiter:
                 f"hit_sync needs a MemoryStore; this limiter's store is "
                 f"{type(self._store).__name__}, use `await limiter.hit(...)`"
             )
-        chosen = self._arguments(key, policies, cost)
-        tables = chosen.tables
-        rejected = _DRY_RUN_REJECTED if dry_run else _REJECTED
-        if len(tables) == 1:
-            return memory.decide_one(
-                tables[0], key, chosen.policies[0], cost, chosen.counts[0], rejected
-            )
-        return memory.decide_many(tables, key, chosen.policies, cost, chosen.counts, rejected)
+        if policies is None and cost == 1 and type(key) is str:
+            chosen = self._default_set  # the common call, with nothing to check
+        else:
+            chosen = self._arguments(key, policies, cost)
+        return memory.decide(
+            key,
+            chosen.policies,
+            cost,
+            chosen.tables,
+            chosen.dry_run if dry_run else chosen.enforced,
+        )
 
     async def hit(
         self,
@@ -253,7 +258,7 @@ class RateLimiter:
         if redis_store is None:  # unreachable: the constructor accepts only the two stores
             raise TypeError(f"unsupported store {self._store!r}")
         verdict = await redis_store.decide(key, chosen.policies, cost)
-        return self._finish(verdict, chosen, dry_run)
+        return self._counted(verdict, chosen, dry_run)
 
     async def check(
         self,

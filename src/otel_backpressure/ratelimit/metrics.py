@@ -12,13 +12,14 @@ Example::
     from otel_backpressure.ratelimit.metrics import RateLimitMetrics
 
     metrics = RateLimitMetrics.for_provider(meter_provider)   # None: the global one
-    metrics.record("per-second", "allowed")                   # a few hundred ns
+    metrics.record("per-second", "allowed")
     allowed = metrics.counter("per-second", "allowed")        # pre-resolved, cheaper
-    allowed.value += 1
+    allowed.add()
 """
 
 from __future__ import annotations
 
+import collections
 import logging
 import threading
 import weakref
@@ -51,12 +52,26 @@ EVICTION_REASONS: Final = ("idle", "capacity")
 
 
 class Count:
-    """One mutable integer: ``count.value += 1`` is the whole hot-path cost."""
+    """One integer that any thread may add to (``count.add()``); read ``value``.
 
-    __slots__ = ("value",)
+    Its own lock makes the addition exact from any number of threads, with or
+    without the GIL; a reader of ``value`` sees some recent total.
+    """
+
+    __slots__ = ("_lock", "value")
 
     def __init__(self) -> None:
         self.value = 0
+        self._lock = threading.Lock()
+
+    def add(self, amount: int = 1) -> None:
+        # acquire/release rather than ``with``: half the cost, on every decision
+        lock = self._lock
+        lock.acquire()
+        try:
+            self.value += amount
+        finally:
+            lock.release()
 
     def __repr__(self) -> str:
         return f"Count({self.value})"
@@ -69,21 +84,24 @@ class StoreCounts:
     counter must not drop when a store is garbage-collected.
     """
 
-    __slots__ = ("errors", "evictions")
+    __slots__ = ("_lock", "errors", "evictions")
 
     def __init__(self) -> None:
         # (policy name, reason) -> keys evicted
         self.evictions: dict[tuple[str, str], int] = {}
         # (policy name, error.type) -> errors
         self.errors: dict[tuple[str, str], int] = {}
+        self._lock = threading.Lock()
 
     def evicted(self, policy_name: str, reason: str, count: int = 1) -> None:
         key = (policy_name, reason)
-        self.evictions[key] = self.evictions.get(key, 0) + count
+        with self._lock:
+            self.evictions[key] = self.evictions.get(key, 0) + count
 
     def failed(self, policy_name: str, error_type: str) -> None:
         key = (policy_name, error_type)
-        self.errors[key] = self.errors.get(key, 0) + 1
+        with self._lock:
+            self.errors[key] = self.errors.get(key, 0) + 1
 
     def __repr__(self) -> str:
         return f"StoreCounts(evictions={self.evictions!r}, errors={self.errors!r})"
@@ -108,8 +126,15 @@ class RateLimitMetrics:
     def __init__(self, meter_provider: MeterProvider | None = None) -> None:
         provider = meter_provider or otel_metrics.get_meter_provider()
         self._lock = threading.Lock()
-        # (policy name, result) -> count
+        # (policy name, result) -> count, shared by every caller of record()
         self._requests: dict[tuple[str, str], Count] = {}
+        # (policy name, result) -> the counts that owners keep (owned_counts)
+        self._owned: dict[tuple[str, str], list[Count]] = {}
+        # owners' counts to fold into the shared ones: appended by a finalizer,
+        # which may run inside a locked section of this very thread
+        self._retired: collections.deque[tuple[str, tuple[Count, Count, Count]]] = (
+            collections.deque()
+        )
         # stores' counts outlive the stores (cumulative counters never drop)
         self._store_counts: dict[int, StoreCounts] = {}
         # key counts are current state: a collected store simply stops reporting
@@ -166,9 +191,33 @@ class RateLimitMetrics:
 
     def record(self, policy_name: str, result: str) -> None:
         """Count one decision; safe from several threads."""
-        count = self.counter(policy_name, result)
+        self.counter(policy_name, result).add()
+
+    def owned_counts(self, policy_name: str, owner: object) -> tuple[Count, Count, Count]:
+        """Fresh (allowed, rejected, dry run rejected) counts of one policy, for ``owner``.
+
+        Exported summed with every other count of the same series. The owner
+        adds to them under a lock of its own (``count.value += 1``; a rate
+        limiter, under its store's lock), which makes them exact without a
+        lock per decision. When ``owner`` is garbage-collected, their totals
+        move to the shared counts: a cumulative series never drops.
+        """
+        counts = (Count(), Count(), Count())
         with self._lock:
-            count.value += 1
+            self._fold_retired()
+            for result, count in zip(RESULTS, counts, strict=True):
+                self._owned.setdefault((policy_name, result), []).append(count)
+        weakref.finalize(owner, self._retired.append, (policy_name, counts))
+        return counts
+
+    def _fold_retired(self) -> None:
+        """Move the counts of collected owners into the shared ones (holding the lock)."""
+        while self._retired:
+            policy_name, counts = self._retired.popleft()
+            for result, count in zip(RESULTS, counts, strict=True):
+                key = (policy_name, result)
+                self._requests.setdefault(key, Count()).add(count.value)
+                self._owned[key].remove(count)
 
     def watch(self, store: object) -> None:
         """Export a store's evictions, errors and (in-memory stores) key counts."""
@@ -183,9 +232,16 @@ class RateLimitMetrics:
 
     def _observe_requests(self, options: CallbackOptions) -> Iterable[Observation]:
         try:
+            totals: dict[tuple[str, str], int] = {}
+            with self._lock:  # a retired owner's counts move in one step
+                self._fold_retired()
+                for key, count in self._requests.items():
+                    totals[key] = count.value
+                for key, owned in self._owned.items():
+                    totals[key] = totals.get(key, 0) + sum(count.value for count in owned)
             return [
-                Observation(count.value, {POLICY: policy, RESULT: result})
-                for (policy, result), count in list(self._requests.items())
+                Observation(value, {POLICY: policy, RESULT: result})
+                for (policy, result), value in totals.items()
             ]
         except Exception:
             _logger.exception("Failed to observe backpressure.rate_limit.requests")
@@ -225,5 +281,9 @@ class RateLimitMetrics:
             return []
 
     def __repr__(self) -> str:
-        total = sum(count.value for count in list(self._requests.values()))
-        return f"RateLimitMetrics(series={len(self._requests)}, decisions={total})"
+        with self._lock:
+            total = sum(count.value for count in self._requests.values()) + sum(
+                count.value for owned in self._owned.values() for count in owned
+            )
+            series = len(self._requests.keys() | self._owned.keys())
+        return f"RateLimitMetrics(series={series}, decisions={total})"

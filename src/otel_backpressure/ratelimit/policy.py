@@ -10,12 +10,20 @@ Example::
 
 from __future__ import annotations
 
-import math
-from typing import Any, NamedTuple
+from typing import Any, Final, NamedTuple
 
-__all__ = ["Decision", "Policy"]
+from otel_backpressure.ratelimit._checks import check_seconds, check_whole
 
-_NS_PER_SECOND = 1_000_000_000
+__all__ = ["MAX_PERIOD", "MAX_TOLERANCE", "Decision", "Policy"]
+
+_NS_PER_SECOND: Final = 1_000_000_000
+# the longest period: a year with a leap day
+MAX_PERIOD: Final = 366 * 86_400.0
+# the longest a full burst may take to refill (burst * period / rate), seconds:
+# far inside 2**53 µs (285 years), where the Redis script's doubles stay exact
+MAX_TOLERANCE: Final = 100 * 365 * 86_400.0
+# rate and burst are counted in requests; a bound only so that nothing is huge
+_MAX_COUNT: Final = 10**12
 
 
 class Policy:
@@ -25,6 +33,24 @@ class Policy:
     every ``period / rate`` seconds. That interval is rounded *up* to the
     store's clock resolution (1 ns in memory, 1 µs on Redis), so rounding can
     only ever allow fewer requests, never more.
+
+    Arguments:
+
+    - ``name`` (str): the policy's name in metrics and the ``RateLimit``
+      header fields; non-empty, one name per policy.
+    - ``rate`` (int, requests): how many requests one ``period`` refills,
+      at least 1 and at most one per nanosecond of the period.
+    - ``period`` (seconds, int or float): from 1 ns per request up to
+      ``MAX_PERIOD`` (366 days).
+    - ``burst`` (int, requests; default ``rate``): how many an idle key may
+      spend at once, at least 1, and small enough that a full burst refills
+      within ``MAX_TOLERANCE`` (100 years: the Redis script's microsecond
+      arithmetic stays exact far beyond it).
+
+    Raises ``TypeError`` for a name that is not a str or a number argument
+    that is not a number, and ``ValueError`` naming the argument for any
+    number outside its range (inf, nan, negative, a float where a whole
+    number is needed, too large to compute with).
     """
 
     __slots__ = ("_hash", "burst", "interval_ns", "name", "period", "rate")
@@ -38,37 +64,31 @@ class Policy:
     _hash: int
 
     def __init__(self, name: str, *, rate: int, period: float, burst: int | None = None) -> None:
-        if not isinstance(name, str) or not name.strip():
+        if not isinstance(name, str):
+            raise TypeError(f"name must be a str, got {type(name).__name__}")
+        if not name.strip():
             raise ValueError(f"name must be a non-empty string, got {name!r}")
-        if isinstance(rate, bool) or not isinstance(rate, int):
-            raise TypeError(f"rate must be an int, got {type(rate).__name__}")
-        if rate < 1:
-            raise ValueError(f"rate must be >= 1, got {rate!r}")
-        if (
-            isinstance(period, bool)
-            or not isinstance(period, (int, float))
-            or not math.isfinite(period)
-            or period <= 0
-        ):
-            raise ValueError(f"period must be a positive number of seconds, got {period!r}")
-        if burst is None:
-            burst = rate
-        if isinstance(burst, bool) or not isinstance(burst, int):
-            raise TypeError(f"burst must be an int, got {type(burst).__name__}")
-        if burst < 1:
-            raise ValueError(f"burst must be >= 1, got {burst!r}")
+        rate = check_whole("rate", rate, 1, _MAX_COUNT)
+        period = check_seconds("period", period, 1e-9, MAX_PERIOD)
+        burst = rate if burst is None else check_whole("burst", burst, 1, _MAX_COUNT)
         period_ns = round(period * _NS_PER_SECOND)
         if period_ns < rate:
             raise ValueError(
                 f"period must allow at least 1 ns per request (period={period!r}, rate={rate!r})"
             )
+        interval_ns = -(-period_ns // rate)
+        if burst * interval_ns > MAX_TOLERANCE * _NS_PER_SECOND:
+            raise ValueError(
+                f"burst must refill within {MAX_TOLERANCE:_.0f} seconds (burst * period / rate), "
+                f"got burst={burst!r} with period={period!r}, rate={rate!r}"
+            )
         setter = object.__setattr__
         setter(self, "name", name)
         setter(self, "rate", rate)
-        setter(self, "period", float(period))
+        setter(self, "period", period)
         setter(self, "burst", burst)
-        setter(self, "interval_ns", -(-period_ns // rate))
-        setter(self, "_hash", hash((name, rate, float(period), burst)))
+        setter(self, "interval_ns", interval_ns)
+        setter(self, "_hash", hash((name, rate, period, burst)))
 
     def __setattr__(self, name: str, value: object) -> None:
         raise AttributeError(f"Policy is immutable; cannot set {name!r}")

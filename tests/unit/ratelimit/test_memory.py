@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import random
+import math
 import sys
 import threading
 import tracemalloc
@@ -14,9 +14,11 @@ from hypothesis import strategies as st
 from otel_backpressure.ratelimit import MemoryStore, Policy, RateLimiter
 from otel_backpressure.ratelimit import memory as memory_module
 from otel_backpressure.ratelimit.gcra import decide, decide_one
-from otel_backpressure.ratelimit.metrics import Count
+from otel_backpressure.ratelimit.memory import MAX_KEYS
+from otel_backpressure.ratelimit.metrics import Count, StoreCounts
 from otel_backpressure.testing import FakeClock, MetricsCapture
 
+INF, NAN = math.inf, math.nan
 POLICY = "backpressure.rate_limit.policy"
 REASON = "backpressure.rate_limit.eviction.reason"
 
@@ -34,20 +36,77 @@ def test_defaults_come_from_settings(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.mark.parametrize(
-    ("kwargs", "argument"),
+    ("argument", "value", "stored"),
     [
-        ({"max_keys": 0}, "max_keys"),
-        ({"max_keys": 1.5}, "max_keys"),
-        ({"eviction_interval": 0}, "eviction_interval"),
-        ({"idle_timeout": -1}, "idle_timeout"),
-        ({"on_full": "drop"}, "on_full"),
+        ("max_keys", 1, 1),
+        ("max_keys", MAX_KEYS, MAX_KEYS),
+        ("eviction_interval", 0.01, 0.01),
+        ("eviction_interval", 86_400, 86_400.0),
+        ("idle_timeout", 0, 0.0),
+        ("idle_timeout", -0.0, 0.0),  # zero, whatever its sign
+        ("idle_timeout", 1e-9, 1e-9),
+        ("idle_timeout", 86_400, 86_400.0),
     ],
 )
-def test_bad_arguments_name_the_argument(kwargs: dict[str, object], argument: str) -> None:
-    with pytest.raises(ValueError, match=argument):
-        MemoryStore(**kwargs)  # type: ignore[arg-type]
+def test_each_argument_is_accepted_at_its_bounds(
+    argument: str, value: float, stored: float
+) -> None:
+    store = MemoryStore(**{argument: value})  # type: ignore[arg-type]
+    assert getattr(store, argument) == stored
+    assert str(getattr(store, argument)) == str(stored)
 
 
+@pytest.mark.parametrize(
+    ("argument", "value"),
+    [
+        *[("max_keys", v) for v in (0, -1, MAX_KEYS + 1, 1.5, INF, NAN, 1e300, -0.0)],
+        *[
+            ("eviction_interval", v)
+            for v in (
+                math.nextafter(0.01, 0),
+                math.nextafter(86_400, INF),
+                0,
+                -0.0,
+                -1,
+                INF,
+                NAN,
+                1e300,
+                1e-300,  # a cleanup pass per 1e-300 s would spin a core
+                10**400,
+            )
+        ],
+        *[
+            ("idle_timeout", v)
+            for v in (
+                math.nextafter(1e-9, 0),
+                math.nextafter(86_400, INF),
+                -1e-9,
+                -INF,
+                INF,
+                NAN,
+                1e300,  # once an OverflowError when turned into nanoseconds
+                1e-300,
+                10**400,
+            )
+        ],
+        ("on_full", "drop"),
+    ],
+)
+def test_each_argument_is_refused_just_past_its_bounds(argument: str, value: object) -> None:
+    with pytest.raises(ValueError, match=f"^{argument}"):
+        MemoryStore(**{argument: value})  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("argument", ["max_keys", "eviction_interval", "idle_timeout"])
+def test_a_value_of_the_wrong_type_is_a_type_error(argument: str) -> None:
+    for value in ("1", True, [1]):
+        with pytest.raises(TypeError, match=f"^{argument}"):
+            MemoryStore(**{argument: value})  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"^clock"):
+        MemoryStore(clock=1.0)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("count", [1, 2])  # one policy takes its own path
 @settings(max_examples=200, deadline=None)
 @given(
     st.lists(
@@ -61,9 +120,9 @@ def test_bad_arguments_name_the_argument(kwargs: dict[str, object], argument: st
     st.integers(0, 300),  # idle timeout, ms
 )
 def test_eviction_never_changes_a_decision(
-    requests: list[tuple[str, int, bool]], idle_ms: int
+    count: int, requests: list[tuple[str, int, bool]], idle_ms: int
 ) -> None:
-    policies = (Policy("s", rate=3, period=1, burst=4), Policy("m", rate=10, period=5))
+    policies = (Policy("s", rate=3, period=1, burst=4), Policy("m", rate=10, period=5))[:count]
     plain_clock, swept_clock = FakeClock(), FakeClock()
     plain = RateLimiter(policies, store=MemoryStore(max_keys=100, clock=plain_clock))
     swept_store = MemoryStore(max_keys=100, idle_timeout=idle_ms / 1000 or 0, clock=swept_clock)
@@ -76,163 +135,48 @@ def test_eviction_never_changes_a_decision(
         assert plain.hit_sync(key) == swept.hit_sync(key)
 
 
-def test_the_fast_path_agrees_with_the_pure_algorithm() -> None:
+def test_one_policy_agrees_with_the_pure_algorithm() -> None:
     clock = FakeClock()
     store = MemoryStore(max_keys=10, clock=clock)
     policy = Policy("p", rate=7, period=3, burst=5)
-    table = store.table(policy)
     tat: int | None = None
     for step in range(200):
         clock.advance((step * 7919 % 13) / 10)
         now = store.now_ns()
-        expected = decide_one(tat, now, policy.interval_ns, policy.burst, 1 + step % 3)
-        counts = (Count(), Count(), Count())
-        got = store.decide_one(table, "k", policy, 1 + step % 3, counts, 1)
+        cost = 1 + step % 3
+        expected = decide_one(tat, now, policy.interval_ns, policy.burst, cost)
+        counts = (Count(), Count())
+        got = store.decide("k", (policy,), cost, None, [counts])
         assert (got.allowed, got.remaining) == (expected[0], expected[2])
         assert (got.retry_after, got.reset_after) == (expected[3] / 1e9, expected[4] / 1e9)
-        assert [c.value for c in counts] == ([1, 0, 0] if expected[0] else [0, 1, 0])
+        assert [c.value for c in counts] == ([1, 0] if expected[0] else [0, 1])
         if expected[0]:
             tat = expected[1]
-
-
-def _state(limiter: RateLimiter) -> object:
-    """Everything a decision can change: tables in order, counts, evictions, errors."""
-    store = limiter.store
-    assert isinstance(store, MemoryStore)
-    return (
-        [list(store.table(policy).items()) for policy in limiter.policies],
-        [[count.value for count in limiter._counters[p]] for p in limiter.policies],
-        dict(store.counts.evictions),
-        dict(store.counts.errors),
-    )
-
-
-@pytest.mark.parametrize(
-    "policies",
-    [
-        (Policy("s", rate=3, period=1, burst=4),),
-        (Policy("s", rate=3, period=1, burst=4), Policy("m", rate=10, period=5)),
-        (Policy("m", rate=10, period=5), Policy("s", rate=3, period=1, burst=4)),
-        (Policy("a", rate=2, period=1, burst=2), Policy("b", rate=4, period=2, burst=2)),
-    ],
-    ids=["one", "two", "two-swapped", "two-tied"],
-)
-@pytest.mark.parametrize("on_full", ["evict_lru", "reject"])
-def test_the_specialised_hit_sync_agrees_with_the_general_path(
-    policies: tuple[Policy, ...], on_full: memory_module.OnFull
-) -> None:
-    # one and two policies get a one-frame closure; the general path is _hit_sync
-    # (MemoryStore.decide_one / decide_many). Random sequences over few keys and
-    # small tables: held and idle keys, rejections, dry runs, full tables, and
-    # amortised sweeps (every 0.5 s) that drop a key under one policy only.
-    rng = random.Random(f"{[p.name for p in policies]}-{on_full}")
-    for _ in range(150):
-        clocks = FakeClock(), FakeClock()
-        max_keys = rng.randint(1, 4)
-        fast, general = (
-            RateLimiter(
-                policies,
-                store=MemoryStore(
-                    max_keys=max_keys, on_full=on_full, eviction_interval=0.5, clock=clock
-                ),
-            )
-            for clock in clocks
-        )
-        assert fast.hit_sync is not fast._hit_sync
-        for _ in range(rng.randint(0, 80)):
-            key = rng.choice("abcde")
-            gap = rng.choice([0.0, 0.0, 0.0, 0.05, 0.2, 0.4, 1.5])
-            dry_run = rng.random() < 0.2
-            for clock in clocks:
-                clock.advance(gap)
-            expected = general._hit_sync(key, dry_run=dry_run)
-            assert fast.hit_sync(key, dry_run=dry_run) == expected
-            assert _state(fast) == _state(general)
+        assert store.tat("k", policy) == tat
 
 
 @pytest.mark.parametrize("full", [0, 1])
-def test_the_two_policy_refusal_puts_back_the_other_policys_tat(full: int) -> None:
+def test_a_refusal_puts_back_the_other_policys_tat(full: int) -> None:
     # a key held under one policy only (dropped from the other's table by a
     # sweep, say), arriving at the other's full table: refused, and the held
     # TAT is put back untouched (at the end of its table, as "seen")
     policies = (Policy("s", rate=1, period=1), Policy("m", rate=1, period=10, burst=5))
-    limiters = [
-        RateLimiter(policies, store=MemoryStore(max_keys=2, on_full="reject", clock=FakeClock()))
-        for _ in range(2)
-    ]
-    for limiter in limiters:
-        store = limiter.store
-        assert isinstance(store, MemoryStore)
-        now = store.now_ns()
-        full_table, other = (store.table(p) for p in (policies[full], policies[1 - full]))
-        full_table.update({"x": now + 10**9, "y": now + 10**9})  # busy: no room
-        other.update({"k": now + 5 * 10**9, "x": now + 10**9})
-    fast, general = limiters
-    expected = general._hit_sync("k")
-    assert not expected
-    assert expected.policy is policies[full]
-    assert fast.hit_sync("k") == expected
-    assert _state(fast) == _state(general)
-    assert list(fast.store.table(policies[1 - full])) == ["x", "k"]  # type: ignore[union-attr]
-
-
-@pytest.mark.parametrize("policies", [1, 2])
-def test_the_specialised_hit_sync_hands_other_calls_to_the_general_path(
-    clock: FakeClock, policies: int
-) -> None:
-    chosen = [Policy("p", rate=2, period=1, burst=3), Policy("q", rate=5, period=1, burst=3)]
-    limiter = RateLimiter(chosen[:policies], store=MemoryStore(max_keys=10, clock=clock))
-    assert limiter.hit_sync is not limiter._hit_sync
-    assert limiter.hit_sync("k", cost=3).remaining == 0
-    assert not limiter.hit_sync("k")
-    route = (Policy("route", rate=1, period=60),)
-    assert limiter.hit_sync("k", policies=route).policy is route[0]
-    with pytest.raises(TypeError, match="key"):
-        limiter.hit_sync(b"k")  # type: ignore[arg-type]
-
-
-def _hammer(limiter: RateLimiter, threads: int, hits: int) -> int:
-    """Decisions allowed when ``threads`` threads and this one each hit one key."""
-    allowed = [0] * (threads + 1)
-    start = threading.Barrier(threads + 1)
-
-    def worker(index: int) -> None:
-        start.wait()
-        for _ in range(hits):
-            if limiter.hit_sync("shared"):
-                allowed[index] += 1
-
-    workers = [threading.Thread(target=worker, args=(i,)) for i in range(threads)]
-    for thread in workers:
-        thread.start()
-    worker(threads)  # the owner (this thread created the store) hammers too
-    for thread in workers:
-        thread.join()
-    return sum(allowed)
-
-
-@pytest.mark.parametrize("policies", [1, 2, 3])
-def test_the_hand_over_to_locking_is_exact_however_threads_arrive(policies: int) -> None:
-    # a fresh store every round: several threads arrive while the owner may be
-    # mid-decision without the lock, and each of them (not only the first)
-    # must wait that decision out
-    chosen = [
-        Policy("p", rate=100, period=3600),
-        Policy("q", rate=10_000, period=3600),
-        Policy("r", rate=20_000, period=3600),
-    ][:policies]
-    interval = sys.getswitchinterval()
-    sys.setswitchinterval(1e-6)
-    try:
-        for _ in range(30):
-            limiter = RateLimiter(chosen, store=MemoryStore(max_keys=10))
-            counts = limiter._counters[chosen[0]]  # shared by every round (one provider)
-            before = [count.value for count in counts]
-            assert _hammer(limiter, 4, 60) == 100
-            after = [count.value for count in counts]
-            assert [b - a for a, b in zip(before, after, strict=True)] == [100, 200, 0]
-    finally:
-        sys.setswitchinterval(interval)
+    limiter = RateLimiter(
+        policies, store=MemoryStore(max_keys=2, on_full="reject", clock=FakeClock())
+    )
+    store = limiter.store
+    assert isinstance(store, MemoryStore)
+    now = store.now_ns()
+    full_table, other = (store.table(p) for p in (policies[full], policies[1 - full]))
+    full_table.update({"x": now + 10**9, "y": now + 10**9})  # busy: no room
+    other.update({"k": now + 5 * 10**9, "x": now + 10**9})
+    refused = limiter.hit_sync("k")
+    assert not refused
+    assert refused.policy is policies[full]
+    assert refused.retry_after == store.eviction_interval
+    assert list(other.items()) == [("x", now + 10**9), ("k", now + 5 * 10**9)]
+    assert list(full_table) == ["x", "y"]
+    assert limiter._counters[policies[full]][1].value == 1
 
 
 @settings(max_examples=150, deadline=None)
@@ -252,7 +196,13 @@ def test_the_many_policy_path_agrees_with_the_pure_algorithm(
         clock.advance(gap_ms / 1000)
         expected = decide(tats, store.now_ns(), policies, cost)
         got = store.decide("k", policies, cost)
-        assert got._replace(tats=None) == expected._replace(tats=None)
+        assert got == (
+            expected.allowed,
+            policies[expected.deciding],
+            expected.remaining,
+            expected.retry_after_ns / 1e9,
+            expected.reset_after_ns / 1e9,
+        )
         if expected.tats is not None:
             tats = list(expected.tats)
         assert [store.tat("k", policy) for policy in policies] == tats
@@ -351,16 +301,30 @@ def test_without_a_loop_cleanup_is_amortised_into_calls(clock: FakeClock) -> Non
     assert len(store) == 1
 
 
-async def test_cleanup_task_runs_on_the_loop_and_stops_on_close() -> None:
-    store = MemoryStore(max_keys=100, eviction_interval=0.01)
-    limiter = RateLimiter([Policy("p", rate=1000, period=0.001, burst=1)], store=store)
+class _SweepSignal(StoreCounts):
+    """Store counts that say when an eviction was counted (a sweep dropped keys)."""
+
+    __slots__ = ("swept",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.swept = asyncio.Event()
+
+    def evicted(self, policy_name: str, reason: str, count: int = 1) -> None:
+        super().evicted(policy_name, reason, count)
+        self.swept.set()
+
+
+async def test_cleanup_task_runs_on_the_loop_and_stops_on_close(clock: FakeClock) -> None:
+    store = MemoryStore(max_keys=100, eviction_interval=0.01, clock=clock)
+    store.counts = signal = _SweepSignal()
+    limiter = RateLimiter([Policy("p", rate=1, period=1)], store=store)
     await limiter.hit("k")
     assert "cleanup_task=True" in repr(store)
-    for _ in range(500):  # the key is idle within 1 µs; the task drops it within 10 ms
-        if len(store) == 0:
-            break
-        await asyncio.sleep(0.01)
+    clock.advance(1)  # idle now: the task's next pass drops it (decisions do not sweep)
+    await signal.swept.wait()
     assert len(store) == 0
+    assert signal.evictions == {("p", "idle"): 1}
     await store.aclose()
     assert "cleanup_task=False" in repr(store)
 
@@ -397,13 +361,12 @@ async def test_a_sweep_yields_to_the_loop_between_slices(clock: FakeClock) -> No
     assert ticks >= keys // memory_module.SWEEP_SLICE
 
 
-@pytest.mark.parametrize("policies", [1, 2])
+@pytest.mark.parametrize("policies", [1, 2, 3])
 def test_hit_sync_is_exact_under_threads(policies: int) -> None:
     capture = MetricsCapture()
     policy = Policy("p", rate=500, period=3600)
-    chosen = [policy, Policy("q", rate=10_000, period=3600)][:policies]
-    # created here: this thread owns the store and decides without the lock until
-    # the workers show up, so the hand-over to locking is exercised too
+    others = [Policy("q", rate=10_000, period=3600), Policy("r", rate=20_000, period=3600)]
+    chosen = [policy, *others][:policies]
     limiter = RateLimiter(
         chosen, store=MemoryStore(max_keys=10), meter_provider=capture.meter_provider
     )
