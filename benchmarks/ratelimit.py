@@ -61,8 +61,8 @@ def _memory_contenders() -> dict[str, Callable[[], None]]:
         meter_provider=provider,
     )
     # the same with every key holding a TAT in the future (a 10 ms interval,
-    # each key seen every ~millisecond) and a burst far above the load: the
-    # arithmetic path, where the rows above take the idle-key path
+    # each key seen every ~millisecond) and a burst far above the load: keys
+    # of clients spending their burst, where the rows above arrive idle
     held = Policy("bench-held", rate=100, period=1, burst=10**9)
     ours_held = RateLimiter([held], store=MemoryStore(max_keys=10_000), meter_provider=provider)
     ours_two_held = RateLimiter(
