@@ -38,24 +38,19 @@ def check_whole(argument: str, value: object, low: int, high: int) -> int:
     return value
 
 
-def check_seconds(
-    argument: str, value: object, low: float, high: float, *, zero: bool = False
-) -> float:
-    """``value`` as finite seconds in ``[low, high]`` (or exactly 0 when ``zero``).
+def check_seconds(argument: str, value: object, low: float, high: float) -> float:
+    """``value`` as finite seconds in ``[low, high]``, or an error naming ``argument``.
 
-    Negative zero counts as zero: it is accepted where zero is and normalised
-    to ``0.0``, and refused where it is not.
+    Negative zero counts as zero: it is accepted where zero is (normalised to
+    ``0.0``) and refused where it is not.
     """
     if not _is_number(value):
         raise TypeError(f"{argument} must be a number of seconds, got {type(value).__name__}")
     number: float = value  # type: ignore[assignment]
-    if zero and number == 0:
-        return 0.0
     # compared as given, not as a float: 10**400 seconds must not overflow here;
     # nan and inf fail the comparison with finite bounds
     if not low <= number <= high:
-        allowed = f"from {_show(low)} to {_show(high)}"
-        if zero:
-            allowed = "0 or " + allowed
-        raise ValueError(f"{argument} must be {allowed} seconds, got {_given(value)}")
-    return float(number)
+        raise ValueError(
+            f"{argument} must be from {_show(low)} to {_show(high)} seconds, got {_given(value)}"
+        )
+    return float(number) + 0.0  # -0.0 + 0.0 is 0.0

@@ -41,7 +41,7 @@ from otel_backpressure.ratelimit import gcra
 from otel_backpressure.ratelimit._checks import check_seconds, check_whole
 from otel_backpressure.ratelimit.metrics import Count, StoreCounts
 from otel_backpressure.ratelimit.policy import Decision, Policy
-from otel_backpressure.settings import Settings
+from otel_backpressure.settings import VARIABLES, Settings
 
 __all__ = ["MemoryStore"]
 
@@ -57,10 +57,21 @@ _SECOND: Final = 1e9  # ns per second, a float: Decision's times are float secon
 # a Decision from its fields without NamedTuple's Python-level __new__: a
 # third of the cost, on every decision
 _decision = tuple.__new__
-# argument ranges (closed); see MemoryStore
-MAX_KEYS: Final = 1_000_000_000
-EVICTION_INTERVAL_RANGE: Final = (0.01, 86_400.0)
-IDLE_TIMEOUT_RANGE: Final = (1e-9, 86_400.0)
+
+
+def _range(field: str) -> tuple[float, float]:
+    """The valid range of a setting, which the argument it defaults takes too."""
+    variable = next(variable for variable in VARIABLES if variable.field == field)
+    if variable.minimum is None or variable.maximum is None:  # every number has both
+        raise LookupError(f"{field} has no range")
+    return variable.minimum, variable.maximum
+
+
+# argument ranges (closed), one declaration with the settings': an environment
+# value the settings accept is one the store accepts
+MAX_KEYS_RANGE: Final = _range("rate_limit_max_keys")
+EVICTION_INTERVAL_RANGE: Final = _range("rate_limit_eviction_interval")
+IDLE_TIMEOUT_RANGE: Final = _range("rate_limit_idle_timeout")
 
 
 class MemoryStore:
@@ -70,20 +81,22 @@ class MemoryStore:
     ``OTEL_PYTHON_BACKPRESSURE_RATE_LIMIT_*`` settings):
 
     - ``max_keys`` (int, keys per policy): the memory bound, from 1 to
-      1,000,000,000 (``MAX_KEYS``).
+      10,000,000.
     - ``eviction_interval`` (seconds): how often the cleanup task sweeps idle
       keys (or, with no event loop, how often a decision amortises a slice of
-      that work), from 0.01 to 86,400; the floor keeps an idle process idle.
+      that work), from 0.1 to 86,400; the floor keeps an idle process idle.
     - ``idle_timeout`` (seconds): how much longer than its state matters a key
-      is kept, 0 or from 1e-9 to 86,400.
+      is kept, from 0 to 86,400.
+
+    The ranges are the settings' (``Settings``), declared once there.
     - ``on_full``: ``"evict_lru"`` (drop the least-recently-seen keys) or
       ``"reject"`` (refuse new keys, counted as ``error.type=store_full``).
     - ``clock``: a callable returning monotonic seconds (a float), for tests;
       default the monotonic clock (read as ``time.monotonic_ns``).
 
     Raises ``ValueError`` naming the argument for a number outside its range
-    (inf, nan, negative, -0.0 where 0 is not allowed, too large or too
-    small) or an unknown ``on_full``, and ``TypeError`` for an argument of
+    (inf, nan, negative, too large or too small; -0.0 is 0) or an unknown
+    ``on_full``, and ``TypeError`` for an argument of
     the wrong type.
     """
 
@@ -123,13 +136,11 @@ class MemoryStore:
                 eviction_interval = settings.rate_limit_eviction_interval
             if idle_timeout is None:
                 idle_timeout = settings.rate_limit_idle_timeout
-        self.max_keys: int = check_whole("max_keys", max_keys, 1, MAX_KEYS)
+        self.max_keys: int = check_whole("max_keys", max_keys, *map(int, MAX_KEYS_RANGE))
         self.eviction_interval: float = check_seconds(
             "eviction_interval", eviction_interval, *EVICTION_INTERVAL_RANGE
         )
-        self.idle_timeout: float = check_seconds(
-            "idle_timeout", idle_timeout, *IDLE_TIMEOUT_RANGE, zero=True
-        )
+        self.idle_timeout: float = check_seconds("idle_timeout", idle_timeout, *IDLE_TIMEOUT_RANGE)
         if on_full not in ("evict_lru", "reject"):
             raise ValueError(f"on_full must be 'evict_lru' or 'reject', got {on_full!r}")
         if clock is not None and not callable(clock):

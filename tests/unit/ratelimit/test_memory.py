@@ -14,7 +14,6 @@ from hypothesis import strategies as st
 from otel_backpressure.ratelimit import MemoryStore, Policy, RateLimiter
 from otel_backpressure.ratelimit import memory as memory_module
 from otel_backpressure.ratelimit.gcra import decide, decide_one
-from otel_backpressure.ratelimit.memory import MAX_KEYS
 from otel_backpressure.ratelimit.metrics import Count, StoreCounts
 from otel_backpressure.testing import FakeClock, MetricsCapture
 
@@ -36,15 +35,38 @@ def test_defaults_come_from_settings(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.mark.parametrize(
+    ("variable", "value", "argument", "used"),
+    [
+        ("IDLE_TIMEOUT", "1e300", "idle_timeout", 0.0),  # issue 8: an OverflowError once
+        ("IDLE_TIMEOUT", "86400", "idle_timeout", 86_400.0),
+        ("EVICTION_INTERVAL", "1e300", "eviction_interval", 60.0),
+        ("EVICTION_INTERVAL", "1e-300", "eviction_interval", 60.0),  # would spin a core
+        ("EVICTION_INTERVAL", "0.1", "eviction_interval", 0.1),
+        ("MAX_KEYS", "10000001", "max_keys", 100_000),
+        ("MAX_KEYS", "10000000", "max_keys", 10_000_000),
+    ],
+)
+def test_a_limiter_built_from_any_environment_starts(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str, argument: str, used: float
+) -> None:
+    # the settings keep their default for a value out of range (and log it);
+    # the store takes the same ranges, so building a limiter never fails
+    monkeypatch.setenv(f"OTEL_PYTHON_BACKPRESSURE_RATE_LIMIT_{variable}", value)
+    limiter = RateLimiter([Policy("p", rate=1, period=1)])
+    assert getattr(limiter.store, argument) == used
+    assert limiter.hit_sync("k")
+
+
+@pytest.mark.parametrize(
     ("argument", "value", "stored"),
     [
         ("max_keys", 1, 1),
-        ("max_keys", MAX_KEYS, MAX_KEYS),
-        ("eviction_interval", 0.01, 0.01),
+        ("max_keys", 10_000_000, 10_000_000),
+        ("eviction_interval", 0.1, 0.1),
         ("eviction_interval", 86_400, 86_400.0),
         ("idle_timeout", 0, 0.0),
         ("idle_timeout", -0.0, 0.0),  # zero, whatever its sign
-        ("idle_timeout", 1e-9, 1e-9),
+        ("idle_timeout", 1e-300, 1e-300),  # below a nanosecond: as good as 0
         ("idle_timeout", 86_400, 86_400.0),
     ],
 )
@@ -59,11 +81,11 @@ def test_each_argument_is_accepted_at_its_bounds(
 @pytest.mark.parametrize(
     ("argument", "value"),
     [
-        *[("max_keys", v) for v in (0, -1, MAX_KEYS + 1, 1.5, INF, NAN, 1e300, -0.0)],
+        *[("max_keys", v) for v in (0, -1, 10_000_001, 10**300, 1.5, INF, NAN, 1e300, -0.0)],
         *[
             ("eviction_interval", v)
             for v in (
-                math.nextafter(0.01, 0),
+                math.nextafter(0.1, 0),
                 math.nextafter(86_400, INF),
                 0,
                 -0.0,
@@ -78,14 +100,12 @@ def test_each_argument_is_accepted_at_its_bounds(
         *[
             ("idle_timeout", v)
             for v in (
-                math.nextafter(1e-9, 0),
                 math.nextafter(86_400, INF),
-                -1e-9,
+                -1e-300,
                 -INF,
                 INF,
                 NAN,
                 1e300,  # once an OverflowError when turned into nanoseconds
-                1e-300,
                 10**400,
             )
         ],
@@ -316,7 +336,7 @@ class _SweepSignal(StoreCounts):
 
 
 async def test_cleanup_task_runs_on_the_loop_and_stops_on_close(clock: FakeClock) -> None:
-    store = MemoryStore(max_keys=100, eviction_interval=0.01, clock=clock)
+    store = MemoryStore(max_keys=100, eviction_interval=0.1, clock=clock)
     store.counts = signal = _SweepSignal()
     limiter = RateLimiter([Policy("p", rate=1, period=1)], store=store)
     await limiter.hit("k")

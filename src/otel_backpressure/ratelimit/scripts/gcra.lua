@@ -31,14 +31,14 @@ while a <= #ARGV do
   local fewest, fewest_remaining = 0, 0
   for i = 1, count do
     local interval = tonumber(ARGV[a + 2 * i])
-    local limit = tonumber(ARGV[a + 2 * i + 1]) * interval
+    local tolerance = tonumber(ARGV[a + 2 * i + 1]) * interval
     local tat = tonumber(redis.call('GET', KEYS[k + i]))
     local base = now
     if tat and tat > now then
       base = tat
     end
     local new_tat = base + cost * interval
-    local wait = new_tat - now - limit
+    local wait = new_tat - now - tolerance
     if wait > 0 then
       if wait > longest_wait then
         rejected, longest_wait = i, wait
@@ -55,10 +55,10 @@ while a <= #ARGV do
   if rejected > 0 then
     -- a rejection consumes nothing under any policy: nothing is written
     local interval = tonumber(ARGV[a + 2 * rejected])
-    local limit = tonumber(ARGV[a + 2 * rejected + 1]) * interval
+    local tolerance = tonumber(ARGV[a + 2 * rejected + 1]) * interval
     local base = new_tats[rejected]
     out[#out + 1] = string.format('0 %d %d %d %d', rejected - 1,
-      math.floor((limit - (base - now)) / interval), longest_wait, base - now)
+      math.floor((tolerance - (base - now)) / interval), longest_wait, base - now)
   else
     for i = 1, count do
       -- numbers go to Redis in full precision (Lua's tostring would round them);
