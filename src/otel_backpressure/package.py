@@ -29,7 +29,7 @@ _instruments_sqlalchemy: Final = "sqlalchemy >= 1.4"
 _instruments_asyncpg: Final = "asyncpg >= 0.27"
 _instruments_limits: Final = "limits >= 3.0"
 _instruments_redis: Final = "redis >= 4.6"
-_instruments_sdk: Final = "opentelemetry-sdk >= 1.27"
+_instruments_sdk: Final = "opentelemetry-sdk >= 1.30"
 
 # Top-level module (or package prefix) a patch target lives in -> its supported range.
 _supported: Final[dict[str, str]] = {

@@ -28,19 +28,17 @@ import threading
 from collections.abc import Sequence
 from importlib.metadata import entry_points
 from types import TracebackType
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import urlsplit, urlunsplit
 
 from opentelemetry import metrics, trace
-from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import (
-    MetricExporter,
-    MetricReader,
-    PeriodicExportingMetricReader,
-)
-from opentelemetry.sdk.resources import SERVICE_NAME, Resource
-from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
+
+if TYPE_CHECKING:  # the SDK is the otlp extra's: imported when configure_telemetry runs
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import MetricExporter, MetricReader
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
+    from opentelemetry.sdk.trace.export import SpanExporter
 
 __all__ = ["Telemetry", "configure_telemetry"]
 
@@ -183,7 +181,19 @@ def configure_telemetry(
 
     Raises ValueError naming the argument or variable that is invalid: this
     runs at start-up, where a wrong exporter setting should stop the deploy.
+    Raises ImportError naming the ``otlp`` extra when the SDK is not installed.
     """
+    try:
+        from opentelemetry.sdk.metrics import MeterProvider
+        from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
+        from opentelemetry.sdk.resources import SERVICE_NAME, Resource
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor
+    except ImportError as exc:
+        raise ImportError(
+            "configure_telemetry needs the OpenTelemetry SDK: install "
+            "opentelemetry-instrumentation-backpressure[otlp]"
+        ) from exc
     if metric_export_interval is not None and (
         isinstance(metric_export_interval, bool)
         or not isinstance(metric_export_interval, (int, float))

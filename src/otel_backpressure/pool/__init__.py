@@ -16,6 +16,8 @@ public names are re-exported here and by ``otel_backpressure``::
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from otel_backpressure.pool._asyncpg import AsyncpgPoolSource
 from otel_backpressure.pool._health import PoolHealth, PoolHealthSnapshot, pool_health
 from otel_backpressure.pool._integration import PoolIntegration
@@ -29,7 +31,9 @@ from otel_backpressure.pool._registry import (
     instrument,
 )
 from otel_backpressure.pool._source import PoolReading, PoolSource, RecorderSlots, TimingRecorder
-from otel_backpressure.pool._sqlalchemy import SQLAlchemyPoolSource
+
+if TYPE_CHECKING:
+    from otel_backpressure.pool._sqlalchemy import SQLAlchemyPoolSource
 
 __all__ = [
     "FAMILIES",
@@ -52,3 +56,13 @@ __all__ = [
     "instrument",
     "pool_health",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # The SQLAlchemy source imports SQLAlchemy: only when asked for, so that
+    # importing this package costs an application without SQLAlchemy nothing.
+    if name == "SQLAlchemyPoolSource":
+        from otel_backpressure.pool._sqlalchemy import SQLAlchemyPoolSource
+
+        return SQLAlchemyPoolSource
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from sqlalchemy.engine import URL
+if TYPE_CHECKING:  # an asyncpg-only application must not import SQLAlchemy for a name
+    from sqlalchemy.engine import URL
 
 __all__ = ["dsn_name", "url_name"]
 

@@ -23,11 +23,13 @@ Example::
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
+import sys
 from bisect import bisect_left
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, NamedTuple
 
 from opentelemetry.metrics import Histogram
 
@@ -35,19 +37,38 @@ __all__ = ["HistogramSink"]
 
 _logger = logging.getLogger(__name__)
 
-try:  # the SDK's internals, used only when they are exactly what was tested
-    from opentelemetry.sdk.metrics._internal._view_instrument_match import (
-        _hash_attributes,
-    )
-    from opentelemetry.sdk.metrics._internal.aggregation import (
+
+class _Internals(NamedTuple):
+    histogram: type[Any]
+    drop: type[Any]
+    explicit: type[Any]
+    hash_attributes: Callable[[Mapping[str, Any]], Any] | None  # newer SDKs key by a hash
+
+
+@functools.cache
+def _internals() -> _Internals | None:
+    """The SDK classes the fast path relies on, or None if they are not all there.
+
+    Only consulted for a histogram that already exists, so the SDK is imported
+    by then if that histogram is the SDK's: nothing is imported for us.
+    """
+    if "opentelemetry.sdk.metrics" not in sys.modules:
+        return None
+    try:
+        from opentelemetry.sdk.metrics._internal import _view_instrument_match
+        from opentelemetry.sdk.metrics._internal.aggregation import (
+            _DropAggregation,
+            _ExplicitBucketHistogramAggregation,
+        )
+        from opentelemetry.sdk.metrics._internal.instrument import _Histogram
+    except ImportError:  # pragma: no cover - depends on the installed SDK
+        return None
+    return _Internals(
+        _Histogram,
         _DropAggregation,
         _ExplicitBucketHistogramAggregation,
+        getattr(_view_instrument_match, "_hash_attributes", None),
     )
-    from opentelemetry.sdk.metrics._internal.instrument import _Histogram
-
-    _FAST_PATH_AVAILABLE = True
-except ImportError:  # pragma: no cover - depends on the installed SDK
-    _FAST_PATH_AVAILABLE = False
 
 
 class HistogramSink:
@@ -58,7 +79,8 @@ class HistogramSink:
     def __init__(self, histogram: Histogram, attributes: Mapping[str, Any]) -> None:
         self._histogram = histogram
         self._attributes = dict(attributes)
-        self._fast = _FAST_PATH_AVAILABLE and isinstance(histogram, _Histogram)
+        internals = _internals()
+        self._fast = internals is not None and isinstance(histogram, internals.histogram)
 
     @property
     def fast(self) -> bool:
@@ -88,6 +110,8 @@ class HistogramSink:
 
     def _aggregations(self) -> list[tuple[Any, Any]] | None:
         """Every (view match, aggregation) that ``record()`` reaches; None if one is unknown."""
+        internals = _internals()
+        assert internals is not None  # self._fast is only True when they were found
         histogram: Any = self._histogram
         if hasattr(histogram, "_is_enabled") and not histogram._is_enabled():
             return []  # record() would drop the values as well
@@ -100,12 +124,22 @@ class HistogramSink:
                 if keys is not None:
                     attributes = {k: v for k, v in attributes.items() if k in keys}
                 with match._lock:
-                    aggregation = match._get_or_create_aggregation(
-                        _hash_attributes(attributes), attributes
-                    )
-                if isinstance(aggregation, _DropAggregation):
+                    if internals.hash_attributes is not None:
+                        aggregation = match._get_or_create_aggregation(
+                            internals.hash_attributes(attributes), attributes
+                        )
+                    else:
+                        # older SDKs (1.30-1.3x): keyed by the attribute items; the record() of the
+                        # batch's first value has just created it (a collection in
+                        # between may not have kept it: then record() every value)
+                        aggregation = match._attributes_aggregation.get(
+                            frozenset(attributes.items())
+                        )
+                if aggregation is None:
+                    return None
+                if isinstance(aggregation, internals.drop):
                     continue
-                if type(aggregation) is not _ExplicitBucketHistogramAggregation:
+                if type(aggregation) is not internals.explicit:
                     return None
                 found.append((match, aggregation))
         return found

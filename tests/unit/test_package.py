@@ -1,0 +1,134 @@
+"""The package as an installer and ``opentelemetry-instrument`` see it.
+
+Metadata read from the installed distribution (what pip and PyPI read), the
+supported ranges as data, and the promise that loading the instrumentor imports
+none of the libraries it instruments.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from importlib.metadata import distribution
+from pathlib import Path
+
+from packaging.requirements import Requirement
+
+from otel_backpressure import package
+
+DIST = distribution("opentelemetry-instrumentation-backpressure")
+ROOT = Path(__file__).resolve().parents[2]
+
+# Every library some part of the package instruments or drives, plus the SDK.
+INSTRUMENTED = ("sqlalchemy", "asyncpg", "redis", "limits", "psycopg_pool", "httpx", "aiohttp")
+FRAMEWORKS = ("starlette", "fastapi", "anyio")
+
+
+def requirements(extra: str | None) -> dict[str, Requirement]:
+    found = {}
+    for line in DIST.requires or ():
+        requirement = Requirement(line)
+        marker = requirement.marker
+        wanted = (
+            marker is None if extra is None else bool(marker and marker.evaluate({"extra": extra}))
+        )
+        if wanted:
+            found[requirement.name] = requirement
+    return found
+
+
+def test_the_core_is_what_every_instrumentation_needs_and_no_more() -> None:
+    assert sorted(requirements(None)) == [
+        "opentelemetry-api",
+        "opentelemetry-instrumentation",
+        "opentelemetry-semantic-conventions",
+        "wrapt",
+    ]
+
+
+def test_each_library_extra_is_the_range_package_py_declares() -> None:
+    for module, declared in package._supported.items():
+        wanted = Requirement(declared)
+        extra = requirements("otlp" if wanted.name == "opentelemetry-sdk" else module)
+        assert wanted.name in extra, (module, sorted(extra))
+        assert extra[wanted.name].specifier == wanted.specifier, module
+        assert str(requirements("instruments-any")[wanted.name].specifier) == str(wanted.specifier)
+    assert requirements("instruments") == {}
+    assert sorted(requirements("instruments-any")) == sorted(
+        Requirement(declared).name for declared in package._supported.values()
+    )
+
+
+def test_the_metadata_an_index_shows() -> None:
+    metadata = DIST.metadata
+    classifiers = set(metadata.get_all("Classifier") or ())
+    for wanted in (
+        "Framework :: OpenTelemetry",
+        "Framework :: FastAPI",
+        "Framework :: AsyncIO",
+        "Typing :: Typed",
+        *(f"Programming Language :: Python :: 3.{minor}" for minor in (10, 11, 12, 13)),
+    ):
+        assert wanted in classifiers, wanted
+    assert any(classifier.startswith("Development Status ::") for classifier in classifiers)
+    assert metadata.get("License-Expression") == "Apache-2.0"
+    assert metadata.get("Keywords")
+    urls = dict(url.split(", ", 1) for url in metadata.get_all("Project-URL") or ())
+    assert {"Homepage", "Source", "Changelog", "Documentation"} <= set(urls)
+    assert "Apache License" in (ROOT / "LICENSE").read_text()
+    assert "Version 2.0, January 2004" in (ROOT / "LICENSE").read_text()
+    assert "## [Unreleased]" in (ROOT / "CHANGELOG.md").read_text()
+
+
+def run_under_opentelemetry_instrument(code: str, **environment: str) -> str:
+    env = {key: value for key, value in os.environ.items() if not key.startswith("OTEL_")}
+    env.update(
+        OTEL_TRACES_EXPORTER="none",
+        OTEL_METRICS_EXPORTER="none",
+        OTEL_LOGS_EXPORTER="none",
+        **environment,
+    )
+    bindir = os.path.dirname(sys.executable)
+    result = subprocess.run(
+        [os.path.join(bindir, "opentelemetry-instrument"), sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip().splitlines()[-1]
+
+
+def test_an_app_importing_no_instrumented_library_imports_none_because_of_us() -> None:
+    """Side by side with this instrumentor disabled: other installed instrumentations
+    (contrib's FastAPI one imports FastAPI) import what they import either way."""
+    names = (*INSTRUMENTED, *FRAMEWORKS, "opentelemetry.instrumentation.asgi")
+    code = (
+        "import json, sys\n"
+        "from otel_backpressure import BackpressureInstrumentor\n"
+        "print(BackpressureInstrumentor().is_instrumented_by_opentelemetry,"
+        f" json.dumps(sorted(n for n in {names!r} if n in sys.modules)))\n"
+    )
+    enabled, imported = run_under_opentelemetry_instrument(code).split(" ", 1)
+    disabled, baseline = run_under_opentelemetry_instrument(
+        code, OTEL_PYTHON_DISABLED_INSTRUMENTATIONS="backpressure"
+    ).split(" ", 1)
+    assert (enabled, disabled) == ("True", "False")
+    assert json.loads(imported) == json.loads(baseline)
+    assert not set(json.loads(imported)) & set(INSTRUMENTED)
+
+
+def test_an_app_that_imports_a_library_gets_it_patched_then() -> None:
+    code = (
+        "import sys\n"
+        "assert 'sqlalchemy' not in sys.modules\n"
+        "import sqlalchemy.engine.base as base\n"
+        "from otel_backpressure._patching import BackpressureWrapper\n"
+        "print(isinstance(vars(base.Engine)['__init__'], BackpressureWrapper),"
+        " 'asyncpg' in sys.modules)\n"
+    )
+    assert run_under_opentelemetry_instrument(code) == "True False"
