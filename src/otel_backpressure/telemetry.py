@@ -22,6 +22,7 @@ Usage::
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import threading
@@ -105,6 +106,9 @@ class Telemetry:
         """Export what is buffered now; False if either signal did not finish (never raises)."""
         if self._shut_down:
             return False
+        return self._flush(timeout_millis)
+
+    def _flush(self, timeout_millis: int) -> bool:
         done = True
         for provider in (self.tracer_provider, self.meter_provider):
             try:
@@ -114,21 +118,59 @@ class Telemetry:
                 done = False
         return done
 
-    def shutdown(self) -> None:
+    def _flush_within(self, timeout_millis: int) -> bool:
+        """``_flush`` that returns after ``timeout_millis`` at the latest.
+
+        The SDK's span flush exports in the calling thread and retries until the
+        exporter's own timeout whatever ``timeout_millis`` says, so it runs in
+        a daemon thread that is waited for only that long.
+        """
+        result: list[bool] = []
+        flusher = threading.Thread(
+            target=lambda: result.append(self._flush(timeout_millis)),
+            name="otel-backpressure-final-flush",
+            daemon=True,
+        )
+        flusher.start()
+        flusher.join(timeout_millis / 1000)
+        return bool(result and result[0])
+
+    def shutdown(self, timeout_millis: int = 1_000) -> None:
         """Uninstrument, flush and shut both providers down; later calls do nothing.
 
-        Never raises: an exporter that cannot reach its collector is logged, and
-        the app's own shutdown goes on.
+        Runs at interpreter exit too (``configure_telemetry`` registers it). The
+        final flush gets ``timeout_millis`` (milliseconds): a collector that
+        answers takes what is buffered; one that does not costs at most about
+        that long, because the exporters are then shut down first, which stops
+        their retries, and what they held is dropped with one warning. Without
+        this the SDK retries each signal for up to ``OTEL_EXPORTER_OTLP_TIMEOUT``
+        (10 s) at exit. Never raises: the app's own shutdown goes on.
         """
         with self._lock:
             if self._shut_down:
                 return
             self._shut_down = True
+        atexit.unregister(self.shutdown)
         if self._instrumentor is not None:
             try:
                 self._instrumentor.uninstrument()
             except Exception:
                 _logger.exception("Uninstrumenting backpressure telemetry failed")
+        if not self._flush_within(timeout_millis):
+            _logger.warning(
+                "Telemetry was not delivered within %d ms at shutdown; dropping what is "
+                "buffered (is the collector at the OTLP endpoint up?)",
+                timeout_millis,
+            )
+            exporters: list[SpanExporter | MetricExporter] = [
+                *self.span_exporters.values(),
+                *self.metric_exporters.values(),
+            ]
+            for exporter in exporters:
+                try:
+                    exporter.shutdown()
+                except Exception:
+                    _logger.debug("Shutting down %r failed", exporter, exc_info=True)
         for provider in (self.tracer_provider, self.meter_provider):
             try:
                 provider.shutdown()
@@ -220,7 +262,8 @@ def configure_telemetry(
     if resource is not None:
         full_resource = full_resource.merge(resource)
 
-    tracer_provider = TracerProvider(resource=full_resource)
+    # Telemetry.shutdown runs at exit instead of the SDK's own handlers: it bounds the wait.
+    tracer_provider = TracerProvider(resource=full_resource, shutdown_on_exit=False)
     for processor in span_processors:
         tracer_provider.add_span_processor(processor)
     for span_exporter in span_exporters.values():
@@ -237,7 +280,9 @@ def configure_telemetry(
         for exporter in metric_exporters.values()
     ]
     meter_provider = MeterProvider(
-        resource=full_resource, metric_readers=[*exporting_readers, *metric_readers]
+        resource=full_resource,
+        metric_readers=[*exporting_readers, *metric_readers],
+        shutdown_on_exit=False,
     )
 
     if set_global:
@@ -273,6 +318,7 @@ def configure_telemetry(
         exporting_readers,
         instrumentor,
     )
+    atexit.register(telemetry.shutdown)
     _logger.debug("Configured %r", telemetry)
     return telemetry
 

@@ -5,6 +5,10 @@ Delivery to a real collector is proven in tests/e2e/test_configure_telemetry.py.
 
 from __future__ import annotations
 
+import os
+import socket
+import subprocess
+import sys
 from typing import Any
 
 import pytest
@@ -337,3 +341,38 @@ def test_force_flush_with_an_unreachable_collector_returns() -> None:
         assert isinstance(telemetry.force_flush(timeout_millis=500), bool)
     finally:
         telemetry.shutdown()
+
+
+EXITING_SCRIPT = """
+import otel_backpressure
+from opentelemetry import trace
+
+otel_backpressure.configure_telemetry(service_name="short-script")
+with trace.get_tracer("t").start_as_current_span("work"):
+    pass
+# no shutdown(): the interpreter's exit runs it
+"""
+
+
+def test_a_short_script_exits_without_waiting_out_the_exporter_timeout() -> None:
+    """Nothing listens at the endpoint and each export may retry for 10 minutes
+    (``OTEL_EXPORTER_OTLP_TIMEOUT=600``): the exit flush gives up after its 1 s
+    bound, stops the exporters' retries and says so, instead of the SDK's wait."""
+    with socket.socket() as probe:  # a port where nothing listens
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {key: value for key, value in os.environ.items() if not key.startswith("OTEL_")}
+    env.update(
+        OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{port}",
+        OTEL_EXPORTER_OTLP_TIMEOUT="600",
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", EXITING_SCRIPT],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,  # a safety net five times below the exporters' own 600 s
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "Telemetry was not delivered within 1000 ms at shutdown" in result.stderr
