@@ -255,14 +255,14 @@ METRICS: Mapping[str, MetricSpec] = MappingProxyType(
             ),
             _spec(
                 "backpressure.rate_limit.evictions",
-                (Instrument.COUNTER,),
+                (Instrument.COUNTER, Instrument.OBSERVABLE_COUNTER),
                 "{key}",
                 (POLICY, EVICTION_REASON),
                 "Keys evicted from the in-memory store, by reason.",
             ),
             _spec(
                 "backpressure.rate_limit.store.errors",
-                (Instrument.COUNTER,),
+                (Instrument.COUNTER, Instrument.OBSERVABLE_COUNTER),
                 "{error}",
                 (POLICY, ERROR_TYPE),
                 "Rate-limit store failures by error type.",
