@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -114,3 +117,44 @@ def test_ci_runs_the_readme_test_command() -> None:
     ]
     ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
     assert re.search(r"^(?:\S+ -m )?nox -s tests$", ci, re.M)
+
+
+BY_HAND_DRIVER = """
+import asyncio
+
+import httpx
+
+
+async def main():
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://game") as client:
+        response = await client.get("/players/7")
+    print(response.status_code, response.headers["content-type"])
+
+
+asyncio.run(main())
+"""
+
+
+def test_the_by_hand_example_runs_as_written(tmp_path: Path) -> None:
+    """The README's block as a script, with one request to its app before it ends."""
+    match = re.search(r"### By hand\n.*?```python\n(.*?)```", README, re.S)
+    assert match, "README has no By hand example"
+    script = tmp_path / "by_hand.py"
+    code = match.group(1)
+    # one request to its app where the example says to serve it
+    code = code.replace("# serve app with", BY_HAND_DRIVER + "# serve app with")
+    script.write_text(code, encoding="utf-8")
+    env = {key: value for key, value in os.environ.items() if not key.startswith("OTEL_")}
+    env.update(OTEL_TRACES_EXPORTER="none", OTEL_METRICS_EXPORTER="none")
+    result = subprocess.run(
+        [sys.executable, str(script)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split("\n")[:2] == ["healthy", "404 application/problem+json"]
