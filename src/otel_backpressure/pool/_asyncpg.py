@@ -34,7 +34,7 @@ import time
 from collections.abc import Callable
 from typing import Any, ClassVar
 
-from otel_backpressure.pool._naming import dsn_name
+from otel_backpressure.pool._naming import asyncpg_server, server_name
 from otel_backpressure.pool._source import MAX_BUFFERED, PoolReading, PoolSource, RecorderSlots
 
 __all__ = ["AsyncpgPoolSource", "is_asyncpg_pool", "read_asyncpg"]
@@ -89,7 +89,7 @@ class AsyncpgPoolSource(RecorderSlots):
     @staticmethod
     def server(key: Any) -> str:
         args = key._connect_args
-        return dsn_name(args[0] if args else None, key._connect_kwargs)
+        return server_name(asyncpg_server, *args[:1], **key._connect_kwargs)
 
     @staticmethod
     def peek(target: object) -> PoolReading | None:

@@ -220,7 +220,7 @@ class SQLAlchemyPoolSource(RecorderSlots):
 
     @staticmethod
     def server(key: Engine) -> str:
-        return url_name(key.url)
+        return url_name(key.url, key.dialect)
 
     @staticmethod
     def peek(target: object) -> PoolReading | None:

@@ -5,14 +5,12 @@ from __future__ import annotations
 import gc
 import sqlite3
 
-import pytest
 from sqlalchemy import create_engine
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.engine import Engine
 from sqlalchemy.pool import QueuePool
 
 import otel_backpressure
 from otel_backpressure.pool import REGISTRY
-from otel_backpressure.pool._naming import dsn_name, url_name
 from otel_backpressure.pool._registry import _Names
 from otel_backpressure.testing import MetricsCapture
 
@@ -28,27 +26,6 @@ def test_lowest_free_suffix_is_reused() -> None:
     for name in ("db", "db#2", "db#3", "other#7"):
         names.release(name)
     assert len(names) == 0
-
-
-@pytest.mark.parametrize(
-    ("url", "expected"),
-    [
-        ("postgresql+asyncpg://app:s3cret@db.internal:6432/orders", "db.internal:6432/orders"),
-        ("postgresql://app:s3cret@db.internal/orders", "db.internal/orders"),
-        ("mysql+pymysql://root@/inventory", "localhost/inventory"),
-        ("sqlite:////var/lib/app/data.sqlite", "data.sqlite"),
-        ("sqlite://", ":memory:"),
-        ("sqlite:///:memory:", ":memory:"),
-    ],
-)
-def test_url_names_never_carry_credentials(url: str, expected: str) -> None:
-    assert url_name(make_url(url)) == expected
-
-
-def test_dsn_names_never_carry_credentials() -> None:
-    assert dsn_name("postgresql://u:pw@10.0.0.5:5433/app", {}) == "10.0.0.5:5433/app"
-    assert dsn_name(None, {"host": ["a", "b"], "port": [5432], "database": "x"}) == "a:5432/x"
-    assert dsn_name(None, {}) == "localhost"
 
 
 def test_two_live_engines_on_one_database_get_distinct_names(metrics: MetricsCapture) -> None:
