@@ -1,4 +1,5 @@
-"""A private ``redis-server`` on a free port, for benchmarks that freeze, stop or measure it."""
+"""A private ``redis-server`` on a free port, for the benchmarks and tests that freeze,
+restart or measure it (never the shared server others' runs use)."""
 
 from __future__ import annotations
 
@@ -13,15 +14,18 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+def free_port(below: int = 65_536) -> int:
+    """A port nobody listens on now (``below``: a cluster node also takes port + 10000)."""
+    while True:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port: int = sock.getsockname()[1]
+        if port < below:
+            return port
 
 
 class Server:
-    """One ``redis-server`` process we own: start, freeze (SIGSTOP), thaw, stop."""
+    """One ``redis-server`` process we own: start, pause (SIGSTOP), resume, stop, start again."""
 
     def __init__(self, port: int | None = None, *extra: str) -> None:
         self.port = port or free_port()
@@ -48,17 +52,18 @@ class Server:
                 time.sleep(0.005)
         raise RuntimeError(f"redis-server did not start on port {self.port}")
 
-    def freeze(self) -> None:
+    def pause(self) -> None:
+        """Freeze the server: connections stay open, nothing answers."""
         assert self.process is not None
         os.kill(self.process.pid, signal.SIGSTOP)
 
-    def thaw(self) -> None:
+    def resume(self) -> None:
         assert self.process is not None
         os.kill(self.process.pid, signal.SIGCONT)
 
     def stop(self) -> None:
         if self.process is not None:
-            self.thaw()
+            self.resume()  # a paused server would not act on SIGTERM
             self.process.terminate()
             self.process.wait(timeout=10)
             self.process = None

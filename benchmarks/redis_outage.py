@@ -102,9 +102,9 @@ async def _one_run(server: Server, outage: float | None) -> Run:
         server.stop()
         await asyncio.to_thread(server.start)
     else:
-        server.freeze()
+        server.pause()
         await asyncio.sleep(outage)
-        server.thaw()
+        server.resume()
     run.answered_at = await asyncio.to_thread(_wait_until_answering, server.port)
     await asyncio.sleep(AFTER)
     stop.set()

@@ -4,18 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
-import os
-import shutil
-import signal
-import socket
-import subprocess
-import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
 import redis
 import redis.asyncio
+from benchmarks._redis_server import Server as PrivateRedis
+from benchmarks._redis_server import free_port
 
 from otel_backpressure.ratelimit import Policy, RateLimiter, RedisStore
 from otel_backpressure.testing import FakeClock, MetricsCapture
@@ -24,54 +20,6 @@ pytestmark = pytest.mark.integration
 
 POLICY = "backpressure.rate_limit.policy"
 HOURLY = Policy("hourly", rate=40, period=3600)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-class PrivateRedis:
-    """A redis-server of our own, so a test may flush, kill and restart it."""
-
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        binary = shutil.which("redis-server")
-        assert binary, "redis-server must be installed for these tests"
-        self.process = subprocess.Popen(
-            [binary, "--port", str(self.port), "--save", "", "--appendonly", "no"],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        for _ in range(500):
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.1):
-                    return
-            except OSError:
-                time.sleep(0.01)
-        raise RuntimeError(f"redis-server did not start on port {self.port}")
-
-    def pause(self) -> None:
-        """Freeze the server (SIGSTOP): connections stay open, nothing answers."""
-        assert self.process is not None
-        os.kill(self.process.pid, signal.SIGSTOP)
-
-    def resume(self) -> None:
-        assert self.process is not None
-        os.kill(self.process.pid, signal.SIGCONT)
-
-    def stop(self) -> None:
-        if self.process is not None:
-            self.resume()  # a frozen server would not act on SIGTERM
-            self.process.terminate()
-            self.process.wait(timeout=10)
-            self.process = None
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -14,6 +13,8 @@ from pathlib import Path
 import pytest
 import redis
 import redis.asyncio.cluster
+from benchmarks._redis_server import Server as PrivateRedis
+from benchmarks._redis_server import free_port
 from redis.crc import key_slot
 
 from otel_backpressure.ratelimit import Policy, RateLimiter, RedisStore
@@ -21,69 +22,28 @@ from otel_backpressure.ratelimit import Policy, RateLimiter, RedisStore
 pytestmark = pytest.mark.integration
 
 
-def _free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        # cluster nodes also listen on port + 10000: keep below 55535
-        ports = [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
-    return ports if max(ports) < 55_000 else _free_ports(count)
-
-
-def _wait_for_port(port: int) -> None:
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.1):
-                return
-        except OSError:
-            time.sleep(0.01)
-    raise RuntimeError(f"redis-server did not start on port {port}")
-
-
 @pytest.fixture(scope="module")
 def cluster_ports() -> Iterator[list[int]]:
-    server, cli = shutil.which("redis-server"), shutil.which("redis-cli")
-    assert server, "redis-server must be installed for these tests"
+    cli = shutil.which("redis-cli")
     assert cli, "redis-cli must be installed for these tests"
-    ports = _free_ports(3)
-    processes: list[subprocess.Popen[bytes]] = []
     with tempfile.TemporaryDirectory() as directory:
+        nodes = []
+        for _ in range(3):
+            port = free_port(below=55_000)  # a node also listens on port + 10000
+            config = str(Path(directory) / f"nodes-{port}.conf")
+            nodes.append(
+                PrivateRedis(port, "--cluster-enabled", "yes", "--cluster-config-file", config)
+            )
         try:
-            for port in ports:
-                processes.append(
-                    subprocess.Popen(
-                        [
-                            server,
-                            "--port",
-                            str(port),
-                            "--cluster-enabled",
-                            "yes",
-                            "--cluster-config-file",
-                            str(Path(directory) / f"nodes-{port}.conf"),
-                            "--save",
-                            "",
-                            "--appendonly",
-                            "no",
-                            "--dir",
-                            directory,
-                        ],
-                        stdout=subprocess.DEVNULL,
-                        stderr=subprocess.DEVNULL,
-                    )
-                )
-            for port in ports:
-                _wait_for_port(port)
+            for node in nodes:
+                node.start()
+            addresses = [f"127.0.0.1:{node.port}" for node in nodes]
             subprocess.run(
                 [
                     cli,
                     "--cluster",
                     "create",
-                    *(f"127.0.0.1:{port}" for port in ports),
+                    *addresses,
                     "--cluster-replicas",
                     "0",
                     "--cluster-yes",
@@ -93,16 +53,14 @@ def cluster_ports() -> Iterator[list[int]]:
                 timeout=60,
             )
             deadline = time.monotonic() + 30
-            with redis.Redis(port=ports[0]) as client:
+            with redis.Redis(port=nodes[0].port) as client:
                 while client.cluster("info")["cluster_state"] != "ok":
                     assert time.monotonic() < deadline, "the cluster did not become ok"
                     time.sleep(0.05)
-            yield ports
+            yield [node.port for node in nodes]
         finally:
-            for process in processes:
-                process.terminate()
-            for process in processes:
-                process.wait(timeout=10)
+            for node in nodes:
+                node.stop()
 
 
 async def test_a_batch_over_many_slots_decides_exactly(cluster_ports: list[int]) -> None:

@@ -8,6 +8,14 @@ from otel_backpressure.ratelimit._breaker import SKIP, Breaker
 from otel_backpressure.testing import FakeClock
 
 
+def opened(probe_interval: float = 1.0) -> tuple[FakeClock, Breaker]:
+    """A breaker that one failure has just opened."""
+    clock = FakeClock()
+    breaker = Breaker(probe_interval=probe_interval, clock=clock)
+    breaker.failed(breaker.admit(), "ConnectionError")
+    return clock, breaker
+
+
 def test_many_failures_in_flight_are_one_outage() -> None:
     clock = FakeClock()
     breaker = Breaker(probe_interval=1.0, clock=clock)
@@ -23,9 +31,7 @@ def test_many_failures_in_flight_are_one_outage() -> None:
 
 
 def test_one_probe_at_a_time_closes_on_success() -> None:
-    clock = FakeClock()
-    breaker = Breaker(probe_interval=1.0, clock=clock)
-    breaker.failed(breaker.admit(), "ConnectionError")
+    clock, breaker = opened(1.0)
     assert (breaker.state, breaker.admit()) == ("open", SKIP)
     clock.advance(1.0)
     probe = breaker.admit()
@@ -39,9 +45,7 @@ def test_one_probe_at_a_time_closes_on_success() -> None:
 
 
 def test_a_failed_probe_waits_one_interval_however_long_the_outage() -> None:
-    clock = FakeClock()
-    breaker = Breaker(probe_interval=0.5, clock=clock)
-    breaker.failed(breaker.admit(), "ConnectionError")
+    clock, breaker = opened(0.5)
     for _ in range(100):  # 50 s down: the interval never grows
         clock.advance(0.5)
         probe = breaker.admit()
@@ -78,9 +82,7 @@ def test_a_success_sent_before_the_outage_does_not_close_it() -> None:
 
 
 def test_an_abandoned_probe_hands_the_turn_on() -> None:
-    clock = FakeClock()
-    breaker = Breaker(probe_interval=1.0, clock=clock)
-    breaker.failed(breaker.admit(), "ConnectionError")
+    clock, breaker = opened(1.0)
     clock.advance(1.0)
     probe = breaker.admit()
     assert breaker.admit() == SKIP
