@@ -30,7 +30,7 @@ async def engine(postgres_dsn: str, clock: FakeClock) -> AsyncIterator[AsyncEngi
         async_creator=connect,
         pool_size=2,
         max_overflow=1,
-        pool_timeout=0.5,  # long enough to observe the waiter on a loaded machine
+        pool_timeout=30,  # never reached: the test hands the waiter a connection
     )
     yield engine
     await engine.dispose()
@@ -74,19 +74,25 @@ async def test_async_engine_through_known_states(
         }
         assert metrics.snapshot(series) == {**full, "db.client.connection.pending_requests": 0}
 
+        # a fourth checkout waits (pool_timeout is far away): pending until one returns
         fourth = asyncio.ensure_future(engine.connect())
         await wait_for(
             lambda: metrics.value("db.client.connection.pending_requests", series) == 1,
             "the fourth checkout to wait",
         )
         assert metrics.snapshot(series) == {**full, "db.client.connection.pending_requests": 1}
+        await held.pop(0).close()  # checked out at +3 ms, back at +9: handed to the waiter
+        held.append(await fourth)
+        state = metrics.snapshot(series)
+        assert (state[USED], state["db.client.connection.pending_requests"]) == (3, 0)
+
+        engine.sync_engine.pool._timeout = 0  # type: ignore[attr-defined]  # no time to wait
         with pytest.raises(sqlalchemy.exc.TimeoutError):
-            await fourth
-        assert metrics.snapshot(series) == {
-            **full,
-            "db.client.connection.pending_requests": 0,
-            "db.client.connection.timeouts": 1,
-        }
+            await engine.connect()
+        state = metrics.snapshot(series)
+        assert state["db.client.connection.pending_requests"] == 0
+        assert state["db.client.connection.timeouts"] == 1
+        assert state["db.client.connection.wait_time"][0] == 4  # a timeout obtained nothing
 
         clock.advance(0.02)
         for connection in held:
@@ -100,8 +106,10 @@ async def test_async_engine_through_known_states(
             "backpressure.pool.overflow": 0,
             "backpressure.pool.usage": 0.0,
             "db.client.connection.create_time": (3, pytest.approx(0.009), buckets(b1=3)),
-            "db.client.connection.wait_time": (3, pytest.approx(0.009), buckets(b1=3)),
-            "db.client.connection.use_time": (3, pytest.approx(0.069), buckets(b3=3)),
+            # the waiter waited no time on the fake clock
+            "db.client.connection.wait_time": (4, pytest.approx(0.009), buckets(b0=1, b1=3)),
+            # 6 ms (the one handed over), then +6, +9, +9 (the waiter's) to +29 ms
+            "db.client.connection.use_time": (4, pytest.approx(0.069), buckets(b2=1, b3=3)),
         }
     finally:
         handle.uninstrument()

@@ -70,19 +70,24 @@ async def test_asyncpg_pool_through_known_states(
         }
         assert metrics.snapshot(series) == {**full, "db.client.connection.pending_requests": 0}
 
-        fourth = asyncio.ensure_future(pool.acquire(timeout=0.5))
+        # a fourth acquire waits (no timeout): pending until one is released
+        fourth = asyncio.ensure_future(pool.acquire())
         await wait_for(
             lambda: metrics.value("db.client.connection.pending_requests", series) == 1,
             "the fourth acquire to wait",
         )
         assert metrics.snapshot(series) == {**full, "db.client.connection.pending_requests": 1}
+        await pool.release(held.pop(0))  # acquired at +3 ms, back at +9: handed to the waiter
+        held.append(await fourth)
+        state = metrics.snapshot(series)
+        assert (state[USED], state["db.client.connection.pending_requests"]) == (3, 0)
+
         with pytest.raises(asyncio.TimeoutError):
-            await fourth
-        assert metrics.snapshot(series) == {
-            **full,
-            "db.client.connection.pending_requests": 0,
-            "db.client.connection.timeouts": 1,
-        }
+            await pool.acquire(timeout=0)  # no time to wait
+        state = metrics.snapshot(series)
+        assert state["db.client.connection.pending_requests"] == 0
+        assert state["db.client.connection.timeouts"] == 1
+        assert state["db.client.connection.wait_time"][0] == 4  # a timeout obtained nothing
 
         clock.advance(0.02)
         for connection in held:
@@ -95,8 +100,10 @@ async def test_asyncpg_pool_through_known_states(
             "db.client.connection.pending_requests": 0,
             "db.client.connection.timeouts": 1,
             "backpressure.pool.usage": 0.0,
-            # acquired at +3 (the idle one), +6 and +9 ms, all released at +29 ms
-            "db.client.connection.use_time": (3, pytest.approx(0.069), buckets(b3=3)),
+            # the waiter waited no time on the fake clock
+            "db.client.connection.wait_time": (4, pytest.approx(0.006), buckets(b0=2, b1=2)),
+            # 6 ms (the one handed over), then +6, +9, +9 (the waiter's) to +29 ms
+            "db.client.connection.use_time": (4, pytest.approx(0.069), buckets(b2=1, b3=3)),
         }
         health = otel_backpressure.pool_health(pool)
         # asyncpg's min_size and max_size are the fewest and most idle connections kept

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import queue
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -43,7 +44,7 @@ def file_engine(tmp_path: Path, clock: FakeClock) -> Iterator[Engine]:
         poolclass=QueuePool,
         pool_size=2,
         max_overflow=1,
-        pool_timeout=0.5,
+        pool_timeout=30,  # never reached: the test hands the waiter a connection
         creator=connect,
     )
     yield engine
@@ -95,28 +96,29 @@ def test_queue_pool_through_known_states(
             "db.client.connection.wait_time": (3, pytest.approx(0.009), buckets(b1=3)),
         }
 
-        failure: list[BaseException] = []
-
-        def fourth() -> None:
-            try:
-                file_engine.connect()
-            except BaseException as exc:
-                failure.append(exc)
-
-        waiter = threading.Thread(target=fourth)
+        # a fourth checkout waits (pool_timeout is far away): pending until one returns
+        obtained: queue.Queue[Any] = queue.Queue()
+        waiter = threading.Thread(target=lambda: obtained.put(file_engine.connect()))
         waiter.start()
         _wait_for(
             lambda: metrics.value("db.client.connection.pending_requests", series) == 1,
             "the fourth checkout to wait",
         )
         assert metrics.snapshot(series)[USED] == 3
+        held.pop(0).close()  # checked out at +3 ms, back at +9: handed to the waiter
         waiter.join()
-        assert len(failure) == 1
-        assert isinstance(failure[0], sqlalchemy.exc.TimeoutError)
+        held.append(obtained.get_nowait())
+        state = metrics.snapshot(series)
+        assert (state[USED], state["db.client.connection.pending_requests"]) == (3, 0)
+        assert state["db.client.connection.wait_time"][0] == 4
+
+        file_engine.pool._timeout = 0  # type: ignore[attr-defined]  # no time to wait
+        with pytest.raises(sqlalchemy.exc.TimeoutError):
+            file_engine.connect()
         state = metrics.snapshot(series)
         assert state["db.client.connection.pending_requests"] == 0
         assert state["db.client.connection.timeouts"] == 1
-        assert state["db.client.connection.wait_time"][0] == 3  # a timeout obtained nothing
+        assert state["db.client.connection.wait_time"][0] == 4  # a timeout obtained nothing
 
         clock.advance(0.02)
         for connection in held:
@@ -130,9 +132,10 @@ def test_queue_pool_through_known_states(
             "backpressure.pool.overflow": 0,
             "backpressure.pool.usage": 0.0,
             "db.client.connection.create_time": (3, pytest.approx(0.009), buckets(b1=3)),
-            "db.client.connection.wait_time": (3, pytest.approx(0.009), buckets(b1=3)),
-            # checked out at +3, +6, +9 ms, all returned at +29 ms
-            "db.client.connection.use_time": (3, pytest.approx(0.069), buckets(b3=3)),
+            # the waiter waited no time on the fake clock
+            "db.client.connection.wait_time": (4, pytest.approx(0.009), buckets(b0=1, b1=3)),
+            # 6 ms (the one handed over), then +6, +9, +9 (the waiter's) to +29 ms
+            "db.client.connection.use_time": (4, pytest.approx(0.069), buckets(b2=1, b3=3)),
         }
     finally:
         handle.uninstrument()
