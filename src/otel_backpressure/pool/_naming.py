@@ -318,7 +318,7 @@ def url_name(url: URL, dialect: Any = None) -> str:
                 return asyncpg_server(**cparams).name
             if driver in ("psycopg", "psycopg2", "psycopg2cffi", "pg8000"):
                 return libpq_server(**_libpq_params(cparams)).name
-        except (UnreadableDSN, ValueError, TypeError):
+        except Exception:  # a name must never fail instrumenting, nor quote the URL
             return UNKNOWN
     address = url.host or "localhost"
     if ":" in address:
@@ -341,5 +341,5 @@ def server_name(resolve: Any, *args: Any, **kwargs: Any) -> str:
     """``resolve(*args, **kwargs).name``, or ``UNKNOWN`` for a DSN it cannot read safely."""
     try:
         return str(resolve(*args, **kwargs).name)
-    except (UnreadableDSN, ValueError, TypeError):
+    except Exception:  # a name must never fail instrumenting, nor quote the DSN
         return UNKNOWN

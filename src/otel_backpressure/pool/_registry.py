@@ -128,13 +128,16 @@ _KINDS_TEXT = "a SQLAlchemy Engine or AsyncEngine or an asyncpg.Pool"
 class PoolInstrumentation:
     """The handle ``instrument()`` returns: which pool, under which name, until when."""
 
-    __slots__ = ("__weakref__", "_metrics", "_registry", "_source", "pool_name")
+    __slots__ = ("__weakref__", "_metrics", "_registry", "_source", "pool_name", "timings")
 
-    def __init__(self, registry: PoolRegistry, source: PoolSource, metrics: MetricFamily) -> None:
+    def __init__(
+        self, registry: PoolRegistry, source: PoolSource, metrics: MetricFamily, timings: bool
+    ) -> None:
         self._registry = registry
         self._source = source
         self._metrics = metrics
         self.pool_name = source.name
+        self.timings = timings
 
     @property
     def active(self) -> bool:
@@ -250,9 +253,17 @@ class PoolRegistry:
             metrics = self._metrics_for(meter_provider, kind.family)
             handle = self._handles.get((id(source), id(metrics)))
             if handle is None:
-                handle = PoolInstrumentation(self, source, metrics)
+                handle = PoolInstrumentation(self, source, metrics, timings)
                 self._handles[(id(source), id(metrics))] = handle
                 metrics.add(source, timings=timings)
+            elif handle.timings != timings:
+                _logger.warning(
+                    "Pool %r already instrumented for this provider with timings=%s; "
+                    "ignoring timings=%s (uninstrument it first to change)",
+                    source.name,
+                    handle.timings,
+                    timings,
+                )
             return handle
 
     def _new_entry(

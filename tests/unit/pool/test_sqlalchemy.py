@@ -422,3 +422,21 @@ def test_counts_stay_exact_across_threads(tmp_path: Path, metrics: MetricsCaptur
         assert state["db.client.connection.create_time"][0] == threads * cycles
     finally:
         handle.uninstrument()
+
+
+def test_instrumenting_again_with_other_timings_warns_by_name(
+    file_engine: Engine, metrics: MetricsCapture, caplog: pytest.LogCaptureFixture
+) -> None:
+    first = otel_backpressure.instrument(
+        file_engine, meter_provider=metrics.meter_provider, timings=False
+    )
+    try:
+        with caplog.at_level(logging.WARNING):
+            again = otel_backpressure.instrument(
+                file_engine, meter_provider=metrics.meter_provider, timings=True
+            )
+        assert again is first
+        assert "ignoring timings=True" in caplog.text
+        assert first.pool_name in caplog.text
+    finally:
+        first.uninstrument()
