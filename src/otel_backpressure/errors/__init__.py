@@ -41,7 +41,11 @@ from otel_backpressure.errors._mappings import parse_mappings
 from otel_backpressure.errors._outcome import ErrorOutcome
 from otel_backpressure.errors._record import mapped_errors, record_error
 from otel_backpressure.errors._registry import ErrorRegistry
-from otel_backpressure.errors.middleware import ErrorMappingMiddleware, problem_details
+from otel_backpressure.errors.middleware import (
+    ErrorMappingMiddleware,
+    problem_details,
+    problem_response,
+)
 
 __all__ = [
     "DEFAULT_MAPPINGS",
@@ -65,6 +69,7 @@ __all__ = [
     "mapped_errors",
     "parse_mappings",
     "problem_details",
+    "problem_response",
     "record_error",
     "registry",
 ]

@@ -17,6 +17,7 @@ Example::
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from typing import Any, ClassVar
 
 from opentelemetry.trace import StatusCode
@@ -84,7 +85,10 @@ class RateLimitExceededError(GameEngineError):
     """A request was rejected by a rate limit: expected, answered with 429.
 
     ``retry_after`` (seconds) becomes the ``Retry-After`` header of the
-    problem-details response; ``policy`` names the limit that rejected.
+    problem-details response; ``policy`` names the limit that rejected;
+    ``headers`` (name, value pairs of printable ASCII, e.g. the IETF
+    ``RateLimit`` fields ``RateLimiter.check`` puts here) go into that
+    response as well.
     """
 
     outcome = _expected("rate_limit_exceeded", 429, "rate limit exceeded")
@@ -95,9 +99,11 @@ class RateLimitExceededError(GameEngineError):
         *,
         policy: str | None = None,
         retry_after: float | None = None,
+        headers: Iterable[tuple[str, str]] = (),
     ) -> None:
         if policy is not None and not isinstance(policy, str):
             raise TypeError(f"policy must be a str or None, got {type(policy).__name__}")
+        self.headers = _checked_headers(headers)
         if retry_after is not None and (
             isinstance(retry_after, bool)
             or not isinstance(retry_after, (int, float))
@@ -111,7 +117,10 @@ class RateLimitExceededError(GameEngineError):
 
     def __reduce__(self) -> tuple[Any, ...]:
         # Keyword-only state survives pickling (multiprocessing, task queues).
-        return (_rebuild_rate_limit_error, (type(self), str(self), self.policy, self.retry_after))
+        return (
+            _rebuild_rate_limit_error,
+            (type(self), str(self), self.policy, self.retry_after, self.headers),
+        )
 
     def __repr__(self) -> str:
         return (
@@ -120,10 +129,31 @@ class RateLimitExceededError(GameEngineError):
         )
 
 
+def _checked_headers(headers: Iterable[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
+    """Response header fields as (name, value) pairs of printable ASCII (no CR or LF)."""
+    checked = tuple(headers)
+    for pair in checked:
+        if not (
+            isinstance(pair, tuple)
+            and len(pair) == 2
+            and all(
+                isinstance(part, str) and part.isascii() and part.isprintable() for part in pair
+            )
+        ):
+            raise ValueError(
+                f"headers must be (name, value) pairs of printable ASCII, got {pair!r}"
+            )
+    return checked
+
+
 def _rebuild_rate_limit_error(
-    cls: type[RateLimitExceededError], message: str, policy: str | None, retry_after: float | None
+    cls: type[RateLimitExceededError],
+    message: str,
+    policy: str | None,
+    retry_after: float | None,
+    headers: tuple[tuple[str, str], ...] = (),
 ) -> RateLimitExceededError:
-    return cls(message, policy=policy, retry_after=retry_after)
+    return cls(message, policy=policy, retry_after=retry_after, headers=headers)
 
 
 class ValidationError(GameEngineError):

@@ -29,12 +29,13 @@ from opentelemetry.metrics import MeterProvider
 
 from otel_backpressure._shared import ASGIApp, Message, Receive, Scope, Send, type_name
 from otel_backpressure.errors._defaults import registry as default_registry
+from otel_backpressure.errors._hierarchy import RateLimitExceededError
 from otel_backpressure.errors._metrics import count_exception
 from otel_backpressure.errors._outcome import ErrorOutcome
 from otel_backpressure.errors._registry import ErrorRegistry
 from otel_backpressure.errors._spans import apply_outcome
 
-__all__ = ["ErrorMappingMiddleware", "problem_details"]
+__all__ = ["ErrorMappingMiddleware", "problem_details", "problem_response"]
 
 _logger = logging.getLogger(__name__)
 
@@ -64,6 +65,34 @@ def _retry_after(exc: BaseException) -> bytes | None:
     if not (math.isfinite(seconds) and seconds >= 0):
         return None
     return str(math.ceil(seconds)).encode("ascii")
+
+
+def problem_response(
+    exc: BaseException, outcome: ErrorOutcome, instance: str
+) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    """The whole RFC 9457 response for ``exc``: ``(status, headers, body)``.
+
+    ``instance`` is the request path. The headers are the content type and
+    length, ``Retry-After`` when the exception has a ``retry_after`` (seconds,
+    rounded up) and a ``RateLimitExceededError``'s own ``headers``. Both
+    ``ErrorMappingMiddleware`` and the rate limiter's ``RateLimitMiddleware``
+    answer with it, so a 429 reads the same whichever sent it.
+    """
+    try:
+        body = json.dumps(problem_details(exc, outcome, instance)).encode("utf-8")
+    except Exception:
+        _logger.warning("Could not build problem details", exc_info=True)
+        body = b"{}"
+    headers = [
+        (b"content-type", b"application/problem+json"),
+        (b"content-length", str(len(body)).encode("ascii")),
+    ]
+    retry_after = _retry_after(exc)
+    if retry_after is not None:
+        headers.append((b"retry-after", retry_after))
+    if isinstance(exc, RateLimitExceededError):
+        headers.extend((name.encode("ascii"), value.encode("ascii")) for name, value in exc.headers)
+    return outcome.http_status, headers, body
 
 
 class ErrorMappingMiddleware:
@@ -124,21 +153,8 @@ class ErrorMappingMiddleware:
     ) -> None:
         span = trace.get_current_span()
         instance = str(scope.get("path", ""))  # includes root_path (ASGI spec)
-        try:
-            body = json.dumps(problem_details(exc, outcome, instance)).encode("utf-8")
-        except Exception:
-            _logger.warning("Could not build problem details", exc_info=True)
-            body = b"{}"
-        headers = [
-            (b"content-type", b"application/problem+json"),
-            (b"content-length", str(len(body)).encode("ascii")),
-        ]
-        retry_after = _retry_after(exc)
-        if retry_after is not None:
-            headers.append((b"retry-after", retry_after))
-        await send(
-            {"type": "http.response.start", "status": outcome.http_status, "headers": headers}
-        )
+        status, headers, body = problem_response(exc, outcome, instance)
+        await send({"type": "http.response.start", "status": status, "headers": headers})
         # Between start and body: the ASGI instrumentation sets the status from
         # the status code as the response starts, and ends the server span
         # with the last body message; this refines the span in between.

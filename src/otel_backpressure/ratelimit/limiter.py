@@ -24,6 +24,7 @@ from typing import Final, NamedTuple
 from opentelemetry.metrics import MeterProvider, NoOpMeterProvider
 
 from otel_backpressure.ratelimit import gcra
+from otel_backpressure.ratelimit._fields import RateLimitFields
 from otel_backpressure.ratelimit.memory import MemoryStore
 from otel_backpressure.ratelimit.metrics import Count, RateLimitMetrics
 from otel_backpressure.ratelimit.policy import Decision, Policy
@@ -269,6 +270,10 @@ class RateLimiter:
     ) -> Decision:
         """``hit``, raising ``RateLimitExceededError`` on rejection (mapped to a 429).
 
+        The error carries the deciding policy's name, ``retry_after`` and the
+        IETF ``RateLimit`` header fields, so ``ErrorMappingMiddleware`` answers
+        exactly as ``RateLimitMiddleware`` does.
+
         Example::
 
             try:
@@ -280,8 +285,13 @@ class RateLimiter:
         if not decision.allowed:
             from otel_backpressure.errors import RateLimitExceededError
 
+            fields = RateLimitFields(self._policies if policies is None else policies)
             raise RateLimitExceededError(
-                policy=decision.policy.name, retry_after=decision.retry_after
+                policy=decision.policy.name,
+                retry_after=decision.retry_after,
+                headers=[
+                    (name.decode(), value.decode()) for name, value in fields.headers(decision)
+                ],
             )
         return decision
 

@@ -37,7 +37,9 @@ from typing import TYPE_CHECKING, Any, Final
 
 from opentelemetry import trace
 
+from otel_backpressure import errors
 from otel_backpressure._shared import ASGIApp, Message, Receive, Scope, Send
+from otel_backpressure.ratelimit._fields import RateLimitFields
 
 if TYPE_CHECKING:
     from otel_backpressure.ratelimit.limiter import RateLimiter
@@ -52,7 +54,6 @@ KeyFunc = Callable[[Any], str | Awaitable[str | None] | None]
 PathRule = str | re.Pattern[str]
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
-Header = tuple[bytes, bytes]
 
 POLICY_ATTRIBUTE: Final = "backpressure.rate_limit.policy"
 RESULT_ATTRIBUTE: Final = "backpressure.rate_limit.result"
@@ -63,17 +64,6 @@ UNKNOWN_CLIENT: Final = "unknown"
 _FORWARDED_HEADERS: Final = {"x-forwarded-for": b"x-forwarded-for", "forwarded": b"forwarded"}
 _CACHE_SIZE: Final = 4096  # bounded memo of peer trust and route lookups
 _LOG_EVERY: Final = 60.0  # seconds between repeated limiter-failure log lines
-_BODY: Final = b"Too Many Requests"
-# Small integers as bytes: header values without a str() + encode() per request.
-_SMALL_INTS: Final = tuple(str(number).encode() for number in range(4096))
-
-
-def _int_bytes(number: int) -> bytes:
-    return _SMALL_INTS[number] if 0 <= number < 4096 else str(number).encode()
-
-
-def _ceil_seconds(seconds: float) -> int:
-    return max(0, math.ceil(seconds))
 
 
 class ClientAddress:
@@ -187,33 +177,14 @@ def _parse_address(node: str) -> Address | None:
     return address
 
 
-def _sf_string(text: str, argument: str) -> bytes:
-    """``text`` as a Structured Field string (RFC 8941), which allows printable ASCII only."""
-    if not all(" " <= char <= "~" for char in text):
-        raise ValueError(f"{argument}: policy name {text!r} must be printable ASCII")
-    escaped = text.replace("\\", "\\\\").replace('"', '\\"')
-    return f'"{escaped}"'.encode("ascii")
-
-
 class _Route:
-    """The precomputed part of the response headers for one set of policies."""
+    """The policies of one route and their header fields, built once."""
 
-    __slots__ = ("policies", "policy_header")
+    __slots__ = ("fields", "policies")
 
     def __init__(self, policies: tuple[Policy, ...] | None, all_policies: Sequence[Policy]):
         self.policies = policies  # None: the limiter's own
-        self.policy_header: Header = (
-            b"ratelimit-policy",
-            b", ".join(_policy_item(policy) for policy in all_policies),
-        )
-
-
-def _policy_item(policy: Policy) -> bytes:
-    # q is the burst (what an idle client may spend at once) and w the seconds
-    # that quota takes to refill, so r (remaining) and t (reset) stay within them.
-    window = max(1, math.ceil(policy.burst * policy.period / policy.rate))
-    name = _sf_string(policy.name, "policies")
-    return name + b";q=" + _int_bytes(policy.burst) + b";w=" + _int_bytes(window)
+        self.fields = RateLimitFields(all_policies)
 
 
 class _PathRules:
@@ -222,11 +193,11 @@ class _PathRules:
     A rule's value is the route to apply, or None for an exempt path.
     """
 
-    __slots__ = ("_cache", "_default", "_rules")
+    __slots__ = ("_cache", "default", "rules")
 
     def __init__(self, rules: Sequence[tuple[PathRule, _Route | None]], default: _Route) -> None:
-        self._rules = tuple(rules)
-        self._default = default
+        self.rules = tuple(rules)
+        self.default = default
         self._cache: dict[str, _Route | None] = {}
 
     def __call__(self, path: str) -> _Route | None:
@@ -234,8 +205,8 @@ class _PathRules:
             return self._cache[path]
         except KeyError:
             pass
-        found: _Route | None = self._default
-        for rule, value in self._rules:
+        found: _Route | None = self.default
+        for rule, value in self.rules:
             if _matches(rule, path):
                 found = value
                 break
@@ -287,6 +258,25 @@ def _check_route_policies(
     return extra
 
 
+def _routes(
+    base: tuple[Policy, ...],
+    exempt_paths: Iterable[PathRule],
+    route_policies: Mapping[PathRule, Sequence[Policy]],
+) -> _PathRules:
+    """The middleware's path rules: exempt paths first, then per-route policies."""
+    if isinstance(exempt_paths, (str, bytes)):
+        raise TypeError("exempt_paths must be a list of paths, not a single string")
+    rules: list[tuple[PathRule, _Route | None]] = [
+        (_check_rule(rule, "exempt_paths"), None) for rule in exempt_paths
+    ]
+    by_name = {policy.name: policy for policy in base}
+    for rule, policies in route_policies.items():
+        checked = _check_rule(rule, "route_policies")
+        extra = _check_route_policies(rule, policies, base, by_name)
+        rules.append((checked, _Route(base + extra, base + extra)))
+    return _PathRules(rules, _Route(None, base))
+
+
 class RateLimitMiddleware:
     """Rate-limit HTTP requests per client; answer 429 with ``Retry-After`` when over.
 
@@ -307,7 +297,6 @@ class RateLimitMiddleware:
         "_last_failure_log",
         "_legacy_headers",
         "_limiter",
-        "_policy_items",
         "_rejections",
         "_routes",
         "_single_route",
@@ -333,8 +322,6 @@ class RateLimitMiddleware:
             raise TypeError(f"limiter must be a RateLimiter, got {limiter!r}")
         if key_func is not None and not callable(key_func):
             raise TypeError(f"key_func must be callable, got {key_func!r}")
-        if isinstance(exempt_paths, (str, bytes)):
-            raise TypeError("exempt_paths must be a list of paths, not a single string")
         self._app = app
         self._limiter = limiter
         self._client_address = ClientAddress(trusted_proxies, forwarded_header=forwarded_header)
@@ -345,24 +332,9 @@ class RateLimitMiddleware:
         self._rejections = 0
         self._failures = 0
         self._last_failure_log = -math.inf
-
-        base: tuple[Policy, ...] = tuple(limiter.policies)
-        default = _Route(None, base)
-        rules: list[tuple[PathRule, _Route | None]] = [
-            (_check_rule(rule, "exempt_paths"), None) for rule in exempt_paths
-        ]
-        by_name = {policy.name: policy for policy in base}
-        for rule, policies in (route_policies or {}).items():
-            checked = _check_rule(rule, "route_policies")
-            extra = _check_route_policies(rule, policies, base, by_name)
-            rules.append((checked, _Route(base + extra, base + extra)))
-        self._routes = _PathRules(rules, default)
-        self._single_route: _Route | None = None if rules else default
-        # Policy name -> b'"name";r=' prefix of its RateLimit item, built once.
-        self._policy_items: dict[str, bytes] = {}
-        for route in [default, *(value for _, value in rules if value is not None)]:
-            for policy in route.policies or base:
-                self._policy_items[policy.name] = _sf_string(policy.name, "policies") + b";r="
+        self._routes = _routes(tuple(limiter.policies), exempt_paths, route_policies or {})
+        # no path rules: every request takes the limiter's own policies
+        self._single_route = None if self._routes.rules else self._routes.default
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -391,12 +363,12 @@ class RateLimitMiddleware:
             self._rejections += 1
             _mark_span(decision, self._dry_run)
             if not self._dry_run:
-                await self._reject(send, decision, route)
+                await self._reject(scope, send, decision, route)
                 return
         if not self._headers:
             await self._app(scope, receive, send)
             return
-        extra = self._response_headers(decision, route)
+        extra = route.fields.headers(decision, legacy=self._legacy_headers)
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -414,32 +386,23 @@ class RateLimitMiddleware:
             return None
         return await self._limiter.hit(key, policies=route.policies, dry_run=self._dry_run)
 
-    def _response_headers(self, decision: Decision, route: _Route) -> list[Header]:
-        reset = _ceil_seconds(decision.reset_after)
-        item = self._policy_items.get(decision.policy.name) or (
-            _sf_string(decision.policy.name, "policy") + b";r="
+    async def _reject(self, scope: Scope, send: Send, decision: Decision, route: _Route) -> None:
+        """Answer 429 with the problem details ``ErrorMappingMiddleware`` would send."""
+        headers = (
+            route.fields.headers(decision, legacy=self._legacy_headers) if self._headers else []
         )
-        remaining = _int_bytes(max(0, decision.remaining))
-        headers = [
-            route.policy_header,
-            (b"ratelimit", item + remaining + b";t=" + _int_bytes(reset)),
-        ]
-        if self._legacy_headers:
-            headers.append((b"x-ratelimit-limit", _int_bytes(decision.limit)))
-            headers.append((b"x-ratelimit-remaining", remaining))
-            headers.append((b"x-ratelimit-reset", _int_bytes(reset)))
-        return headers
-
-    async def _reject(self, send: Send, decision: Decision, route: _Route) -> None:
-        headers = [
-            (b"content-type", b"text/plain; charset=utf-8"),
-            (b"content-length", _int_bytes(len(_BODY))),
-            (b"retry-after", _int_bytes(max(1, math.ceil(decision.retry_after)))),
-        ]
-        if self._headers:
-            headers.extend(self._response_headers(decision, route))
-        await send({"type": "http.response.start", "status": 429, "headers": headers})
-        await send({"type": "http.response.body", "body": _BODY, "more_body": False})
+        exc = errors.RateLimitExceededError(
+            policy=decision.policy.name,
+            retry_after=decision.retry_after,
+            headers=[(name.decode("ascii"), value.decode("ascii")) for name, value in headers],
+        )
+        # the outcome as ErrorMappingMiddleware finds it (an application may re-map it)
+        outcome = errors.registry.lookup(exc) or exc.outcome
+        status, response_headers, body = errors.problem_response(
+            exc, outcome, str(scope.get("path", ""))
+        )
+        await send({"type": "http.response.start", "status": status, "headers": response_headers})
+        await send({"type": "http.response.body", "body": body, "more_body": False})
 
     def _log_failure(self) -> None:
         self._failures += 1

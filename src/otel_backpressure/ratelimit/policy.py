@@ -37,7 +37,7 @@ class Policy:
     Arguments:
 
     - ``name`` (str): the policy's name in metrics and the ``RateLimit``
-      header fields; non-empty, one name per policy.
+      header fields; non-empty printable ASCII, one name per policy.
     - ``rate`` (int, requests): how many requests one ``period`` refills,
       at least 1 and at most one per nanosecond of the period.
     - ``period`` (seconds, int or float): from 1 ns per request up to
@@ -66,8 +66,11 @@ class Policy:
     def __init__(self, name: str, *, rate: int, period: float, burst: int | None = None) -> None:
         if not isinstance(name, str):
             raise TypeError(f"name must be a str, got {type(name).__name__}")
-        if not name.strip():
-            raise ValueError(f"name must be a non-empty string, got {name!r}")
+        if not name.strip() or not (name.isascii() and name.isprintable()):
+            raise ValueError(
+                f"name must be a non-empty string of printable ASCII "
+                f"(it is sent in the RateLimit header fields), got {name!r}"
+            )
         rate = check_whole("rate", rate, 1, _MAX_COUNT)
         period = check_seconds("period", period, 1e-9, MAX_PERIOD)
         burst = rate if burst is None else check_whole("burst", burst, 1, _MAX_COUNT)

@@ -53,6 +53,22 @@ def test_bad_retry_after_is_rejected_naming_it(retry_after: object) -> None:
         RateLimitExceededError(retry_after=retry_after)  # type: ignore[arg-type]
 
 
+def test_rate_limit_error_carries_response_headers() -> None:
+    fields = [("ratelimit", '"api";r=0;t=2')]
+    exc = RateLimitExceededError(policy="api", retry_after=2, headers=fields)
+    assert exc.headers == (("ratelimit", '"api";r=0;t=2'),)
+    assert pickle.loads(pickle.dumps(exc)).headers == exc.headers
+    assert RateLimitExceededError().headers == ()
+
+
+@pytest.mark.parametrize(
+    "headers", [[("x-a", "1\r\nset-cookie: a")], [("x-a",)], [("x-a", 1)], [("x-é", "1")]]
+)
+def test_bad_headers_are_rejected_naming_them(headers: object) -> None:
+    with pytest.raises(ValueError, match="headers"):
+        RateLimitExceededError(headers=headers)  # type: ignore[arg-type]
+
+
 def test_bad_policy_is_rejected_naming_it() -> None:
     with pytest.raises(TypeError, match="policy"):
         RateLimitExceededError(policy=3)  # type: ignore[arg-type]

@@ -21,6 +21,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
+from otel_backpressure.errors import ErrorMappingMiddleware
 from otel_backpressure.ratelimit import MemoryStore, Policy, RateLimiter
 from otel_backpressure.ratelimit.middleware import RateLimitMiddleware
 from otel_backpressure.testing import FakeClock, MetricsCapture
@@ -114,7 +115,14 @@ async def test_burst_then_429_with_retry_after_until_the_interval_passes(
     first, second, third = [await harness.get() for _ in range(3)]
     assert [first.status_code, second.status_code, third.status_code] == [200, 200, 429]
     assert third.headers["retry-after"] == "1"  # 0.5 s rounded up to whole seconds
-    assert third.text == "Too Many Requests"
+    assert third.headers["content-type"] == "application/problem+json"
+    assert third.json() == {
+        "type": "about:blank",
+        "title": "Too Many Requests",
+        "status": 429,
+        "detail": "rate limit exceeded",
+        "instance": "/",
+    }
     assert harness.endpoint_calls == 2  # a rejection never reaches the app
 
     harness.clock.advance(0.5)
@@ -401,12 +409,62 @@ def test_limiter_is_required_to_be_a_limiter() -> None:
         RateLimitMiddleware(Starlette(), limiter=object())  # type: ignore[arg-type]
 
 
-def test_policy_names_must_be_header_safe(clock: FakeClock) -> None:
-    limiter = RateLimiter(
-        [Policy("pér-second", rate=1, period=1.0)], store=MemoryStore(clock=clock)
+def test_policy_names_must_be_header_safe() -> None:
+    for name in ("pér-second", "per\nsecond"):
+        with pytest.raises(ValueError, match="printable ASCII"):
+            Policy(name, rate=1, period=1.0)
+
+
+@pytest.mark.parametrize("legacy_headers", [False, True])
+@pytest.mark.parametrize("path", ["/", "/api/items/7"])
+async def test_a_429_is_the_same_from_either_middleware(
+    metrics: MetricsCapture, path: str, legacy_headers: bool
+) -> None:
+    # the middleware rejecting, and the app calling limiter.check() with
+    # ErrorMappingMiddleware answering the error: one body, the same headers
+    clocks = FakeClock(), FakeClock()
+    policies = [PER_SECOND, Policy("per-minute", rate=3, period=60)]
+    by_middleware, by_check = (
+        RateLimiter(policies, store=MemoryStore(clock=clock), meter_provider=metrics.meter_provider)
+        for clock in clocks
     )
-    with pytest.raises(ValueError, match="printable ASCII"):
-        RateLimitMiddleware(Starlette(), limiter=limiter)
+
+    async def ok(scope: Any, receive: Any, send: Any) -> None:
+        await PlainTextResponse("ok")(scope, receive, send)
+
+    async def checking(scope: Any, receive: Any, send: Any) -> None:
+        await by_check.check(scope["client"][0])
+        await ok(scope, receive, send)
+
+    apps = [
+        RateLimitMiddleware(ok, limiter=by_middleware, legacy_headers=legacy_headers),
+        ErrorMappingMiddleware(checking),
+    ]
+    responses: list[list[httpx.Response]] = [[], []]
+    for gap in (0, 0, 0, 0.3):
+        for clock in clocks:
+            clock.advance(gap)
+        for app, answered in zip(apps, responses, strict=True):
+            transport = httpx.ASGITransport(app=app, client=(CLIENT, 50000))
+            async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+                answered.append(await client.get(path))
+    assert [r.status_code for r in responses[0]] == [200, 200, 429, 429]
+    assert [r.status_code for r in responses[1]] == [200, 200, 429, 429]
+    for rejected, raised in zip(responses[0][2:], responses[1][2:], strict=True):
+        assert rejected.content == raised.content
+        assert rejected.json()["instance"] == path
+        expected = dict(raised.headers)
+        if legacy_headers:  # an option of the middleware only
+            assert {key for key in rejected.headers if key.startswith("x-ratelimit-")} == {
+                "x-ratelimit-limit",
+                "x-ratelimit-remaining",
+                "x-ratelimit-reset",
+            }
+            expected.update((k, v) for k, v in rejected.headers.items() if k.startswith("x-"))
+        assert dict(rejected.headers) == expected
+        assert {"retry-after", "ratelimit", "ratelimit-policy"} <= expected.keys()
+    for limiter in (by_middleware, by_check):
+        await limiter.store.aclose()  # type: ignore[union-attr]
 
 
 async def test_raw_asgi_app_without_headers_gets_them_added(clock: FakeClock) -> None:
