@@ -16,6 +16,7 @@ The implementation lives in private modules; this is the public surface.
 from __future__ import annotations
 
 from otel_backpressure.errors import (
+    BackpressureError,
     ErrorMappingMiddleware,
     ErrorOutcome,
     ErrorRegistry,
@@ -44,6 +45,7 @@ from otel_backpressure.telemetry import Telemetry, configure_telemetry
 from otel_backpressure.version import __version__
 
 __all__ = [
+    "BackpressureError",
     "BackpressureInstrumentor",
     "Decision",
     "ErrorMappingMiddleware",

@@ -20,7 +20,6 @@ from sqlalchemy import create_engine
 from sqlalchemy.pool import QueuePool
 
 from otel_backpressure import pool_health
-from otel_backpressure.ratelimit import MemoryStore, Policy, RateLimiter
 from otel_backpressure.settings import PREFIX, VARIABLES, Settings, Variable
 
 LOGGER = "otel_backpressure.settings"
@@ -265,26 +264,6 @@ def test_a_hundred_pool_health_calls_log_one_error(
     errors = [record for record in caplog.records if record.levelno >= logging.ERROR]
     assert len(errors) == 1
     assert PREFIX + "POOL_WARNING_THRESHOLD" in errors[0].getMessage()
-
-
-@pytest.mark.parametrize(
-    ("suffix", "raw", "attribute", "expected"),
-    [
-        ("RATE_LIMIT_IDLE_TIMEOUT", "1e300", "idle_timeout", 0.0),
-        ("RATE_LIMIT_EVICTION_INTERVAL", "1e300", "eviction_interval", 60.0),
-        ("RATE_LIMIT_EVICTION_INTERVAL", "1e-300", "eviction_interval", 60.0),
-        ("RATE_LIMIT_EVICTION_INTERVAL", "inf", "eviction_interval", 60.0),
-        ("RATE_LIMIT_MAX_KEYS", "99999999999999999999", "max_keys", 100_000),
-    ],
-)
-def test_a_rate_limiter_built_at_import_starts_under_any_value(
-    monkeypatch: pytest.MonkeyPatch, suffix: str, raw: str, attribute: str, expected: float
-) -> None:
-    """Issue 8 §2: these raised OverflowError (1e300) or spun a core (1e-300)."""
-    monkeypatch.setenv(PREFIX + suffix, raw)
-    limiter = RateLimiter([Policy("p", rate=1, period=1)])
-    assert limiter.hit_sync("client").allowed
-    assert getattr(MemoryStore(), attribute) == expected
 
 
 def test_warning_above_critical_is_logged_and_both_keep_their_defaults(

@@ -23,6 +23,7 @@ from __future__ import annotations
 from otel_backpressure.errors._defaults import DEFAULT_MAPPINGS, registry
 from otel_backpressure.errors._hierarchy import (
     AuthenticationError,
+    BackpressureError,
     ConfigurationError,
     ConflictError,
     DatabaseConnectionError,
@@ -50,6 +51,7 @@ from otel_backpressure.errors.middleware import (
 __all__ = [
     "DEFAULT_MAPPINGS",
     "AuthenticationError",
+    "BackpressureError",
     "ConfigurationError",
     "ConflictError",
     "DatabaseConnectionError",

@@ -26,6 +26,7 @@ from otel_backpressure.errors._outcome import ErrorOutcome
 
 __all__ = [
     "AuthenticationError",
+    "BackpressureError",
     "ConfigurationError",
     "ConflictError",
     "DatabaseConnectionError",
@@ -54,7 +55,7 @@ def _failure(error_type: str, http_status: int, description: str) -> ErrorOutcom
     return ErrorOutcome(error_type, _ERROR, http_status, True, description)
 
 
-class GameEngineError(Exception):
+class BackpressureError(Exception):
     """Root of the hierarchy: an unexpected internal failure unless a subclass says otherwise."""
 
     outcome: ClassVar[ErrorOutcome] = _failure("internal_error", 500, "internal error")
@@ -63,7 +64,15 @@ class GameEngineError(Exception):
         super().__init__(type(self).outcome.description if message is None else message)
 
 
-class DatabaseError(GameEngineError):
+#: The root's name in the application this package grew from, kept importable.
+#: An alias, not a subclass: the package's own classes derive from the root, so
+#: only the same class lets ``except GameEngineError`` keep catching all of them
+#: and existing subclasses of ``GameEngineError`` keep every mapping; a subclass
+#: would catch nothing the package raises.
+GameEngineError = BackpressureError
+
+
+class DatabaseError(BackpressureError):
     """The database failed a request."""
 
     outcome = _failure("database_error", 500, "database error")
@@ -81,7 +90,7 @@ class DatabaseConnectionError(DatabaseError):
     outcome = _failure("database_connection_error", 503, "database connection failed")
 
 
-class RateLimitExceededError(GameEngineError):
+class RateLimitExceededError(BackpressureError):
     """A request was rejected by a rate limit: expected, answered with 429.
 
     ``retry_after`` (seconds) becomes the ``Retry-After`` header of the
@@ -156,55 +165,55 @@ def _rebuild_rate_limit_error(
     return cls(message, policy=policy, retry_after=retry_after, headers=headers)
 
 
-class ValidationError(GameEngineError):
+class ValidationError(BackpressureError):
     """The request was malformed or failed validation."""
 
     outcome = _expected("validation_error", 422, "invalid request")
 
 
-class NotFoundError(GameEngineError):
+class NotFoundError(BackpressureError):
     """The requested thing does not exist."""
 
     outcome = _expected("not_found", 404, "not found")
 
 
-class AuthenticationError(GameEngineError):
+class AuthenticationError(BackpressureError):
     """The caller could not be authenticated."""
 
     outcome = _expected("authentication_failed", 401, "authentication failed")
 
 
-class PermissionDeniedError(GameEngineError):
+class PermissionDeniedError(BackpressureError):
     """The caller is authenticated but not allowed to do this."""
 
     outcome = _expected("permission_denied", 403, "permission denied")
 
 
-class ConflictError(GameEngineError):
+class ConflictError(BackpressureError):
     """The request conflicts with the current state (a duplicate, a stale version)."""
 
     outcome = _expected("conflict", 409, "conflict")
 
 
-class SessionExpiredError(GameEngineError):
+class SessionExpiredError(BackpressureError):
     """The caller's session ended; they must sign in again."""
 
     outcome = _expected("session_expired", 401, "session expired")
 
 
-class ConfigurationError(GameEngineError):
+class ConfigurationError(BackpressureError):
     """The service is misconfigured: a failure, and not the caller's."""
 
     outcome = _failure("configuration_error", 500, "configuration error")
 
 
-class UpstreamError(GameEngineError):
+class UpstreamError(BackpressureError):
     """A service this one depends on failed."""
 
     outcome = _failure("upstream_error", 502, "upstream dependency failed")
 
 
-class OperationTimeoutError(GameEngineError):
+class OperationTimeoutError(BackpressureError):
     """An operation ran out of time (named so it does not shadow the builtin ``TimeoutError``)."""
 
     outcome = _failure("timeout", 504, "operation timed out")
@@ -212,7 +221,7 @@ class OperationTimeoutError(GameEngineError):
 
 # Public path in tracebacks, exception.type and pickles, not the private module.
 for _cls in (
-    GameEngineError,
+    BackpressureError,
     DatabaseError,
     PoolExhaustedError,
     DatabaseConnectionError,

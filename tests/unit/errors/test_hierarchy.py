@@ -10,6 +10,7 @@ from opentelemetry.trace import StatusCode
 
 from otel_backpressure import errors
 from otel_backpressure.errors import (
+    BackpressureError,
     DatabaseConnectionError,
     DatabaseError,
     ErrorOutcome,
@@ -23,8 +24,29 @@ from otel_backpressure.errors import (
 def test_database_errors_nest_as_documented() -> None:
     assert issubclass(PoolExhaustedError, DatabaseError)
     assert issubclass(DatabaseConnectionError, DatabaseError)
-    assert issubclass(DatabaseError, GameEngineError)
+    assert issubclass(DatabaseError, BackpressureError)
     assert not issubclass(errors.OperationTimeoutError, TimeoutError)  # no shadowing
+
+
+def test_the_seed_applications_root_name_is_the_root_itself() -> None:
+    """``GameEngineError`` is an alias: ``except GameEngineError`` still catches everything."""
+    assert GameEngineError is BackpressureError
+    import otel_backpressure
+
+    assert otel_backpressure.GameEngineError is otel_backpressure.BackpressureError
+    for name in errors.__all__:
+        value = getattr(errors, name)
+        if isinstance(value, type) and issubclass(value, Exception) and name != "GameEngineError":
+            assert issubclass(value, GameEngineError) == issubclass(value, BackpressureError)
+    with pytest.raises(GameEngineError):
+        raise NotFoundError("caught under the old name")
+
+    class LegacyError(GameEngineError):  # an application's own subclass keeps working
+        pass
+
+    assert errors.registry.lookup(LegacyError()) is BackpressureError.outcome
+    assert pickle.loads(pickle.dumps(GameEngineError("m"))).args == ("m",)
+    assert type(GameEngineError("m")).__name__ == "BackpressureError"
 
 
 def test_a_message_defaults_to_the_safe_description() -> None:
@@ -77,7 +99,7 @@ def test_bad_policy_is_rejected_naming_it() -> None:
 def test_classes_show_their_public_path() -> None:
     for name in errors.__all__:
         value = getattr(errors, name)
-        if isinstance(value, type) and issubclass(value, GameEngineError):
+        if isinstance(value, type) and issubclass(value, BackpressureError):
             assert value.__module__ == "otel_backpressure.errors"
             assert pickle.loads(pickle.dumps(value("m"))).args == ("m",)
 

@@ -34,13 +34,13 @@ from errors_fixtures import ERRORS_ONLY
 from otel_backpressure import BackpressureInstrumentor
 from otel_backpressure.errors import (
     AuthenticationError,
+    BackpressureError,
     ConfigurationError,
     ConflictError,
     DatabaseConnectionError,
     DatabaseError,
     ErrorMappingMiddleware,
     ErrorOutcome,
-    GameEngineError,
     NotFoundError,
     OperationTimeoutError,
     PermissionDeniedError,
@@ -61,7 +61,7 @@ OUTCOME = "backpressure.exception.outcome"
 KINDS: dict[str, Callable[[], Exception]] = {
     cls.__name__: (lambda cls=cls: cls(f"failed with password {SECRET}"))
     for cls in (
-        GameEngineError,
+        BackpressureError,
         DatabaseError,
         PoolExhaustedError,
         DatabaseConnectionError,

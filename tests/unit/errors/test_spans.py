@@ -21,13 +21,13 @@ from otel_backpressure import BackpressureInstrumentor
 from otel_backpressure._shared import python_name
 from otel_backpressure.errors import (
     AuthenticationError,
+    BackpressureError,
     ConfigurationError,
     ConflictError,
     DatabaseConnectionError,
     DatabaseError,
     ErrorOutcome,
     ErrorRegistry,
-    GameEngineError,
     NotFoundError,
     OperationTimeoutError,
     PermissionDeniedError,
@@ -43,8 +43,8 @@ from otel_backpressure.errors._spans import safe_stacktrace
 ERROR, UNSET = StatusCode.ERROR, StatusCode.UNSET
 
 # class -> (status, error.type, http status, exception event, description): the documented table
-HIERARCHY: dict[type[GameEngineError], tuple[StatusCode, str, int, bool, str]] = {
-    GameEngineError: (ERROR, "internal_error", 500, True, "internal error"),
+HIERARCHY: dict[type[BackpressureError], tuple[StatusCode, str, int, bool, str]] = {
+    BackpressureError: (ERROR, "internal_error", 500, True, "internal error"),
     DatabaseError: (ERROR, "database_error", 500, True, "database error"),
     PoolExhaustedError: (ERROR, "pool_exhausted", 503, True, "connection pool exhausted"),
     DatabaseConnectionError: (
@@ -77,13 +77,15 @@ def test_the_table_covers_the_whole_hierarchy() -> None:
         return found
 
     public = {
-        cls for cls in subclasses(GameEngineError) if cls.__module__ == GameEngineError.__module__
+        cls
+        for cls in subclasses(BackpressureError)
+        if cls.__module__ == BackpressureError.__module__
     }
-    assert public | {GameEngineError} == set(HIERARCHY)
+    assert public | {BackpressureError} == set(HIERARCHY)
 
 
 @pytest.mark.parametrize("cls", list(HIERARCHY), ids=lambda cls: cls.__name__)
-def test_each_class_declares_its_documented_outcome(cls: type[GameEngineError]) -> None:
+def test_each_class_declares_its_documented_outcome(cls: type[BackpressureError]) -> None:
     status, error_type, http_status, record, description = HIERARCHY[cls]
     assert cls.outcome == ErrorOutcome(error_type, status, http_status, record, description)
     assert registry.lookup(cls) is cls.outcome
@@ -163,7 +165,7 @@ def test_every_hierarchy_class_sets_its_outcome(
     instrumented: BackpressureInstrumentor,
     tracer_provider: TracerProvider,
     span_exporter: InMemorySpanExporter,
-    cls: type[GameEngineError],
+    cls: type[BackpressureError],
     entry: str,
 ) -> None:
     exc = cls(f"failed for {SECRET}")
@@ -275,7 +277,7 @@ def test_a_class_can_opt_in_to_exposing_its_message(
     tracer_provider: TracerProvider,
     span_exporter: InMemorySpanExporter,
 ) -> None:
-    class PublicError(GameEngineError):
+    class PublicError(BackpressureError):
         outcome = ErrorOutcome("public", ERROR, 500, True, "public", expose_message=True)
 
     exc = PublicError("safe to show")
