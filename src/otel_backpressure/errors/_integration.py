@@ -24,7 +24,11 @@ from otel_backpressure.errors._mappings import parse_mappings
 from otel_backpressure.errors._metrics import set_default_meter_provider
 from otel_backpressure.errors._outcome import ErrorOutcome
 from otel_backpressure.errors._registry import ErrorRegistry
-from otel_backpressure.errors._spans import record_exception_wrapper, set_status_wrapper
+from otel_backpressure.errors._spans import (
+    record_exception_wrapper,
+    set_status_wrapper,
+    spans_of,
+)
 from otel_backpressure.settings import PREFIX, report_invalid
 
 __all__ = ["PATCHES", "ErrorsIntegration"]
@@ -39,23 +43,34 @@ def _registry_of(context: InstrumentationContext) -> ErrorRegistry:
     return chosen
 
 
-# The two SDK calls that mark a span an exception escapes; see _spans.
+# The two SDK calls that mark a span an exception escapes; see _spans. With a
+# tracer_provider, only that provider's spans are mapped.
 PATCHES: Final = (
     Patch(
         "opentelemetry.sdk.trace",
         "Span.set_status",
-        lambda context: set_status_wrapper(_registry_of(context)),
+        lambda context: set_status_wrapper(
+            _registry_of(context), spans_of(context.tracer_provider)
+        ),
     ),
     Patch(
         "opentelemetry.sdk.trace",
         "Span.record_exception",
-        lambda context: record_exception_wrapper(_registry_of(context)),
+        lambda context: record_exception_wrapper(
+            _registry_of(context), spans_of(context.tracer_provider)
+        ),
     ),
 )
 
 
 class ErrorsIntegration:
-    """Error mapping on every SDK span, plus the settings' mappings."""
+    """Error mapping on SDK spans, plus the settings' mappings.
+
+    ``instrument(tracer_provider=p)`` maps the spans of ``p`` only (the errors
+    part creates no spans; the spans it works on are that provider's); without
+    it, every SDK span. A provider that is not the SDK's is refused with a
+    ``TypeError`` naming ``tracer_provider``.
+    """
 
     __slots__ = ("_registered", "_registry")
 
@@ -68,6 +83,7 @@ class ErrorsIntegration:
         self._registered: list[tuple[str, ErrorOutcome | None]] = []
 
     def enable(self, context: InstrumentationContext) -> None:
+        spans_of(context.tracer_provider)  # refuse a provider whose spans cannot be told apart
         registry = self._registry = _registry_of(context)
         text = context.settings.error_mappings
         try:

@@ -45,6 +45,7 @@ __all__ = [
     "record_exception_wrapper",
     "safe_stacktrace",
     "set_status_wrapper",
+    "spans_of",
 ]
 
 _logger = logging.getLogger(__name__)
@@ -286,7 +287,28 @@ def _decide(
     return outcome, Status(StatusCode.ERROR) if _http_failed(span, server) else None
 
 
-def set_status_wrapper(registry: ErrorRegistry) -> Wrapper:
+SpanFilter = Callable[[Any], bool]
+
+
+def spans_of(tracer_provider: object | None) -> SpanFilter | None:
+    """Which spans the wrappers map: those of ``tracer_provider``; None: every SDK span.
+
+    An SDK span keeps its provider's span processor; no public attribute names
+    the provider, so that one is compared. Raises ``TypeError`` naming
+    ``tracer_provider`` for a provider that is not the SDK's.
+    """
+    if tracer_provider is None:
+        return None
+    processor = getattr(tracer_provider, "_active_span_processor", None)
+    if processor is None:
+        raise TypeError(
+            "tracer_provider must be an OpenTelemetry SDK TracerProvider (the errors part "
+            f"maps the spans it creates), got {tracer_provider!r}"
+        )
+    return lambda span: getattr(span, "_span_processor", None) is processor
+
+
+def set_status_wrapper(registry: ErrorRegistry, spans: SpanFilter | None = None) -> Wrapper:
     """Replace the Error status OpenTelemetry derives from a mapped exception.
 
     While a mapped exception is being handled, an Error status with a default
@@ -302,7 +324,7 @@ def set_status_wrapper(registry: ErrorRegistry) -> Wrapper:
     def set_status(
         wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
-        if _applying.get():
+        if _applying.get() or (spans is not None and not spans(instance)):
             return wrapped(*args, **kwargs)
         exc = sys.exc_info()[1]
         if exc is None:
@@ -332,7 +354,7 @@ def set_status_wrapper(registry: ErrorRegistry) -> Wrapper:
     return set_status
 
 
-def record_exception_wrapper(registry: ErrorRegistry) -> Wrapper:
+def record_exception_wrapper(registry: ErrorRegistry, spans: SpanFilter | None = None) -> Wrapper:
     """Record a mapped exception's event as its outcome asks (see ``_record_event``).
 
     An unmapped exception keeps the SDK's event, with ``exception.type``
@@ -342,7 +364,7 @@ def record_exception_wrapper(registry: ErrorRegistry) -> Wrapper:
     def record_exception(
         wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
-        if _applying.get():
+        if _applying.get() or (spans is not None and not spans(instance)):
             return wrapped(*args, **kwargs)
         try:
             bound = _bind_record_exception(*args, **kwargs)

@@ -7,6 +7,7 @@ an escaping exception: ``start_as_current_span``, ``use_span`` and
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Callable
 from typing import Any
@@ -14,6 +15,7 @@ from typing import Any
 import pytest
 from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, Span, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import Status, StatusCode
 
@@ -473,3 +475,51 @@ def test_an_unmapped_class_is_spelled_alike_on_every_python(
     types = [(event.attributes or {})["exception.type"] for event in finished.events]
     assert types == ["re.PatternError"] * len(types)
     assert len(types) == 2  # ours, then the one start_as_current_span records
+
+
+def _status_in(provider: TracerProvider, exporter: InMemorySpanExporter) -> StatusCode:
+    def fail() -> None:
+        with provider.get_tracer("test").start_as_current_span("s"):
+            raise NotFoundError("gone")
+
+    with pytest.raises(NotFoundError):
+        fail()
+    (span,) = exporter.get_finished_spans()
+    exporter.clear()
+    return span.status.status_code
+
+
+@pytest.mark.parametrize("scoped", [True, False])
+def test_a_tracer_provider_scopes_the_mapping_to_its_spans(
+    tracer_provider: TracerProvider, span_exporter: InMemorySpanExporter, scoped: bool
+) -> None:
+    other_exporter = InMemorySpanExporter()
+    other = TracerProvider()
+    other.add_span_processor(SimpleSpanProcessor(other_exporter))
+    instrumentor = BackpressureInstrumentor()
+    instrumentor.instrument(
+        tracer_provider=tracer_provider if scoped else None, settings=_errors_only()
+    )
+    try:
+        mine = _status_in(tracer_provider, span_exporter)
+        theirs = _status_in(other, other_exporter)
+    finally:
+        instrumentor.uninstrument()
+        other.shutdown()
+    assert mine is StatusCode.UNSET  # mapped: an expected outcome
+    assert theirs is (StatusCode.ERROR if scoped else StatusCode.UNSET)
+
+
+def test_a_tracer_provider_that_is_not_the_sdks_is_refused_by_name(
+    tracer_provider: TracerProvider,
+    span_exporter: InMemorySpanExporter,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    instrumentor = BackpressureInstrumentor()
+    with caplog.at_level(logging.ERROR):
+        instrumentor.instrument(tracer_provider=trace.NoOpTracerProvider(), settings=_errors_only())
+    try:
+        assert "tracer_provider must be an OpenTelemetry SDK TracerProvider" in caplog.text
+        assert _status_in(tracer_provider, span_exporter) is StatusCode.ERROR  # part is off
+    finally:
+        instrumentor.uninstrument()
