@@ -22,7 +22,9 @@ is counted in ``backpressure.rate_limit.store.errors``, and a circuit breaker
 (:mod:`._breaker`) stops asking Redis: one outage opens it once however many
 decisions were in flight, and while it is open one probe per
 ``probe_interval`` seconds finds out when Redis is back. Decisions made while
-the breaker is open count as ``error.type=circuit_open``.
+the breaker is open count as ``error.type=circuit_open``. A key that holds
+another Redis type fails only its own decision (``error.type=WRONGTYPE``):
+the server answered, so it is no outage, and the batch around it is decided.
 
 Example::
 
@@ -55,6 +57,8 @@ __all__ = ["RedisStore"]
 _US: Final = 1_000_000
 _NS_PER_US: Final = 1_000
 CIRCUIT_OPEN: Final = "circuit_open"
+# the error.type of a decision whose key holds another Redis type (the script's -1)
+WRONG_TYPE: Final = "WRONGTYPE"
 # the script's first argument: empty = decide at the server's clock
 _SERVER_TIME: Final = b""
 
@@ -259,6 +263,8 @@ class RedisStore:
                 self._start_batch(loop)
         if isinstance(outcome, str):
             return self._unavailable(chosen, outcome)
+        if outcome[0] < 0:
+            return self._unavailable(chosen, WRONG_TYPE)
         return _verdict(outcome, 0)
 
     async def _round_trip(
@@ -334,6 +340,8 @@ class RedisStore:
                 continue
             if isinstance(outcome, str):
                 future.set_result(self._unavailable(policies, outcome))
+            elif outcome[5 * i] < 0:
+                future.set_result(self._unavailable(policies, WRONG_TYPE))
             else:
                 future.set_result(_verdict(outcome, 5 * i))
 

@@ -137,6 +137,23 @@ async def test_concurrent_decisions_go_out_together_and_stay_exact(
     await store.aclose()
 
 
+async def test_a_key_of_another_type_fails_only_its_own_decision(
+    private_redis: PrivateRedis, metrics: MetricsCapture
+) -> None:
+    store = RedisStore(private_redis.url, prefix="foreign:")
+    burst = Policy("burst", rate=2, period=3600, burst=2)
+    limiter = RateLimiter([burst], store=store, meter_provider=metrics.meter_provider)
+    await store.client.hset(store.keys("poisoned", [burst])[0], "field", "value")
+    keys = ["poisoned", *(f"client-{i % 5}" for i in range(30))]
+    decisions = await asyncio.gather(*(limiter.hit(key) for key in keys))
+    assert decisions[0].allowed  # failed open, alone
+    assert sum(d.allowed for d in decisions[1:]) == 10  # the batch around it: exact
+    assert errors(metrics, "burst", "WRONGTYPE") == 1
+    assert not store.circuit_open  # Redis answered: no outage
+    assert store.breaker.outages == 0
+    await store.aclose()
+
+
 async def test_a_flushed_script_cache_is_survived(
     private_redis: PrivateRedis, metrics: MetricsCapture
 ) -> None:

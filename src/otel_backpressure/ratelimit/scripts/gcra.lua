@@ -12,7 +12,8 @@
 --          is not the server's).
 -- ARGV[2..]: per request: cost, policy count n, then n times (interval in us, burst).
 -- Returns one string of 5 integers per request, all separated by spaces: allowed
---          (0/1), deciding policy index (0-based), remaining, retry_after_us,
+--          (0/1; -1 when a key holds another type, so the request cannot be
+--          decided), deciding policy index (0-based), remaining, retry_after_us,
 --          reset_after_us. One string, not an array: the client parses one reply
 --          line per batch instead of five per decision.
 local now = tonumber(ARGV[1])
@@ -29,10 +30,17 @@ while a <= #ARGV do
   local new_tats = {}
   local rejected, longest_wait = 0, -1
   local fewest, fewest_remaining = 0, 0
+  local foreign = false
   for i = 1, count do
     local interval = tonumber(ARGV[a + 2 * i])
     local tolerance = tonumber(ARGV[a + 2 * i + 1]) * interval
-    local tat = tonumber(redis.call('GET', KEYS[k + i]))
+    -- pcall: a key of another type (WRONGTYPE) fails this request, not the batch
+    local stored = redis.pcall('GET', KEYS[k + i])
+    if type(stored) == 'table' then
+      foreign = true
+      break
+    end
+    local tat = tonumber(stored)
     local base = now
     if tat and tat > now then
       base = tat
@@ -52,7 +60,9 @@ while a <= #ARGV do
       new_tats[i] = new_tat
     end
   end
-  if rejected > 0 then
+  if foreign then
+    out[#out + 1] = '-1 0 0 0 0'
+  elseif rejected > 0 then
     -- a rejection consumes nothing under any policy: nothing is written
     local interval = tonumber(ARGV[a + 2 * rejected])
     local tolerance = tonumber(ARGV[a + 2 * rejected + 1]) * interval
