@@ -5,9 +5,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 
 from otel_backpressure import BackpressureInstrumentor, Settings
+from otel_backpressure._shared import type_name
+from otel_backpressure.errors import ErrorOutcome
 from otel_backpressure.testing import MetricsCapture
 
 ERRORS_ONLY = Settings(pool_enabled=False, rate_limit_enabled=False)
@@ -27,3 +29,22 @@ def instrumented(
     )
     yield instrumentor
     instrumentor.uninstrument()
+
+
+def assert_span_shows(span: ReadableSpan, exc: BaseException, outcome: ErrorOutcome) -> None:
+    """The span an exception escaped shows exactly ``outcome``, and no message."""
+    assert span.status.status_code is outcome.status_code
+    assert span.status.description == (outcome.description if outcome.is_error else None)
+    assert dict(span.attributes or {}) == {"error.type": outcome.error_type}
+    if not outcome.record_exception:
+        assert span.events == ()
+        return
+    (event,) = span.events
+    name = type_name(type(exc))
+    attributes = dict(event.attributes or {})
+    assert attributes["exception.type"] == name
+    assert attributes["exception.message"] == outcome.description
+    assert attributes["exception.escaped"] == "False"
+    stacktrace = str(attributes["exception.stacktrace"])
+    assert stacktrace.endswith(f"{name}\n")
+    assert str(exc).splitlines()[0] not in stacktrace

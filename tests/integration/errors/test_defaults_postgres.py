@@ -1,7 +1,9 @@
 """The default third-party mappings, on exceptions provoked against the real PostgreSQL.
 
 Each exception is raised inside a span with the instrumentor active; the
-exported span shows exactly the outcome the defaults declare.
+exported span shows exactly the outcome the defaults declare. The classes that
+need no server to raise, and the check that every default mapping decides
+some class, are unit tests (tests/unit/errors/test_defaults.py).
 """
 
 from __future__ import annotations
@@ -11,19 +13,16 @@ from collections.abc import Awaitable, Callable
 
 import asyncpg
 import asyncpg.exceptions
-import limits
 import pytest
 import sqlalchemy as sa
 import sqlalchemy.exc
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from slowapi.errors import RateLimitExceeded
-from slowapi.wrappers import Limit
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from errors_fixtures import assert_span_shows
 from otel_backpressure import BackpressureInstrumentor
-from otel_backpressure.errors import DEFAULT_MAPPINGS, ErrorOutcome, registry
-from otel_backpressure.errors._registry import _resolve_loaded
+from otel_backpressure.errors import registry
 
 pytestmark = pytest.mark.integration
 
@@ -88,11 +87,6 @@ async def terminated_backend(dsn: str) -> None:
         victim.terminate()
 
 
-async def too_many_connections(dsn: str) -> None:
-    # Provoking it for real would starve the shared server; the class is asyncpg's own.
-    raise asyncpg.exceptions.TooManyConnectionsError("sorry, too many clients already")
-
-
 async def sqlalchemy_pool_timeout(dsn: str) -> None:
     engine = create_async_engine(_engine_url(dsn), pool_size=1, max_overflow=0, pool_timeout=0.01)
     try:
@@ -121,18 +115,6 @@ async def sqlalchemy_integrity_error(dsn: str) -> None:
             await connection.execute(sa.text(f"INSERT INTO {table} VALUES (1)"))
     finally:
         await engine.dispose()
-
-
-async def sqlalchemy_operational_error(dsn: str) -> None:
-    # The asyncpg dialect raises no OperationalError of its own; the class is SQLAlchemy's.
-    raise sqlalchemy.exc.OperationalError(
-        "SELECT 1", {}, Exception("server closed the connection unexpectedly")
-    )
-
-
-async def slowapi_rejection(dsn: str) -> None:
-    limit = Limit(limits.parse("1/minute"), lambda: "k", None, False, None, None, None, 1, False)
-    raise RateLimitExceeded(limit)
 
 
 # provoker -> (the class it raises, the error.type the defaults give it)
@@ -172,11 +154,6 @@ CASES: dict[str, tuple[Provoke, type[BaseException], str]] = {
         asyncpg.exceptions.ConnectionDoesNotExistError,
         "database_connection_error",
     ),
-    "asyncpg too many connections": (
-        too_many_connections,
-        asyncpg.exceptions.TooManyConnectionsError,
-        "database_too_many_connections",
-    ),
     "sqlalchemy pool timeout": (
         sqlalchemy_pool_timeout,
         sqlalchemy.exc.TimeoutError,
@@ -188,31 +165,7 @@ CASES: dict[str, tuple[Provoke, type[BaseException], str]] = {
         sqlalchemy.exc.IntegrityError,
         "integrity_error",
     ),
-    "sqlalchemy operational error": (
-        sqlalchemy_operational_error,
-        sqlalchemy.exc.OperationalError,
-        "database_unavailable",
-    ),
-    "slowapi rejection": (slowapi_rejection, RateLimitExceeded, "rate_limit_exceeded"),
 }
-
-
-def assert_span_shows(span: ReadableSpan, exc: BaseException, outcome: ErrorOutcome) -> None:
-    assert span.status.status_code is outcome.status_code
-    assert span.status.description == (outcome.description if outcome.is_error else None)
-    assert dict(span.attributes or {}) == {"error.type": outcome.error_type}
-    if not outcome.record_exception:
-        assert span.events == ()
-        return
-    (event,) = span.events
-    cls = type(exc)
-    attributes = dict(event.attributes or {})
-    assert attributes["exception.type"] == f"{cls.__module__}.{cls.__qualname__}"
-    assert attributes["exception.message"] == outcome.description
-    assert attributes["exception.escaped"] == "False"
-    stacktrace = str(attributes["exception.stacktrace"])
-    assert stacktrace.endswith(f"{cls.__module__}.{cls.__qualname__}\n")
-    assert str(exc).splitlines()[0] not in stacktrace
 
 
 @pytest.mark.parametrize("case", list(CASES))
@@ -232,21 +185,3 @@ async def test_default_mappings_on_real_exceptions(
     assert outcome.error_type == error_type
     (span,) = span_exporter.get_finished_spans()
     assert_span_shows(span, caught.value, outcome)
-
-
-def test_every_default_mapping_decides_at_least_one_case() -> None:
-    raised = [cls for _, cls, _ in CASES.values()]
-    undecided = [
-        path
-        for path, outcome in DEFAULT_MAPPINGS
-        if not any(
-            _resolve_loaded(path) in cls.__mro__ and registry.lookup(cls) is outcome
-            for cls in raised
-        )
-    ]
-    assert undecided == []
-
-
-def test_a_refused_connection_is_left_unmapped() -> None:
-    # An OSError is not necessarily the database's: mapping it is the application's call.
-    assert registry.lookup(ConnectionRefusedError()) is None
