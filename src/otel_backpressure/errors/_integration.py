@@ -33,7 +33,7 @@ from otel_backpressure.settings import PREFIX, report_invalid
 
 __all__ = ["PATCHES", "ErrorsIntegration"]
 
-_VARIABLE: Final = PREFIX + "ERROR_MAPPINGS"
+_MAPPINGS_VARIABLE: Final = PREFIX + "ERROR_MAPPINGS"
 
 
 def _registry_of(context: InstrumentationContext) -> ErrorRegistry:
@@ -89,7 +89,7 @@ class ErrorsIntegration:
         try:
             mappings = parse_mappings(text)
         except ValueError as exc:  # the setting's default: no extra mappings
-            report_invalid(_VARIABLE, text, str(exc))
+            report_invalid(_MAPPINGS_VARIABLE, text, str(exc))
             mappings = ()
         for path, outcome in mappings:
             self._registered.append((path, registry.register(path, outcome)))

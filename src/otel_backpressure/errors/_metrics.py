@@ -27,6 +27,7 @@ from typing import Final
 
 from opentelemetry import metrics as otel_metrics
 from opentelemetry.metrics import Counter, MeterProvider
+from opentelemetry.semconv.attributes.error_attributes import ERROR_TYPE
 
 from otel_backpressure._shared import get_meter
 
@@ -80,7 +81,7 @@ def count_exception(
         _logger.debug("Cannot mark %s as counted", type(exc).__name__)
     try:
         _counter(meter_provider).add(
-            1, {"error.type": error_type, OUTCOME: "handled" if handled else "unhandled"}
+            1, {ERROR_TYPE: error_type, OUTCOME: "handled" if handled else "unhandled"}
         )
     except Exception:
         _logger.warning("Could not count an exception of type %s", error_type, exc_info=True)

@@ -30,6 +30,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, Final
 
+from opentelemetry.semconv.attributes.error_attributes import ERROR_TYPE
 from opentelemetry.semconv.attributes.http_attributes import HTTP_RESPONSE_STATUS_CODE
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from opentelemetry.util.types import AttributeValue
@@ -51,7 +52,6 @@ __all__ = [
 _logger = logging.getLogger(__name__)
 
 
-ERROR_TYPE: Final = "error.type"
 # The ASGI instrumentation's default (old) semantic conventions name it so.
 _HTTP_STATUS_CODE_OLD: Final = "http.status_code"
 _MAX_FRAMES: Final = 64  # per exception in a safe stack trace
