@@ -33,11 +33,16 @@ Example::
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import TYPE_CHECKING, Final, NamedTuple
 
-from otel_backpressure.ratelimit.policy import Policy
+if TYPE_CHECKING:
+    from otel_backpressure.ratelimit.policy import Policy
 
-__all__ = ["Verdict", "decide", "decide_one", "is_idle"]
+__all__ = ["NS_PER_SECOND", "Verdict", "decide", "decide_one", "is_idle"]
+
+# the unit of every time here; an int, so seconds * NS_PER_SECOND rounds once
+# and ns / NS_PER_SECOND is a float of seconds
+NS_PER_SECOND: Final = 1_000_000_000
 
 
 class Verdict(NamedTuple):

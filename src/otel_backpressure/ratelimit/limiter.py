@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Sequence
-from typing import Final, NamedTuple
+from typing import NamedTuple
 
 from opentelemetry.metrics import MeterProvider, NoOpMeterProvider
 
 from otel_backpressure.ratelimit import gcra
 from otel_backpressure.ratelimit._fields import RateLimitFields
+from otel_backpressure.ratelimit.gcra import NS_PER_SECOND
 from otel_backpressure.ratelimit.memory import MemoryStore
 from otel_backpressure.ratelimit.metrics import Count, RateLimitMetrics
 from otel_backpressure.ratelimit.policy import Decision, Policy
@@ -32,8 +33,6 @@ from otel_backpressure.ratelimit.redis import RedisStore
 from otel_backpressure.settings import Settings
 
 __all__ = ["RateLimiter"]
-
-_NS_PER_SECOND: Final = 1e9  # a float: Decision's times are float seconds
 
 
 class _PolicySet(NamedTuple):
@@ -203,8 +202,8 @@ class RateLimiter:
             allowed,
             chosen.policies[deciding],
             remaining,
-            retry_after / _NS_PER_SECOND,
-            reset_after / _NS_PER_SECOND,
+            retry_after / NS_PER_SECOND,
+            reset_after / NS_PER_SECOND,
         )
 
     def hit_sync(

@@ -39,6 +39,7 @@ from typing import Final, Literal
 
 from otel_backpressure.ratelimit import gcra
 from otel_backpressure.ratelimit._checks import check_seconds, check_whole
+from otel_backpressure.ratelimit.gcra import NS_PER_SECOND
 from otel_backpressure.ratelimit.metrics import Count, StoreCounts
 from otel_backpressure.ratelimit.policy import Decision, Policy
 from otel_backpressure.settings import VARIABLES, Settings
@@ -48,12 +49,10 @@ __all__ = ["MemoryStore"]
 _logger = logging.getLogger(__name__)
 
 OnFull = Literal["evict_lru", "reject"]
-_NS_PER_SECOND: Final = 1_000_000_000
 # keys examined per sweep slice: about a millisecond of work (see docs/ratelimit.md)
 SWEEP_SLICE: Final = 2_000
 # "no amortised sweep due": the cleanup task is running
 _NEVER: Final = 1 << 62
-_SECOND: Final = 1e9  # ns per second, a float: Decision's times are float seconds
 # a Decision from its fields without NamedTuple's Python-level __new__: a
 # third of the cost, on every decision
 _decision = tuple.__new__
@@ -148,8 +147,8 @@ class MemoryStore:
         self.on_full: OnFull = on_full
         self.clock: Callable[[], float] = clock or time.monotonic
         self._clock = clock
-        self._idle_ns = round(self.idle_timeout * _NS_PER_SECOND)
-        self._interval_ns = round(self.eviction_interval * _NS_PER_SECOND)
+        self._idle_ns = round(self.idle_timeout * NS_PER_SECOND)
+        self._interval_ns = round(self.eviction_interval * NS_PER_SECOND)
         # a batch of evictions per full table amortises finding the oldest keys
         self._batch = max(1, min(1024, self.max_keys // 128))
         self._tables: dict[Policy, dict[str, int]] = {}
@@ -166,7 +165,7 @@ class MemoryStore:
         clock = self._clock
         if clock is None:
             return time.monotonic_ns()
-        return int(clock() * _NS_PER_SECOND)
+        return int(clock() * NS_PER_SECOND)
 
     def table(self, policy: Policy) -> dict[str, int]:
         """The policy's table (key -> TAT), created on first use; never replaced.
@@ -209,11 +208,12 @@ class MemoryStore:
             if now >= self._next_sweep:
                 self._sweep_due(now)
             if len(tables) == 1:
-                allowed, deciding, remaining, wait, reset = self._decide_one(
+                allowed, remaining, wait, reset = self._decide_one(
                     key, policies[0], cost, tables[0], now
                 )
+                deciding = 0
             else:
-                allowed, deciding, remaining, wait, reset = self._decide_many(
+                allowed, deciding, remaining, wait, reset, _ = self._decide_many(
                     key, policies, cost, tables, now
                 )
             if counts is not None:
@@ -222,16 +222,19 @@ class MemoryStore:
             lock.release()
         return _decision(
             Decision,
-            (allowed, policies[deciding], remaining, wait / _SECOND, reset / _SECOND),
+            (allowed, policies[deciding], remaining, wait / NS_PER_SECOND, reset / NS_PER_SECOND),
         )
 
     def _decide_one(
         self, key: str, policy: Policy, cost: int, table: dict[str, int], now: int
-    ) -> tuple[bool, int, int, int, int]:
-        """One policy (most limiters): ``_decide_many`` without its lists."""
+    ) -> tuple[bool, int, int, int]:
+        """One policy (most limiters), without ``_decide_many``'s lists.
+
+        Returns ``(allowed, remaining, retry_after_ns, reset_after_ns)``.
+        """
         tat = table.pop(key, None)
         if tat is None and len(table) >= self.max_keys and not self._make_room(policy, table, now):
-            return False, 0, 0, self._interval_ns, 0
+            return False, 0, self._interval_ns, 0
         allowed, new_tat, remaining, wait, reset = gcra.decide_one(
             tat, now, policy.interval_ns, policy.burst, cost
         )
@@ -239,7 +242,7 @@ class MemoryStore:
             table[key] = new_tat  # at the end: last seen now
         elif tat is not None:
             table[key] = tat  # a rejection consumes nothing
-        return allowed, 0, remaining, wait, reset
+        return allowed, remaining, wait, reset
 
     def _decide_many(
         self,
@@ -248,7 +251,7 @@ class MemoryStore:
         cost: int,
         tables: Sequence[dict[str, int]],
         now: int,
-    ) -> tuple[bool, int, int, int, int]:
+    ) -> gcra.Verdict:
         tats = [table.pop(key, None) for table in tables]
         verdict = None
         if None in tats:
@@ -259,7 +262,7 @@ class MemoryStore:
         for table, tat in zip(tables, kept, strict=True):
             if tat is not None:
                 table[key] = tat  # at the end: last seen now
-        return verdict[:5]
+        return verdict
 
     def _sweep_due(self, now: int) -> None:
         """No cleanup task runs: amortise one slice per table into this decision."""

@@ -13,10 +13,10 @@ from __future__ import annotations
 from typing import Any, Final, NamedTuple
 
 from otel_backpressure.ratelimit._checks import check_seconds, check_whole
+from otel_backpressure.ratelimit.gcra import NS_PER_SECOND
 
 __all__ = ["MAX_PERIOD", "MAX_TOLERANCE", "Decision", "Policy"]
 
-_NS_PER_SECOND: Final = 1_000_000_000
 # the longest period: a year with a leap day
 MAX_PERIOD: Final = 366 * 86_400.0
 # the longest a full burst may take to refill (burst * period / rate), seconds:
@@ -74,13 +74,13 @@ class Policy:
         rate = check_whole("rate", rate, 1, _MAX_COUNT)
         period = check_seconds("period", period, 1e-9, MAX_PERIOD)
         burst = rate if burst is None else check_whole("burst", burst, 1, _MAX_COUNT)
-        period_ns = round(period * _NS_PER_SECOND)
+        period_ns = round(period * NS_PER_SECOND)
         if period_ns < rate:
             raise ValueError(
                 f"period must allow at least 1 ns per request (period={period!r}, rate={rate!r})"
             )
         interval_ns = -(-period_ns // rate)
-        if burst * interval_ns > MAX_TOLERANCE * _NS_PER_SECOND:
+        if burst * interval_ns > MAX_TOLERANCE * NS_PER_SECOND:
             raise ValueError(
                 f"burst must refill within {MAX_TOLERANCE:_.0f} seconds (burst * period / rate), "
                 f"got burst={burst!r} with period={period!r}, rate={rate!r}"
