@@ -1,125 +1,40 @@
-"""The same behaviour over both stores: the in-memory one and Redis (the real server).
-
-Redis decides on its own clock, so these tests use periods long enough that
-no slot frees up while they run; the fake clock drives the in-memory store.
-"""
+"""The stores' shared behaviour tests (``tests/store_behaviour.py``) on the real Redis."""
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 
 import pytest
 
-from otel_backpressure.ratelimit import MemoryStore, Policy, RateLimiter, RedisStore
-from otel_backpressure.testing import FakeClock, MetricsCapture
+from otel_backpressure.ratelimit import Policy, RateLimiter, RedisStore
+from otel_backpressure.testing import MetricsCapture
+from store_behaviour import (  # noqa: F401  (collected here)
+    MakeLimiter,
+    test_a_rejection_consumes_nothing_under_any_policy,
+    test_allowed_decision_names_the_policy_with_fewest_remaining,
+    test_burst_then_reject_with_retry_after,
+    test_cost_and_dry_run,
+    test_every_decision_is_metered_without_client_identity,
+    test_keys_do_not_share_state,
+    test_per_route_policies_keep_separate_state,
+)
 
 pytestmark = pytest.mark.integration
 
-HOURLY = Policy("hourly", rate=3, period=3600)
-DAILY = Policy("daily", rate=4, period=86_400)
-RESULT = "backpressure.rate_limit.result"
-POLICY = "backpressure.rate_limit.policy"
 
-MakeLimiter = Callable[[Sequence[Policy]], RateLimiter]
-
-
-@pytest.fixture(params=["memory", "redis"])
-async def make_limiter(
-    request: pytest.FixtureRequest, redis_url: str, metrics: MetricsCapture, clock: FakeClock
-) -> AsyncIterator[MakeLimiter]:
-    stores: list[MemoryStore | RedisStore] = []
+@pytest.fixture
+async def make_limiter(redis_url: str, metrics: MetricsCapture) -> AsyncIterator[MakeLimiter]:
+    stores: list[RedisStore] = []
     prefix = f"test-ratelimit-core:{uuid.uuid4().hex}:"
 
     def make(policies: Sequence[Policy]) -> RateLimiter:
-        store: MemoryStore | RedisStore
-        if request.param == "memory":
-            store = MemoryStore(max_keys=1000, clock=clock)
-        else:
-            store = RedisStore(redis_url, prefix=prefix, timeout=2.0)
-        stores.append(store)
-        return RateLimiter(policies, store=store, meter_provider=metrics.meter_provider)
+        stores.append(RedisStore(redis_url, prefix=prefix, timeout=2.0))
+        return RateLimiter(policies, store=stores[-1], meter_provider=metrics.meter_provider)
 
     yield make
     for store in stores:
-        if isinstance(store, RedisStore):
-            keys = [key async for key in store.client.scan_iter(match=prefix + "*")]
-            if keys:
-                await store.client.delete(*keys)
+        keys = [key async for key in store.client.scan_iter(match=prefix + "*")]
+        if keys:
+            await store.client.delete(*keys)
         await store.aclose()
-
-
-async def test_burst_then_reject_with_retry_after(make_limiter: MakeLimiter) -> None:
-    limiter = make_limiter([HOURLY])
-    decisions = [await limiter.hit("client") for _ in range(4)]
-    assert [d.allowed for d in decisions] == [True, True, True, False]
-    assert [d.remaining for d in decisions] == [2, 1, 0, 0]
-    rejected = decisions[-1]
-    assert rejected.policy == HOURLY
-    assert 1199 < rejected.retry_after <= 1200  # one slot every 1200 s
-    assert 3599 < rejected.reset_after <= 3600
-    assert decisions[0].retry_after == 0
-    assert 1199 < decisions[0].reset_after <= 1200
-
-
-async def test_keys_do_not_share_state(make_limiter: MakeLimiter) -> None:
-    limiter = make_limiter([Policy("one", rate=1, period=3600)])
-    assert (await limiter.hit("a")).allowed
-    assert not (await limiter.hit("a")).allowed
-    assert (await limiter.hit("b")).allowed
-
-
-async def test_a_rejection_consumes_nothing_under_any_policy(make_limiter: MakeLimiter) -> None:
-    limiter = make_limiter([HOURLY, DAILY])
-    outcomes = [(await limiter.hit("client")).allowed for _ in range(3)]
-    assert outcomes == [True, True, True]
-    for _ in range(5):  # rejected by the hourly policy: the daily budget stays at 1
-        rejected = await limiter.hit("client")
-        assert not rejected.allowed
-        assert rejected.policy == HOURLY
-    # the daily policy alone, on the same key, still has exactly one left
-    only_daily = await limiter.hit("client", policies=[DAILY])
-    assert (only_daily.allowed, only_daily.remaining) == (True, 0)
-    assert not (await limiter.hit("client", policies=[DAILY])).allowed
-
-
-async def test_allowed_decision_names_the_policy_with_fewest_remaining(
-    make_limiter: MakeLimiter,
-) -> None:
-    tight_daily = Policy("tight-daily", rate=2, period=86_400)
-    limiter = make_limiter([HOURLY, tight_daily])
-    first = await limiter.hit("client")
-    assert (first.policy, first.remaining, first.limit) == (tight_daily, 1, 2)
-
-
-async def test_cost_and_dry_run(make_limiter: MakeLimiter, metrics: MetricsCapture) -> None:
-    limiter = make_limiter([Policy("costly", rate=5, period=3600)])
-    assert (await limiter.hit("client", cost=4)).remaining == 1
-    shadow = await limiter.hit("client", cost=2, dry_run=True)
-    assert (shadow.allowed, shadow.remaining) == (False, 1)
-    assert (await limiter.hit("client")).allowed  # the dry-run rejection consumed nothing
-    attrs = {POLICY: "costly", RESULT: "dry_run_rejected"}
-    assert metrics.value("backpressure.rate_limit.requests", attrs) == 1
-    attrs[RESULT] = "allowed"
-    assert metrics.value("backpressure.rate_limit.requests", attrs) == 2
-
-
-async def test_per_route_policies_keep_separate_state(make_limiter: MakeLimiter) -> None:
-    login = Policy("login", rate=1, period=3600)
-    limiter = make_limiter([HOURLY])
-    assert (await limiter.hit("client", policies=[login])).allowed
-    assert not (await limiter.hit("client", policies=[login])).allowed
-    assert (await limiter.hit("client")).remaining == 2
-
-
-async def test_every_decision_is_metered_without_client_identity(
-    make_limiter: MakeLimiter, metrics: MetricsCapture
-) -> None:
-    limiter = make_limiter([HOURLY])
-    for _ in range(5):
-        await limiter.hit("203.0.113.9")
-    points = metrics.points(metrics.collect()["backpressure.rate_limit.requests"])
-    values = {dict(key)[RESULT]: point.value for key, point in points.items()}
-    assert values == {"allowed": 3, "rejected": 2, "dry_run_rejected": 0}
-    for key in points:
-        assert "203.0.113.9" not in str(dict(key))

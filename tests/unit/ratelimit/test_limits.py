@@ -1,20 +1,20 @@
 """BackpressureInstrumentor meters the ``limits`` library: direct strategies and slowapi.
 
-Real ``limits`` storages (memory and the shared Redis, under a unique key
-prefix), a real slowapi-wrapped Starlette app, exact counts.
+Real ``limits`` memory storages (Redis ones: tests/integration), a real
+slowapi-wrapped Starlette app, exact counts. ``limits`` keeps its own wall
+clock, so every limit here is per day: no window can roll over mid-test
+(except at midnight UTC).
 """
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpx
 import pytest
-from limits import RateLimitItemPerMinute, RateLimitItemPerSecond, parse, storage, strategies
+from limits import RateLimitItemPerDay, RateLimitItemPerMinute, parse, storage, strategies
 from limits.aio import storage as aio_storage
-from limits.aio import strategies as aio_strategies
 from opentelemetry.instrumentation.utils import suppress_instrumentation
 from slowapi import Limiter, _rate_limit_exceeded_handler
 from slowapi.errors import RateLimitExceeded
@@ -25,46 +25,11 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
+from limits_fixtures import ASYNC_STRATEGIES, REQUESTS, SYNC_STRATEGIES, count
 from otel_backpressure import BackpressureInstrumentor
 from otel_backpressure.ratelimit.limits import LimitsIntegration, policy_name
 from otel_backpressure.settings import Settings
 from otel_backpressure.testing import MetricsCapture
-
-pytestmark = pytest.mark.integration
-
-REQUESTS = "backpressure.rate_limit.requests"
-# Every strategy the installed limits has (the sliding window counter exists from 4.1).
-_NAMES = ("FixedWindowRateLimiter", "MovingWindowRateLimiter", "SlidingWindowCounterRateLimiter")
-SYNC_STRATEGIES = [getattr(strategies, name) for name in _NAMES if hasattr(strategies, name)]
-ASYNC_STRATEGIES = [
-    getattr(aio_strategies, name) for name in _NAMES if hasattr(aio_strategies, name)
-]
-
-
-def count(metrics: MetricsCapture, policy: str, result: str) -> float | None:
-    return metrics.value(
-        REQUESTS,
-        {"backpressure.rate_limit.policy": policy, "backpressure.rate_limit.result": result},
-    )
-
-
-@pytest.fixture
-def instrument(metrics: MetricsCapture) -> Iterator[Callable[[], None]]:
-    """Instrument only the rate-limit part, into the test's meter provider."""
-    instrumentor = BackpressureInstrumentor()
-    settings = Settings(pool_enabled=False, errors_enabled=False)
-
-    def start() -> None:
-        instrumentor.instrument(meter_provider=metrics.meter_provider, settings=settings)
-
-    start()
-    yield start
-    instrumentor.uninstrument()
-
-
-@pytest.fixture
-def prefix() -> str:
-    return f"bp-test-limits-{uuid.uuid4().hex}"
 
 
 def test_policy_name_is_the_limit_without_identifiers() -> None:
@@ -87,30 +52,12 @@ def test_sync_strategies_on_memory_storage_are_counted_exactly(
     instrument: Callable[[], None], metrics: MetricsCapture, strategy: type[Any]
 ) -> None:
     limiter = strategy(storage.MemoryStorage())
-    item = RateLimitItemPerSecond(3)
+    item = RateLimitItemPerDay(3)
     results = [limiter.hit(item, "client-a") for _ in range(5)]
     assert results == [True, True, True, False, False]
     assert limiter.hit(item, "client-b", cost=2)
-    assert count(metrics, "3/1second", "allowed") == 4
-    assert count(metrics, "3/1second", "rejected") == 2
-
-
-@pytest.mark.parametrize("strategy", SYNC_STRATEGIES)
-def test_sync_strategies_on_redis_are_counted_exactly(
-    instrument: Callable[[], None],
-    metrics: MetricsCapture,
-    redis_url: str,
-    prefix: str,
-    strategy: type[Any],
-) -> None:
-    store = storage.storage_from_string(redis_url, key_prefix=prefix)
-    item = RateLimitItemPerMinute(2)
-    try:
-        assert [strategy(store).hit(item, "client") for _ in range(3)] == [True, True, False]
-    finally:
-        strategy(store).clear(item, "client")
-    assert count(metrics, "2/1minute", "allowed") == 2
-    assert count(metrics, "2/1minute", "rejected") == 1
+    assert count(metrics, "3/1day", "allowed") == 4
+    assert count(metrics, "3/1day", "rejected") == 2
 
 
 @pytest.mark.parametrize("strategy", ASYNC_STRATEGIES)
@@ -118,41 +65,26 @@ async def test_async_strategies_are_counted_exactly(
     instrument: Callable[[], None], metrics: MetricsCapture, strategy: type[Any]
 ) -> None:
     limiter = strategy(aio_storage.MemoryStorage())
-    item = RateLimitItemPerSecond(2)
+    item = RateLimitItemPerDay(2)
     results = [await limiter.hit(item, "client-a") for _ in range(3)]
     assert results == [True, True, False]
-    assert count(metrics, "2/1second", "allowed") == 2
-    assert count(metrics, "2/1second", "rejected") == 1
-
-
-async def test_async_strategy_on_redis_is_counted_exactly(
-    instrument: Callable[[], None], metrics: MetricsCapture, redis_url: str, prefix: str
-) -> None:
-    url = redis_url.replace("redis://", "async+redis://", 1)
-    store = storage.storage_from_string(url, key_prefix=prefix, implementation="redispy")
-    limiter = aio_strategies.MovingWindowRateLimiter(store)
-    item = RateLimitItemPerMinute(1)
-    try:
-        assert [await limiter.hit(item, "client") for _ in range(2)] == [True, False]
-    finally:
-        await limiter.clear(item, "client")
-    assert count(metrics, "1/1minute", "allowed") == 1
-    assert count(metrics, "1/1minute", "rejected") == 1
+    assert count(metrics, "2/1day", "allowed") == 2
+    assert count(metrics, "2/1day", "rejected") == 1
 
 
 def test_identifiers_never_reach_metric_attributes(
     instrument: Callable[[], None], metrics: MetricsCapture
 ) -> None:
     limiter = strategies.FixedWindowRateLimiter(storage.MemoryStorage())
-    limiter.hit(parse("1/second"), "198.51.100.23", "user-secret")
-    limiter.hit(parse("1/second"), "198.51.100.23", "user-secret")
+    limiter.hit(parse("1/day"), "198.51.100.23", "user-secret")
+    limiter.hit(parse("1/day"), "198.51.100.23", "user-secret")
     points = metrics.collect()[REQUESTS].data.data_points
     attributes = sorted(
         (dict(point.attributes or {}) for point in points),
         key=lambda attrs: str(attrs["backpressure.rate_limit.result"]),
     )
     assert attributes == [
-        {"backpressure.rate_limit.policy": "1/1second", "backpressure.rate_limit.result": result}
+        {"backpressure.rate_limit.policy": "1/1day", "backpressure.rate_limit.result": result}
         for result in ("allowed", "rejected")
     ]
     assert "198.51.100.23" not in repr(attributes)
@@ -164,9 +96,9 @@ def test_suppressed_instrumentation_is_not_counted(
 ) -> None:
     limiter = strategies.FixedWindowRateLimiter(storage.MemoryStorage())
     with suppress_instrumentation():
-        assert limiter.hit(parse("1/second"), "a")
-    assert limiter.hit(parse("1/second"), "b")
-    assert count(metrics, "1/1second", "allowed") == 1
+        assert limiter.hit(parse("1/day"), "a")
+    assert limiter.hit(parse("1/day"), "b")
+    assert count(metrics, "1/1day", "allowed") == 1
 
 
 def test_storage_errors_propagate_unchanged_and_are_not_counted(
@@ -176,7 +108,7 @@ def test_storage_errors_propagate_unchanged_and_are_not_counted(
     store = storage.storage_from_string("redis://127.0.0.1:1", socket_connect_timeout=0.2)
     limiter = strategies.FixedWindowRateLimiter(store)
     with pytest.raises(Exception) as caught:
-        limiter.hit(parse("1/second"), "client")
+        limiter.hit(parse("1/day"), "client")
     assert "otel_backpressure" not in type(caught.value).__module__
     assert metrics.collect().get(REQUESTS) is None
 
@@ -206,7 +138,7 @@ def test_rate_limit_part_disabled_by_settings_patches_nothing(metrics: MetricsCa
         settings=Settings(pool_enabled=False, errors_enabled=False, rate_limit_enabled=False),
     )
     try:
-        strategies.FixedWindowRateLimiter(storage.MemoryStorage()).hit(parse("1/second"), "a")
+        strategies.FixedWindowRateLimiter(storage.MemoryStorage()).hit(parse("1/day"), "a")
         assert not hasattr(strategies.FixedWindowRateLimiter.hit, "__wrapped__")
     finally:
         instrumentor.uninstrument()
@@ -215,7 +147,7 @@ def test_rate_limit_part_disabled_by_settings_patches_nothing(metrics: MetricsCa
 
 @pytest.fixture
 async def slowapi_client() -> AsyncIterator[httpx.AsyncClient]:
-    limiter = Limiter(key_func=get_remote_address, default_limits=["2/minute"])
+    limiter = Limiter(key_func=get_remote_address, default_limits=["2/day"])
 
     async def hello(request: Request) -> PlainTextResponse:
         return PlainTextResponse("ok")
@@ -234,8 +166,8 @@ async def test_slowapi_app_is_metered_without_code_changes(
 ) -> None:
     statuses = [(await slowapi_client.get("/")).status_code for _ in range(4)]
     assert statuses == [200, 200, 429, 429]
-    assert count(metrics, "2/1minute", "allowed") == 2
-    assert count(metrics, "2/1minute", "rejected") == 2
+    assert count(metrics, "2/1day", "allowed") == 2
+    assert count(metrics, "2/1day", "rejected") == 2
 
 
 async def test_slowapi_decorated_fastapi_route_is_metered(
@@ -249,7 +181,7 @@ async def test_slowapi_decorated_fastapi_route_is_metered(
     app.add_exception_handler(RateLimitExceeded, _rate_limit_exceeded_handler)  # type: ignore[arg-type]
 
     @app.get("/scores")
-    @limiter.limit("3/minute")
+    @limiter.limit("3/day")
     async def scores(request: Request) -> dict[str, int]:
         return {"top": 1}
 
@@ -257,5 +189,5 @@ async def test_slowapi_decorated_fastapi_route_is_metered(
     async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
         statuses = [(await client.get("/scores")).status_code for _ in range(5)]
     assert statuses == [200, 200, 200, 429, 429]
-    assert count(metrics, "3/1minute", "allowed") == 3
-    assert count(metrics, "3/1minute", "rejected") == 2
+    assert count(metrics, "3/1day", "allowed") == 3
+    assert count(metrics, "3/1day", "rejected") == 2
