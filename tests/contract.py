@@ -39,6 +39,7 @@ __all__ = [
     "CONNECTION_STATE",
     "ERROR_TYPE",
     "EVICTION_REASON",
+    "LOOP_NAME",
     "METRICS",
     "OUTCOME",
     "POLICY",
@@ -46,6 +47,7 @@ __all__ = [
     "RESULT",
     "SCOPE_NAME",
     "SDK_DEFAULT_BUCKETS",
+    "THREAD_POOL_NAME",
     "DataType",
     "Instrument",
     "MetricSpec",
@@ -96,6 +98,8 @@ RESULT = "backpressure.rate_limit.result"
 EVICTION_REASON = "backpressure.rate_limit.eviction.reason"
 ERROR_TYPE = "error.type"
 OUTCOME = "backpressure.exception.outcome"
+LOOP_NAME = "backpressure.event_loop.name"
+THREAD_POOL_NAME = "backpressure.thread_pool.name"
 
 ATTRIBUTE_VALUES: Mapping[str, frozenset[str] | None] = MappingProxyType(
     {
@@ -106,6 +110,8 @@ ATTRIBUTE_VALUES: Mapping[str, frozenset[str] | None] = MappingProxyType(
         EVICTION_REASON: frozenset({"idle", "capacity"}),
         ERROR_TYPE: None,
         OUTCOME: frozenset({"handled", "unhandled"}),
+        LOOP_NAME: None,
+        THREAD_POOL_NAME: None,
     }
 )
 
@@ -237,6 +243,57 @@ METRICS: Mapping[str, MetricSpec] = MappingProxyType(
                 "1",
                 (POOL_NAME,),
                 "Used / max connections, 0..1; absent when the pool is unbounded.",
+            ),
+            # The event loop and thread pools (modelled on nodejs.eventloop.* and
+            # dotnet.thread_pool.*).
+            _spec(
+                "backpressure.event_loop.delay",
+                (Instrument.HISTOGRAM,),
+                "s",
+                (LOOP_NAME,),
+                "How late the event loop ran a sampling callback that was due.",
+            ),
+            _spec(
+                "backpressure.event_loop.utilization",
+                (Instrument.OBSERVABLE_GAUGE,),
+                "1",
+                (LOOP_NAME,),
+                "Share of wall time the loop was busy since the previous collection, 0..1.",
+            ),
+            _spec(
+                "backpressure.thread_pool.used",
+                _ASYNC_UDC,
+                "{thread}",
+                (THREAD_POOL_NAME,),
+                "Threads (or limiter tokens) in use.",
+            ),
+            _spec(
+                "backpressure.thread_pool.max",
+                _ASYNC_UDC,
+                "{thread}",
+                (THREAD_POOL_NAME,),
+                "Most threads (or tokens) the pool allows; absent when unbounded.",
+            ),
+            _spec(
+                "backpressure.thread_pool.queue.length",
+                _ASYNC_UDC,
+                "{work_item}",
+                (THREAD_POOL_NAME,),
+                "Calls waiting for a thread or token.",
+            ),
+            _spec(
+                "backpressure.thread_pool.usage",
+                (Instrument.OBSERVABLE_GAUGE,),
+                "1",
+                (THREAD_POOL_NAME,),
+                "Used / max, 0..1; absent when unbounded.",
+            ),
+            _spec(
+                "backpressure.thread_pool.wait_time",
+                (Instrument.HISTOGRAM,),
+                "s",
+                (THREAD_POOL_NAME,),
+                "How long one call waited for a thread or token.",
             ),
             # Rate limiting (modelled on ASP.NET Core's and Envoy's).
             _spec(

@@ -40,8 +40,15 @@ def _integrations() -> tuple[_patching.Integration, ...]:
     from otel_backpressure.errors._integration import ErrorsIntegration
     from otel_backpressure.pool import PoolIntegration
     from otel_backpressure.ratelimit.limits import LimitsIntegration
+    from otel_backpressure.runtime import EventLoopIntegration, ThreadPoolIntegration
 
-    return (PoolIntegration(), LimitsIntegration(), ErrorsIntegration())
+    return (
+        PoolIntegration(),
+        LimitsIntegration(),
+        ErrorsIntegration(),
+        EventLoopIntegration(),
+        ThreadPoolIntegration(),
+    )
 
 
 class BackpressureInstrumentor(BaseInstrumentor):  # type: ignore[misc]

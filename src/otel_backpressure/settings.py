@@ -266,6 +266,24 @@ class Settings:
         "Extra exception-to-outcome mappings, checked by the errors part (docs/errors.md).",
         syntax="comma-separated `module.Class=STATUS:HTTP[:ERROR_TYPE]` entries",
     )
+    event_loop_enabled: bool = _switch(
+        "EVENT_LOOP_ENABLED", True, "Event-loop delay and utilization on or off."
+    )
+    # At least 1 ms: below it the sampler's own wake-ups show (docs/runtime.md);
+    # at most 10 s, the delay histogram's last bucket.
+    event_loop_resolution: float = _number(
+        "EVENT_LOOP_RESOLUTION",
+        0.01,
+        0.001,
+        10.0,
+        "Seconds between event-loop delay samples (docs/runtime.md).",
+        unit="s",
+    )
+    thread_pool_enabled: bool = _switch(
+        "THREAD_POOL_ENABLED",
+        True,
+        "Thread-pool metrics (anyio's default limiter, the loops' default executors) on or off.",
+    )
     problems: tuple[tuple[str, str, str], ...] = field(default=(), compare=False)
 
     def __post_init__(self) -> None:

@@ -36,6 +36,9 @@ GOOD_VALUES: dict[str, tuple[str, Any]] = {
     "RATE_LIMIT_MAX_KEYS": ("10_000", 10_000),
     "ERRORS_ENABLED": ("FALSE", False),
     "ERROR_MAPPINGS": (" app.Missing=unset:404 ", "app.Missing=unset:404"),
+    "EVENT_LOOP_ENABLED": ("off", False),
+    "EVENT_LOOP_RESOLUTION": ("0.02", 0.02),
+    "THREAD_POOL_ENABLED": ("0", False),
 }
 
 # variable suffix -> a value that does not parse (text is checked by its part)
@@ -49,6 +52,9 @@ UNPARSEABLE: dict[str, str] = {
     "RATE_LIMIT_IDLE_TIMEOUT": "forever",
     "RATE_LIMIT_MAX_KEYS": "1e6",
     "ERRORS_ENABLED": "nope",
+    "EVENT_LOOP_ENABLED": "sometimes",
+    "EVENT_LOOP_RESOLUTION": "10ms",
+    "THREAD_POOL_ENABLED": "2",
 }
 
 # numeric variable suffix -> (minimum, maximum) as documented in the README
@@ -58,6 +64,7 @@ RANGES: dict[str, tuple[float, float]] = {
     "RATE_LIMIT_EVICTION_INTERVAL": (0.1, 86_400.0),
     "RATE_LIMIT_IDLE_TIMEOUT": (0.0, 86_400.0),
     "RATE_LIMIT_MAX_KEYS": (1, 10_000_000),
+    "EVENT_LOOP_RESOLUTION": (0.001, 10.0),
 }
 
 SPECIALS = ("inf", "-inf", "nan", "NaN", "1e300", "-1e300", "1e-300", "-0.0", "-0", "-1")
@@ -68,6 +75,7 @@ ACCEPTED_SPECIALS: dict[str, dict[str, float]] = {
     "RATE_LIMIT_EVICTION_INTERVAL": {},
     "RATE_LIMIT_IDLE_TIMEOUT": {"1e-300": 1e-300, "-0.0": 0.0, "-0": 0.0},
     "RATE_LIMIT_MAX_KEYS": {},
+    "EVENT_LOOP_RESOLUTION": {},
 }
 
 

@@ -1,0 +1,50 @@
+"""Runtime backpressure: how late the event loop runs, how full the thread pools are.
+
+Two parts, each switched by its own setting: the event loop
+(``OTEL_PYTHON_BACKPRESSURE_EVENT_LOOP_ENABLED``, sampled every
+``..._EVENT_LOOP_RESOLUTION`` seconds) and the thread pools
+(``OTEL_PYTHON_BACKPRESSURE_THREAD_POOL_ENABLED``: anyio's default thread
+limiter and every loop's default executor). Other limiters and executors are
+measured when handed to ``otel_backpressure.instrument()``. See docs/runtime.md.
+
+Example::
+
+    import anyio, otel_backpressure
+
+    otel_backpressure.BackpressureInstrumentor().instrument(meter_provider=provider)
+    uploads = anyio.CapacityLimiter(10)
+    otel_backpressure.instrument(uploads, pool_name="uploads")
+    await anyio.to_thread.run_sync(work, limiter=uploads)
+    # backpressure.thread_pool.used{backpressure.thread_pool.name="uploads"} ...
+"""
+
+from __future__ import annotations
+
+from otel_backpressure.runtime._api import (
+    ThreadPoolInstrumentation,
+    instrument_thread_pool,
+    is_thread_pool,
+    thread_pool_health,
+)
+from otel_backpressure.runtime._integration import (
+    MONITORS,
+    EventLoopIntegration,
+    ThreadPoolIntegration,
+)
+from otel_backpressure.runtime._loop import LOOP_NAME, MAX_LOOP_NAMES
+from otel_backpressure.runtime._metrics import DELAY_BOUNDARIES, POOL_NAME, WAIT_BOUNDARIES
+
+__all__ = [
+    "DELAY_BOUNDARIES",
+    "LOOP_NAME",
+    "MAX_LOOP_NAMES",
+    "MONITORS",
+    "POOL_NAME",
+    "WAIT_BOUNDARIES",
+    "EventLoopIntegration",
+    "ThreadPoolInstrumentation",
+    "ThreadPoolIntegration",
+    "instrument_thread_pool",
+    "is_thread_pool",
+    "thread_pool_health",
+]

@@ -1,0 +1,248 @@
+"""Thread pools as sources: anyio capacity limiters and ``ThreadPoolExecutor``s.
+
+Each source reads its pool when asked (used, max, queue) and buffers how long
+each call waited for a thread or token; nothing else is counted. A limiter
+reports anyio's own ``statistics()``. An executor does not know how many of its
+threads are busy (its idle semaphore over-counts idle threads once work has
+queued), so a measured executor's ``submit`` wraps each call to count the
+threads running one, and its queue is read from the executor's work queue.
+
+Example::
+
+    source = LimiterSource(limiter, name="uploads")
+    source.read()          # ThreadPoolReading(used=3, max=10, queue=0)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import threading
+import time
+import weakref
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Final, Union
+
+__all__ = [
+    "ANYIO",
+    "DEFAULT_EXECUTOR",
+    "ExecutorSource",
+    "LimiterSource",
+    "Source",
+    "ThreadPoolReading",
+    "WaitBuffer",
+    "is_capacity_limiter",
+]
+
+ANYIO: Final = "anyio"
+DEFAULT_EXECUTOR: Final = "asyncio.default_executor"
+# A wait deque longer than this is dropped from the front: memory stays bounded
+# however long the exporter waits between collections.
+MAX_BUFFERED: Final = 4096
+
+_perf = time.perf_counter
+
+
+def is_capacity_limiter(target: object) -> bool:
+    """Whether ``target`` is an ``anyio.CapacityLimiter`` (without importing anyio)."""
+    for cls in type(target).__mro__:
+        module = cls.__module__  # anyio re-exports it as anyio.CapacityLimiter
+        if cls.__name__ == "CapacityLimiter" and module.partition(".")[0] == "anyio":
+            return True
+    return False
+
+
+class ThreadPoolReading:
+    """One pool's state at collection time; ``max`` is None when unbounded."""
+
+    __slots__ = ("max", "queue", "used")
+
+    def __init__(self, used: int, max: int | None, queue: int) -> None:
+        self.used = used
+        self.max = max
+        self.queue = queue
+
+    @property
+    def usage(self) -> float | None:
+        """used / max, or None when unbounded."""
+        return None if not self.max else self.used / self.max
+
+    def __add__(self, other: ThreadPoolReading) -> ThreadPoolReading:
+        bound = None if self.max is None or other.max is None else self.max + other.max
+        return ThreadPoolReading(self.used + other.used, bound, self.queue + other.queue)
+
+    def __repr__(self) -> str:
+        return f"ThreadPoolReading(used={self.used}, max={self.max}, queue={self.queue})"
+
+
+class WaitBuffer(deque[float]):
+    """Waits of one source for one provider; ``flush`` hands them to its histogram."""
+
+    __slots__ = ("flush",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.flush: Callable[[], None] = _nothing
+
+
+def _nothing() -> None:
+    return None
+
+
+class _Waits:
+    """Wait buffers of every provider that reports a source (a tuple swapped whole)."""
+
+    __slots__ = ("buffers",)
+
+    def __init__(self) -> None:
+        self.buffers: tuple[WaitBuffer, ...] = ()
+
+    def add(self, buffer: WaitBuffer) -> None:
+        self.buffers = (*self.buffers, buffer)
+
+    def remove(self, buffer: WaitBuffer) -> None:
+        self.buffers = tuple(b for b in self.buffers if b is not buffer)
+
+    def waited(self, seconds: float) -> None:
+        for buffer in self.buffers:
+            buffer.append(seconds)
+            if len(buffer) > MAX_BUFFERED:  # amortised: memory stays bounded
+                buffer.flush()
+
+
+class LimiterSource(_Waits):
+    """An anyio ``CapacityLimiter``: used = borrowed tokens, queue = tasks waiting."""
+
+    __slots__ = ("_limiter", "_loop", "name")
+
+    def __init__(
+        self, limiter: Any, *, name: str, loop: asyncio.AbstractEventLoop | None = None
+    ) -> None:
+        super().__init__()
+        self._limiter = weakref.ref(limiter)
+        # anyio's default limiter belongs to one loop: it is over when that loop closes
+        self._loop = None if loop is None else weakref.ref(loop)
+        self.name = name
+
+    @property
+    def target(self) -> Any:
+        return self._limiter()
+
+    @property
+    def backend_limiter(self) -> Any:
+        """The backend's limiter that does the work; None until an adapter (a limiter
+        made outside any event loop) has made it, or once the limiter is gone."""
+        limiter = self._limiter()
+        if limiter is None or not _is_adapter(limiter):
+            return limiter
+        return getattr(limiter, "_internal_limiter", None)
+
+    @property
+    def alive(self) -> bool:
+        if self._limiter() is None:
+            return False
+        loop = None if self._loop is None else self._loop()
+        return self._loop is None or (loop is not None and not loop.is_closed())
+
+    def read(self) -> ThreadPoolReading:
+        limiter = self._limiter()
+        if limiter is None:
+            return ThreadPoolReading(0, 0, 0)
+        statistics = limiter.statistics()
+        total = statistics.total_tokens
+        bound = None if math.isinf(total) else int(total)
+        return ThreadPoolReading(statistics.borrowed_tokens, bound, statistics.tasks_waiting)
+
+    def __repr__(self) -> str:
+        return f"LimiterSource(name={self.name!r}, alive={self.alive})"
+
+
+def _is_adapter(limiter: object) -> bool:
+    return type(limiter).__name__ == "CapacityLimiterAdapter"
+
+
+class ExecutorSource(_Waits):
+    """A ``ThreadPoolExecutor``: used = threads running a call, queue = calls not started."""
+
+    __slots__ = ("__weakref__", "_busy", "_executor", "_lock", "_loop", "name")
+
+    def __init__(
+        self,
+        executor: ThreadPoolExecutor,
+        *,
+        name: str,
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        super().__init__()
+        self._executor = weakref.ref(executor)
+        self._loop = None if loop is None else weakref.ref(loop)
+        self._lock = threading.Lock()
+        self._busy = 0
+        self.name = name
+
+    @property
+    def target(self) -> ThreadPoolExecutor | None:
+        return self._executor()
+
+    @property
+    def alive(self) -> bool:
+        executor = self._executor()
+        return executor is not None and not getattr(executor, "_shutdown", False)
+
+    def read(self) -> ThreadPoolReading:
+        executor = self._executor()
+        if executor is None:
+            return ThreadPoolReading(0, 0, 0)
+        queue = getattr(executor, "_work_queue", None)
+        waiting = queue.qsize() if queue is not None else 0
+        return ThreadPoolReading(self._busy, getattr(executor, "_max_workers", None), waiting)
+
+    def attach(self) -> None:
+        """Route the executor's ``submit`` through ``track`` (an instance attribute:
+        only this executor pays, and ``detach`` deletes it)."""
+        executor = self._executor()
+        if executor is None or "submit" in vars(executor):
+            return
+        submit = type(executor).submit
+        executor_ref = self._executor
+        source_ref = weakref.ref(self)
+
+        def tracked_submit(fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+            owner = executor_ref()
+            if owner is None:  # pragma: no cover - the executor is calling us
+                raise RuntimeError("executor is gone")
+            source = source_ref()
+            if source is not None:
+                fn = source.track(fn)
+            return submit(owner, fn, *args, **kwargs)
+
+        executor.submit = tracked_submit  # type: ignore[method-assign]
+
+    def detach(self) -> None:
+        executor = self._executor()
+        if executor is not None:
+            vars(executor).pop("submit", None)
+
+    def track(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        """``fn`` as submitted: counts its thread busy while it runs, records its wait."""
+        submitted = _perf()
+
+        def run(*args: Any, **kwargs: Any) -> Any:
+            self.waited(_perf() - submitted)
+            with self._lock:
+                self._busy += 1
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                with self._lock:
+                    self._busy -= 1
+
+        return run
+
+    def __repr__(self) -> str:
+        return f"ExecutorSource(name={self.name!r}, busy={self._busy}, alive={self.alive})"
+
+
+Source = Union[LimiterSource, ExecutorSource]  # noqa: UP007 - a runtime alias on 3.10
