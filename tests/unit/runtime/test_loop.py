@@ -198,3 +198,27 @@ def test_uninstrument_stops_sampling_and_unwraps_the_selector(
     assert _series(metrics, UTILIZATION) == {}
     assert not hasattr(asyncio.BaseEventLoop.__dict__["run_forever"], "__wrapped__")
     assert list(MONITORS.active()) == []
+
+
+def test_uvloop_loops_get_delay_but_no_utilization(
+    runtime: BackpressureInstrumentor, metrics: MetricsCapture
+) -> None:
+    import uvloop
+
+    blocked: list[float] = []
+    seen: list[set[str]] = []
+
+    async def main() -> None:
+        await asyncio.sleep(0.05)  # several samples first: the sampler is running
+        start = time.perf_counter()
+        time.sleep(0.2)  # noqa: ASYNC251 - the blocking call under test
+        blocked.append(time.perf_counter() - start)
+        await asyncio.sleep(0.05)
+        seen.append(set(_series(metrics, UTILIZATION)))
+
+    uvloop.run(main())
+    point = metrics.histogram(DELAY, {LOOP_NAME: "MainThread"})
+    assert point is not None
+    # how late the timer ran: the block less at most one period (libuv's clock is in ms)
+    assert point.max >= blocked[0] - 0.01 - 0.001
+    assert seen == [set()]  # libuv polls where Python cannot time it
