@@ -67,11 +67,15 @@ def _instrument_kinds() -> dict[str, contract.Instrument]:
     from otel_backpressure.errors._metrics import _counter
     from otel_backpressure.pool._metrics import PoolMetrics
     from otel_backpressure.ratelimit.metrics import RateLimitMetrics
+    from otel_backpressure.runtime._loop import LoopMonitors
+    from otel_backpressure.runtime._metrics import LoopMetrics, ThreadPoolMetrics
 
     provider = _KindRecorder()
     PoolMetrics(provider)
     RateLimitMetrics(provider)
     _counter(provider)
+    LoopMetrics(provider, LoopMonitors())
+    ThreadPoolMetrics(provider)
     return provider.kinds
 
 

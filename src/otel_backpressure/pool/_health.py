@@ -148,6 +148,9 @@ def pool_health(
 ) -> PoolHealthSnapshot:
     """The health of ``target``'s pool now (``Engine``, ``AsyncEngine``, a SQLAlchemy
     ``Pool`` or an ``asyncpg.Pool``; instrumented or not), as a ``PoolHealthSnapshot``.
+    A thread pool (``anyio.CapacityLimiter``, ``ThreadPoolExecutor``) gives the
+    same snapshot: threads or tokens in use, free ones as ``available``, calls
+    waiting as ``pending`` (docs/runtime.md).
 
     ``healthy`` below the warning threshold, ``critical`` from the critical one;
     pools without a known capacity (unbounded) are always ``healthy``.
@@ -156,6 +159,14 @@ def pool_health(
     0.9). Raises ``TypeError`` for a target that is no pool, ``ValueError``
     for a threshold outside 0..1 or a warning above the critical one.
     """
+    from otel_backpressure.runtime import is_thread_pool, thread_pool_reading
+
+    if is_thread_pool(target):  # the runtime part's seam: anyio limiters, executors
+        warning, critical = _thresholds(warning_threshold, critical_threshold)
+        name, used, bound, queue = thread_pool_reading(target)
+        free = None if used is None or bound is None else bound - used
+        reading = PoolReading(used=used, pending=queue, timeouts=0, idle=free, max=bound)
+        return snapshot_of(name, reading, warning, critical)
     _check_target(target)
     warning, critical = _thresholds(warning_threshold, critical_threshold)
     return _snapshot(target, warning, critical)

@@ -78,14 +78,18 @@ import time
 import weakref
 from collections import deque
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Final, cast
+from typing import TYPE_CHECKING, Any, Final, cast, overload
 
 from opentelemetry.metrics import MeterProvider, get_meter_provider
 
 from otel_backpressure.pool._metrics import FAMILIES, MetricFamily
 from otel_backpressure.pool._source import PoolReading, PoolSource, PoolSourceClass
 from otel_backpressure.settings import Settings
+
+if TYPE_CHECKING:
+    from otel_backpressure.runtime import ThreadPoolInstrumentation
 
 __all__ = ["REGISTRY", "SOURCES", "PoolInstrumentation", "PoolRegistry", "SourceKind", "instrument"]
 
@@ -408,6 +412,18 @@ class PoolRegistry:
 REGISTRY: Final = PoolRegistry()
 
 
+@overload
+def instrument(
+    target: ThreadPoolExecutor,
+    *,
+    pool_name: str | None = None,
+    meter_provider: MeterProvider | None = None,
+    timings: bool | None = None,
+    clock: Callable[[], float] | None = None,
+) -> ThreadPoolInstrumentation: ...
+
+
+@overload
 def instrument(
     target: Any,
     *,
@@ -415,8 +431,21 @@ def instrument(
     meter_provider: MeterProvider | None = None,
     timings: bool | None = None,
     clock: Callable[[], float] | None = None,
-) -> PoolInstrumentation:
+) -> PoolInstrumentation: ...
+
+
+def instrument(
+    target: Any,
+    *,
+    pool_name: str | None = None,
+    meter_provider: MeterProvider | None = None,
+    timings: bool | None = None,
+    clock: Callable[[], float] | None = None,
+) -> PoolInstrumentation | ThreadPoolInstrumentation:
     """Report the pool of ``target`` (``Engine``, ``AsyncEngine`` or ``asyncpg.Pool``).
+
+    An ``anyio.CapacityLimiter`` or ``ThreadPoolExecutor`` goes to the runtime
+    part (``backpressure.thread_pool.*``, named ``pool_name``; docs/runtime.md).
 
     ``pool_name`` (a non-empty string) defaults to ``address[:port]/database``
     as the driver resolves them (never credentials), made unique among live
@@ -429,6 +458,10 @@ def instrument(
     Raises ``TypeError`` for a ``target`` no source knows or a non-bool
     ``timings``, ``ValueError`` for an empty ``pool_name``.
     """
+    from otel_backpressure.runtime import instrument_thread_pool, is_thread_pool
+
+    if is_thread_pool(target):  # the runtime part's seam
+        return instrument_thread_pool(target, pool_name=pool_name, meter_provider=meter_provider)
     if pool_name is not None and (not isinstance(pool_name, str) or not pool_name.strip()):
         raise ValueError(f"pool_name must be a non-empty string, got {pool_name!r}")
     if timings is not None and not isinstance(timings, bool):

@@ -24,7 +24,7 @@ from otel_backpressure.runtime._api import (
     ThreadPoolInstrumentation,
     instrument_thread_pool,
     is_thread_pool,
-    thread_pool_health,
+    thread_pool_reading,
 )
 from otel_backpressure.runtime._integration import (
     MONITORS,
@@ -46,5 +46,5 @@ __all__ = [
     "ThreadPoolIntegration",
     "instrument_thread_pool",
     "is_thread_pool",
-    "thread_pool_health",
+    "thread_pool_reading",
 ]

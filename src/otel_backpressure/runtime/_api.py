@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timezone
 from typing import Any
 
 from opentelemetry.metrics import MeterProvider
@@ -41,7 +40,7 @@ __all__ = [
     "limiter_source",
     "register_default",
     "set_default_metrics",
-    "thread_pool_health",
+    "thread_pool_reading",
 ]
 
 _lock = threading.RLock()
@@ -172,35 +171,20 @@ def executor_source(executor: object) -> ExecutorSource | None:
     return None
 
 
-def thread_pool_health(target: Any, warning: float, critical: float) -> dict[str, Any]:
-    """``pool_health()`` for a thread pool: read now, classified by usage."""
+def thread_pool_reading(target: Any) -> tuple[str | None, int | None, int | None, int]:
+    """``(name, used, max, queue)`` of a thread pool now, for ``pool_health()``.
+
+    ``name`` is None when the pool is not measured; ``used`` is None for an
+    executor that is not measured (only a measured one counts its busy threads);
+    ``max`` is None for a limiter with ``math.inf`` tokens.
+    """
     source = _sources.get(id(target))
     measured = source is not None and source.target is target
     if source is None or not measured:
         source = _new_source(target, _default_name(target), None)
     reading = source.read()
-    # An executor's busy threads are only counted while it is measured.
-    in_use = reading.used if measured or isinstance(source, LimiterSource) else None
-    usage = reading.usage if in_use is not None else None
-    if usage is None or usage < warning:
-        status = "healthy"
-    elif usage < critical:
-        status = "warning"
-    else:
-        status = "critical"
-    return {
-        "status": status,
-        "pool_name": source.name if measured else None,
-        "pool_size": reading.max,
-        "max_overflow": None,
-        "available": None if reading.max is None or in_use is None else reading.max - in_use,
-        "in_use": in_use,
-        "overflow_active": None,
-        "pending": reading.queue,
-        "total_capacity": reading.max,
-        "usage_percent": None if usage is None else round(usage * 100, 1),
-        "timestamp": datetime.now(timezone.utc).isoformat(),
-    }
+    used = reading.used if measured or isinstance(source, LimiterSource) else None
+    return (source.name if measured else None), used, reading.max, reading.queue
 
 
 _DEFAULT_NAMES = frozenset({"anyio", "asyncio.default_executor"})

@@ -12,12 +12,11 @@ import anyio
 import pytest
 
 import contract
-from otel_backpressure import BackpressureInstrumentor
+from otel_backpressure import BackpressureInstrumentor, instrument, pool_health
 from otel_backpressure.runtime import (
     POOL_NAME,
     WAIT_BOUNDARIES,
     instrument_thread_pool,
-    thread_pool_health,
 )
 from otel_backpressure.testing import MetricsCapture
 
@@ -52,9 +51,7 @@ def test_a_limiter_with_n_tokens_and_n_plus_k_tasks_is_full_then_idle(
     runtime: BackpressureInstrumentor, metrics: MetricsCapture
 ) -> None:
     limiter = anyio.CapacityLimiter(N)  # made outside any loop, as apps do at import
-    handle = instrument_thread_pool(
-        limiter, pool_name="uploads", meter_provider=metrics.meter_provider
-    )
+    handle = instrument(limiter, pool_name="uploads", meter_provider=metrics.meter_provider)
     release = threading.Event()
     seen: dict[str, object] = {}
 
@@ -65,7 +62,7 @@ def test_a_limiter_with_n_tokens_and_n_plus_k_tasks_is_full_then_idle(
         ]
         await _until(lambda: limiter.statistics().tasks_waiting == K)
         seen["full"] = _state(metrics, "uploads")
-        seen["health"] = thread_pool_health(limiter, 0.75, 0.9)
+        seen["health"] = pool_health(limiter)
         queued_at = time.perf_counter()
         release.set()
         await asyncio.gather(*tasks)
@@ -81,12 +78,19 @@ def test_a_limiter_with_n_tokens_and_n_plus_k_tasks_is_full_then_idle(
     assert waits.min == 0.0  # the first N found a free token
     health = seen["health"]
     assert isinstance(health, dict)
-    assert (health["status"], health["in_use"], health["pending"], health["usage_percent"]) == (
-        "critical",
-        N,
-        K,
-        100.0,
-    )
+    assert {k: v for k, v in health.items() if k != "timestamp"} == {
+        "status": "critical",
+        "pool_name": "uploads",
+        "in_use": N,
+        "available": 0,
+        "pending": K,
+        "timeouts": 0,
+        "total_capacity": N,
+        "idle_max": None,
+        "idle_min": None,
+        "overflow_active": None,
+        "usage_percent": 100.0,
+    }
     assert all(not contract.violations(m) for m in metrics.collect().values())
     handle.uninstrument()
     assert _state(metrics, "uploads") == {}
