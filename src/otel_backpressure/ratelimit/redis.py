@@ -22,7 +22,8 @@ is counted in ``backpressure.rate_limit.store.errors``, and a circuit breaker
 (:mod:`._breaker`) stops asking Redis: one outage opens it once however many
 decisions were in flight, and while it is open one probe per
 ``probe_interval`` seconds finds out when Redis is back. Decisions made while
-the breaker is open count as ``error.type=circuit_open``. A key that holds
+the breaker is open count as ``error.type=circuit_open``. On Redis Cluster
+each node has its own breaker. A key that holds
 another Redis type fails only its own decision (``error.type=WRONGTYPE``):
 the server answered, so it is no outage, and the batch around it is decided.
 
@@ -133,6 +134,7 @@ class RedisStore:
         "_client",
         "_cluster",
         "_drainer",
+        "_node_breakers",
         "_owns_client",
         "_pending",
         "_script",
@@ -197,6 +199,8 @@ class RedisStore:
         self._script = client.register_script(_load_script())
         self.counts = StoreCounts()
         self._breaker = Breaker(self.probe_interval, self.clock)
+        # Redis Cluster: one breaker per node name (host:port)
+        self._node_breakers: dict[str, Breaker] = {}
         # policies -> (key suffixes, the script's per-request arguments after cost)
         self._args: dict[tuple[Policy, ...], tuple[list[str], list[object]]] = {}
         # decisions waiting for the round trip in flight to end
@@ -211,8 +215,17 @@ class RedisStore:
 
     @property
     def breaker(self) -> Breaker:
-        """The circuit breaker (read its ``outages``; see :mod:`._breaker`)."""
+        """The circuit breaker (read its ``outages``; see :mod:`._breaker`).
+
+        On Redis Cluster each node has its own (:attr:`node_breakers`); this one
+        serves only until the client has loaded the cluster's slots.
+        """
         return self._breaker
+
+    @property
+    def node_breakers(self) -> dict[str, Breaker]:
+        """Redis Cluster: each node's breaker, by node name (``host:port``)."""
+        return dict(self._node_breakers)
 
     def _script_args(self, policies: tuple[Policy, ...]) -> tuple[list[str], list[object]]:
         prepared = self._args.get(policies)
@@ -236,57 +249,81 @@ class RedisStore:
         tagged = f"{self.prefix}{{{key}}}"
         return [tagged + suffix for suffix in suffixes]
 
+    def _breaker_for(self, key: str) -> Breaker:
+        """The breaker of the server holding ``key``.
+
+        One per Redis Cluster node, so one node's outage leaves the decisions
+        on the others enforced, and a probe that another node answers does
+        not close the breaker of the node that is down.
+        """
+        if not self._cluster:
+            return self._breaker
+        try:
+            name: str = self._client.get_node_from_key(key).name
+        except Exception:  # the slots are not loaded yet: the store's own breaker
+            return self._breaker
+        breaker = self._node_breakers.get(name)
+        if breaker is None:
+            if len(self._node_breakers) >= 1024:  # bounded: nodes come and go
+                self._node_breakers.clear()
+            breaker = self._node_breakers[name] = Breaker(self.probe_interval, self.clock)
+        return breaker
+
     async def decide(self, key: str, policies: Sequence[Policy], cost: int) -> gcra.Verdict:
         """Decide one request; on failure a fail-open (or closed) verdict, counted."""
         chosen = tuple(policies)
         suffixes, tail = self._script_args(chosen)
         tagged = f"{self.prefix}{{{key}}}"
         keys = [tagged + suffix for suffix in suffixes]
+        breaker = self._breaker_for(keys[0])
         loop = asyncio.get_running_loop()
         # a round trip is in flight: go out with the next batch (unless the flag
         # is left over from another, closed event loop, which would never clear it)
         if self._sending is loop:
-            if self._breaker.is_open:
-                return self._unavailable(chosen, CIRCUIT_OPEN)
+            if breaker.is_open:
+                return self._unavailable(chosen, CIRCUIT_OPEN, breaker)
             future: asyncio.Future[gcra.Verdict] = loop.create_future()
             self._pending.append((keys, [cost, *tail], chosen, future))
             return await future
-        ticket = self._breaker.admit()
+        ticket = breaker.admit()
         if ticket == SKIP:
-            return self._unavailable(chosen, CIRCUIT_OPEN)
+            return self._unavailable(chosen, CIRCUIT_OPEN, breaker)
         self._sending = loop
         try:
-            outcome = await self._round_trip(ticket, keys, [_SERVER_TIME, cost, *tail], 1)
+            outcome = await self._round_trip(
+                breaker, ticket, keys, [_SERVER_TIME, cost, *tail], 1
+            )
         finally:
             self._sending = None
             if self._pending:
                 self._start_batch(loop)
         if isinstance(outcome, str):
-            return self._unavailable(chosen, outcome)
+            return self._unavailable(chosen, outcome, breaker)
         if outcome[0] < 0:
-            return self._unavailable(chosen, WRONG_TYPE)
+            return self._unavailable(chosen, WRONG_TYPE, breaker)
         return _verdict(outcome, 0)
 
     async def _round_trip(
-        self, ticket: int, keys: list[str], args: list[object], requests: int
+        self, breaker: Breaker, ticket: int, keys: list[str], args: list[object], requests: int
     ) -> list[int] | str:
         """One script call for ``requests`` decisions: the reply's integers, or the error type.
 
-        The breaker hears the outcome. A reply of the wrong shape (not the script's)
-        counts as a failure like an unreachable server, never as a raised error.
+        ``breaker`` hears the outcome. A reply of the wrong shape (not the
+        script's) counts as a failure like an unreachable server, never as a
+        raised error.
         """
         try:
             values = [int(field) for field in (await self._call(keys, args)).split()]
             if len(values) != 5 * requests:
                 raise ValueError(f"expected {5 * requests} integers, got {len(values)}")
         except asyncio.CancelledError:
-            self._breaker.abandoned(ticket)
+            breaker.abandoned(ticket)
             raise
         except Exception as exc:
             error_type = type_name(type(exc))
-            self._breaker.failed(ticket, error_type)
+            breaker.failed(ticket, error_type)
             return error_type
-        self._breaker.succeeded(ticket)
+        breaker.succeeded(ticket)
         return values
 
     async def _call(self, keys: list[str], args: list[object]) -> Any:
@@ -305,58 +342,62 @@ class RedisStore:
         try:
             while self._pending:
                 batch, self._pending = self._pending, []
-                ticket = self._breaker.admit()
-                if ticket == SKIP:
-                    self._settle(batch, CIRCUIT_OPEN)
-                elif self._cluster:
-                    await asyncio.gather(*(self._send(ticket, g) for g in _by_slot(batch)))
+                if self._cluster:  # a script call may touch one slot only
+                    await asyncio.gather(*(self._send(group) for group in _by_slot(batch)))
                 else:
-                    await self._send(ticket, batch)
+                    await self._send(batch)
         finally:
             self._sending = None
             for _, _, _, future in self._pending:  # only left over when cancelled
                 future.cancel()
             self._pending = []
 
-    async def _send(self, ticket: int, batch: list[_Queued]) -> None:
+    async def _send(self, batch: list[_Queued]) -> None:
         """One script call deciding ``batch``; every waiting decision gets its verdict."""
+        breaker = self._breaker_for(batch[0][0][0])
+        ticket = breaker.admit()
+        if ticket == SKIP:
+            self._settle(batch, CIRCUIT_OPEN, breaker)
+            return
         keys: list[str] = []
         args: list[object] = [_SERVER_TIME]
         for request_keys, request_args, _, _ in batch:
             keys += request_keys
             args += request_args
         try:
-            outcome = await self._round_trip(ticket, keys, args, len(batch))
+            outcome = await self._round_trip(breaker, ticket, keys, args, len(batch))
         except asyncio.CancelledError:
             for _, _, _, future in batch:
                 future.cancel()
             raise
-        self._settle(batch, outcome)
+        self._settle(batch, outcome, breaker)
 
-    def _settle(self, batch: list[_Queued], outcome: list[int] | str) -> None:
+    def _settle(self, batch: list[_Queued], outcome: list[int] | str, breaker: Breaker) -> None:
         """Give each waiting decision its verdict: from the reply, or failed open (closed)."""
         for i, (_, _, policies, future) in enumerate(batch):
             if future.done():  # its caller was cancelled meanwhile
                 continue
             if isinstance(outcome, str):
-                future.set_result(self._unavailable(policies, outcome))
+                future.set_result(self._unavailable(policies, outcome, breaker))
             elif outcome[5 * i] < 0:
-                future.set_result(self._unavailable(policies, WRONG_TYPE))
+                future.set_result(self._unavailable(policies, WRONG_TYPE, breaker))
             else:
                 future.set_result(_verdict(outcome, 5 * i))
 
-    def _unavailable(self, policies: tuple[Policy, ...], error_type: str) -> gcra.Verdict:
+    def _unavailable(
+        self, policies: tuple[Policy, ...], error_type: str, breaker: Breaker
+    ) -> gcra.Verdict:
         for policy in policies:
             self.counts.failed(policy.name, error_type)
         if self.fail_open:
             return gcra.Verdict(True, 0, policies[0].burst - 1, 0, 0, None)
-        retry_ns = round(self._breaker.retry_in() * 1e9)
+        retry_ns = round(breaker.retry_in() * 1e9)
         return gcra.Verdict(False, 0, 0, retry_ns, 0, None)
 
     @property
     def circuit_open(self) -> bool:
-        """Whether decisions currently skip Redis (the breaker is open or half open)."""
-        return self._breaker.is_open
+        """Whether some decisions currently skip Redis (a breaker is open or half open)."""
+        return self._breaker.is_open or any(b.is_open for b in self._node_breakers.values())
 
     async def aclose(self) -> None:
         """Wait for a batch in flight, then close the client if this store created it."""
@@ -380,7 +421,8 @@ class RedisStore:
         return (
             f"RedisStore(prefix={self.prefix!r}, timeout={self.timeout}, "
             f"fail_open={self.fail_open}, circuit={self._breaker.state}, "
-            f"outages={self._breaker.outages})"
+            f"outages={self._breaker.outages}, nodes_open="
+            f"{sum(b.is_open for b in self._node_breakers.values())})"
         )
 
 
