@@ -290,9 +290,7 @@ class RedisStore:
             return self._unavailable(chosen, CIRCUIT_OPEN, breaker)
         self._sending = loop
         try:
-            outcome = await self._round_trip(
-                breaker, ticket, keys, [_SERVER_TIME, cost, *tail], 1
-            )
+            outcome = await self._round_trip(breaker, ticket, keys, [_SERVER_TIME, cost, *tail], 1)
         finally:
             self._sending = None
             if self._pending:

@@ -90,6 +90,20 @@ async def test_a_batch_over_many_slots_decides_exactly(cluster: list[PrivateRedi
     await client.aclose()
 
 
+async def _while_down(
+    limiter: RateLimiter, store: RedisStore, clock: FakeClock, keys: list[str], on_down: set[str]
+) -> None:
+    during = await asyncio.gather(*(limiter.hit(key) for key in keys))
+    # the down node's clients fail open; every other client stays enforced
+    assert {key for key, d in zip(keys, during, strict=True) if d.allowed} == on_down
+    clock.advance(store.probe_interval)
+    healthy = [key for key in keys if key not in on_down]
+    # alternate: the down node's probe fails, the healthy nodes' calls succeed
+    for down_key, healthy_key in zip(sorted(on_down), healthy, strict=False):
+        assert (await limiter.hit(down_key)).allowed  # failed open
+        assert not (await limiter.hit(healthy_key)).allowed  # still enforced
+
+
 async def test_one_node_down_leaves_the_others_enforced_and_does_not_flap(
     cluster: list[PrivateRedis],
 ) -> None:
@@ -101,24 +115,13 @@ async def test_one_node_down_leaves_the_others_enforced_and_does_not_flap(
     limiter = RateLimiter([once], store=store)
     down = cluster[2]
     keys = [f"client-{i}" for i in range(24)]
-    on_down = {
-        key
-        for key in keys
-        if client.get_node_from_key(store.keys(key, [once])[0]).port == down.port
-    }
+    ports = {key: client.get_node_from_key(store.keys(key, [once])[0]).port for key in keys}
+    on_down = {key for key, port in ports.items() if port == down.port}
     assert 0 < len(on_down) < len(keys)
     assert all(await asyncio.gather(*(limiter.hit(key) for key in keys)))  # first hits
     down.pause()
     try:
-        during = await asyncio.gather(*(limiter.hit(key) for key in keys))
-        # the down node's clients fail open; every other client stays enforced
-        assert {key for key, d in zip(keys, during, strict=True) if d.allowed} == on_down
-        clock.advance(store.probe_interval)
-        healthy = [key for key in keys if key not in on_down]
-        # alternate: the down node's probe fails, the healthy nodes' calls succeed
-        for down_key, healthy_key in zip(sorted(on_down), healthy, strict=False):
-            assert (await limiter.hit(down_key)).allowed  # failed open
-            assert not (await limiter.hit(healthy_key)).allowed  # still enforced
+        await _while_down(limiter, store, clock, keys, on_down)
     finally:
         down.resume()
     clock.advance(store.probe_interval)
@@ -126,8 +129,6 @@ async def test_one_node_down_leaves_the_others_enforced_and_does_not_flap(
     assert not any(decision.allowed for decision in back)  # one probe: enforced again
     assert not store.circuit_open
     outages = {name: b.outages for name, b in store.node_breakers.items()}
-    assert outages == {
-        f"127.0.0.1:{down.port}": 1,
-        **{f"127.0.0.1:{node.port}": 0 for node in cluster if node is not down},
-    }
+    expected = {f"127.0.0.1:{node.port}": 0 for node in cluster}
+    assert outages == {**expected, f"127.0.0.1:{down.port}": 1}
     await client.aclose()
