@@ -1,0 +1,179 @@
+"""Read a ``psycopg_pool`` pool (``ConnectionPool``, ``AsyncConnectionPool``, null pools).
+
+Counts come from the pool's own ``get_stats()`` at collection time:
+``pool_size`` (connections open, lent out or being prepared), ``pool_available``
+(idle), ``requests_waiting``, ``pool_min`` and ``pool_max``. Its counters
+(``requests_errors`` and the like) are not used: ``pop_stats()``, which
+applications call to log them, resets them, and an exported counter must not
+go down. Timeouts (``PoolTimeout`` from ``getconn()``) and the three timings
+come from the instance's ``getconn``/``putconn``/``_connect``, shadowed by
+instance attributes: ``connection()`` and the pool's workers call them through
+``self``, so every checkout is seen and other pools pay nothing; ``close()``
+removes them.
+
+A pool is reported from creation until it is closed (a closed psycopg pool
+cannot be reopened) or garbage collected. A pool made with ``open=False`` is
+reported at zero until it opens.
+
+Example::
+
+    from otel_backpressure.pool._psycopg import PsycopgPoolSource
+
+    source = PsycopgPoolSource(pool, name="127.0.0.1:5432/app", clock=time.perf_counter,
+                               on_gone=print)
+    source.read()     # PoolReading(used=1, idle=3, pending=0, timeouts=0, max=10, ...)
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import sys
+from typing import Any, ClassVar
+
+from otel_backpressure.pool._checkout import HookedPoolSource
+from otel_backpressure.pool._naming import libpq_server
+from otel_backpressure.pool._source import PoolReading
+
+__all__ = ["PsycopgPoolSource", "is_psycopg_pool", "read_psycopg"]
+
+_logger = logging.getLogger(__name__)
+
+
+def is_psycopg_pool(target: object) -> bool:
+    """Whether ``target`` is a ``psycopg_pool`` pool (without importing psycopg_pool)."""
+    module = sys.modules.get("psycopg_pool.base")
+    return module is not None and isinstance(target, module.BasePool)
+
+
+def read_psycopg(pool: Any, *, timeouts: int) -> PoolReading:
+    """What ``pool.get_stats()`` says now; ``timeouts`` as counted by the source."""
+    stats = pool.get_stats()
+    size = stats.get("pool_size", 0)
+    idle = stats.get("pool_available", 0)
+    minimum = stats.get("pool_min", pool.min_size)
+    maximum = stats.get("pool_max", pool.max_size)
+    return PoolReading(
+        used=max(0, size - idle),  # two fields read without the pool's lock: never below 0
+        idle=idle,
+        pending=stats.get("requests_waiting", 0),
+        timeouts=timeouts,
+        max=maximum,
+        idle_max=maximum,
+        idle_min=minimum,
+        overflow=max(0, size - minimum),
+    )
+
+
+def _parameters(pool: Any) -> dict[str, Any]:
+    """The pool's conninfo and keywords merged as libpq would; {} when they are callables."""
+    conninfo = pool.conninfo
+    kwargs = pool.kwargs
+    if callable(conninfo):  # psycopg_pool 3.3: resolved per connection
+        conninfo = ""
+    if callable(kwargs) or not isinstance(kwargs, dict):
+        kwargs = {}
+    try:
+        from psycopg.conninfo import conninfo_to_dict
+
+        return dict(conninfo_to_dict(conninfo or "", **kwargs))
+    except Exception:  # an invalid conninfo fails on connect, in the app's hands
+        _logger.debug("Unparseable conninfo; naming the pool by its keywords", exc_info=True)
+        return dict(kwargs)
+
+
+class PsycopgPoolSource(HookedPoolSource):
+    """A ``PoolSource`` over one ``psycopg_pool`` pool, sync or async."""
+
+    hooked: ClassVar[tuple[str, ...]] = ("getconn", "putconn", "_connect")
+
+    __slots__ = ()
+
+    @staticmethod
+    def resolve(target: object) -> Any | None:
+        return target if is_psycopg_pool(target) else None
+
+    @staticmethod
+    def server(key: Any) -> str:
+        return libpq_server(_parameters(key))
+
+    @staticmethod
+    def peek(target: object) -> PoolReading | None:
+        return read_psycopg(target, timeouts=0) if is_psycopg_pool(target) else None
+
+    @property
+    def alive(self) -> bool:
+        pool = self._pool()
+        # closed after being opened is final: psycopg refuses to reopen a pool
+        return pool is not None and not (pool._closed and pool._opened)
+
+    def read(self) -> PoolReading:
+        return read_psycopg(self._live_pool(), timeouts=self.timeouts)
+
+    def _hook(self, pool: Any) -> None:
+        if inspect.iscoroutinefunction(pool.getconn):
+            self._hook_async(pool)
+        else:
+            self._hook_sync(pool)
+
+    def _hook_sync(self, pool: Any) -> None:
+        from psycopg_pool import PoolTimeout
+
+        getconn, putconn, connect = pool.getconn, pool.putconn, pool._connect
+        clock, checked_out, checked_in = self._clock, self._checked_out, self._checked_in
+        created, timed_out = self._created, self._timeouts.__next__
+
+        def hooked_getconn(timeout: float | None = None) -> Any:
+            start = clock()
+            try:
+                connection = getconn(timeout)
+            except PoolTimeout:
+                timed_out()
+                raise
+            checked_out(connection, start)
+            return connection
+
+        def hooked_putconn(connection: Any) -> None:
+            checked_in(connection)
+            putconn(connection)
+
+        def hooked_connect(*args: Any, **kwargs: Any) -> Any:
+            start = clock()
+            connection = connect(*args, **kwargs)
+            created(start)
+            return connection
+
+        pool.getconn = hooked_getconn
+        pool.putconn = hooked_putconn
+        pool._connect = hooked_connect
+
+    def _hook_async(self, pool: Any) -> None:
+        from psycopg_pool import PoolTimeout
+
+        getconn, putconn, connect = pool.getconn, pool.putconn, pool._connect
+        clock, checked_out, checked_in = self._clock, self._checked_out, self._checked_in
+        created, timed_out = self._created, self._timeouts.__next__
+
+        async def hooked_getconn(timeout: float | None = None) -> Any:
+            start = clock()
+            try:
+                connection = await getconn(timeout)
+            except PoolTimeout:
+                timed_out()
+                raise
+            checked_out(connection, start)
+            return connection
+
+        async def hooked_putconn(connection: Any) -> None:
+            checked_in(connection)
+            await putconn(connection)
+
+        async def hooked_connect(*args: Any, **kwargs: Any) -> Any:
+            start = clock()
+            connection = await connect(*args, **kwargs)
+            created(start)
+            return connection
+
+        pool.getconn = hooked_getconn
+        pool.putconn = hooked_putconn
+        pool._connect = hooked_connect
