@@ -29,6 +29,10 @@ _instruments_sqlalchemy: Final = "sqlalchemy >= 1.4"
 _instruments_asyncpg: Final = "asyncpg >= 0.27"
 _instruments_limits: Final = "limits >= 3.0"
 _instruments_redis: Final = "redis >= 4.6"
+_instruments_psycopg_pool: Final = "psycopg-pool >= 3.1"
+# httpx 0.23 to 0.28 use httpcore 0.15 to 1.x
+_instruments_httpcore: Final = "httpcore >= 0.15"
+_instruments_aiohttp: Final = "aiohttp >= 3.8"
 _instruments_sdk: Final = "opentelemetry-sdk >= 1.30"
 
 # Top-level module (or package prefix) a patch target lives in -> its supported range.
@@ -37,6 +41,9 @@ _supported: Final[dict[str, str]] = {
     "asyncpg": _instruments_asyncpg,
     "limits": _instruments_limits,
     "redis": _instruments_redis,
+    "psycopg_pool": _instruments_psycopg_pool,
+    "httpcore": _instruments_httpcore,
+    "aiohttp": _instruments_aiohttp,
     "opentelemetry.sdk": _instruments_sdk,
 }
 

@@ -226,6 +226,14 @@ class Settings:
     pool_critical_threshold: float = _number(
         "POOL_CRITICAL_THRESHOLD", 0.9, 0.0, 1.0, "Usage from which pool_health() says `critical`."
     )
+    # Each distinct server is a handful of series per HTTP client pool.
+    http_client_max_servers: int = _count(
+        "HTTP_CLIENT_MAX_SERVERS",
+        20,
+        1,
+        1000,
+        "Distinct servers per outbound HTTP pool with their own series; the rest are `_OTHER`.",
+    )
     rate_limit_enabled: bool = _switch(
         "RATE_LIMIT_ENABLED", True, "Rate-limit metering (and the `limits` library's) on or off."
     )

@@ -39,7 +39,6 @@ from otel_backpressure.pool._source import PoolSource, TimingRecorder
 
 __all__ = [
     "CONNECTION_DURATION_BOUNDARIES",
-    "DEFAULT_MAX_SERVERS",
     "OTHER",
     "QUEUE_BOUNDARIES",
     "HttpClientMetrics",
@@ -57,7 +56,6 @@ _logger = logging.getLogger(__name__)
 
 #: ``server.address`` of every server past a pool's ``max_servers``.
 OTHER: Final = "_OTHER"
-DEFAULT_MAX_SERVERS: Final = 20
 # The semantic conventions' advice for http.client.connection.duration and for
 # HTTP request durations (which .NET uses for time_in_queue), in seconds.
 CONNECTION_DURATION_BOUNDARIES: Final = (
@@ -324,7 +322,7 @@ class HttpClientMetrics:
                 if not source.alive:
                     gone.append(source)
                     continue
-                reading = source.read()
+                reading: object = source.read()  # an HTTP source returns its own kind
                 if not isinstance(reading, HttpReading):
                     raise TypeError(f"expected an HttpReading, got {type(reading).__name__}")
                 self._merge(rows, reading)
@@ -426,7 +424,7 @@ def max_servers_setting() -> int:
     """The ``http_client_max_servers`` setting, read when a pool is instrumented."""
     from otel_backpressure.settings import Settings
 
-    return int(getattr(Settings.from_env(), "http_client_max_servers", DEFAULT_MAX_SERVERS))
+    return Settings.from_env().http_client_max_servers
 
 
 class HttpPoolSource:

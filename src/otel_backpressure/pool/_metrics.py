@@ -28,6 +28,7 @@ from typing import Any, Final, Protocol
 from opentelemetry.metrics import CallbackOptions, Histogram, MeterProvider, Observation
 
 from otel_backpressure._shared import get_meter
+from otel_backpressure.pool._http import HttpClientMetrics
 from otel_backpressure.pool._sdk import HistogramSink
 from otel_backpressure.pool._source import PoolReading, PoolSource, TimingRecorder
 
@@ -281,4 +282,7 @@ class PoolMetrics:
 
 
 #: A source's ``family`` -> the class that meters it (one instance per provider).
-FAMILIES: Final[dict[str, Callable[[MeterProvider], MetricFamily]]] = {"db": PoolMetrics}
+FAMILIES: Final[dict[str, Callable[[MeterProvider], MetricFamily]]] = {
+    "db": PoolMetrics,
+    "http": HttpClientMetrics,
+}

@@ -2,7 +2,9 @@
 
 Counts come from the pool's own ``get_stats()`` at collection time:
 ``pool_size`` (connections open, lent out or being prepared), ``pool_available``
-(idle), ``requests_waiting``, ``pool_min`` and ``pool_max``. Its counters
+(idle), ``pool_min`` and ``pool_max``. Waiting clients are counted from the
+pool's queue, skipping those that already gave up: ``requests_waiting`` keeps a
+client that timed out until the next connection comes back. Its counters
 (``requests_errors`` and the like) are not used: ``pop_stats()``, which
 applications call to log them, resets them, and an exported counter must not
 go down. Timeouts (``PoolTimeout`` from ``getconn()``) and the three timings
@@ -32,10 +34,10 @@ import sys
 from typing import Any, ClassVar
 
 from otel_backpressure.pool._checkout import HookedPoolSource
-from otel_backpressure.pool._naming import libpq_server
+from otel_backpressure.pool._naming import _join
 from otel_backpressure.pool._source import PoolReading
 
-__all__ = ["PsycopgPoolSource", "is_psycopg_pool", "read_psycopg"]
+__all__ = ["PsycopgPoolSource", "is_psycopg_pool", "libpq_server", "read_psycopg"]
 
 _logger = logging.getLogger(__name__)
 
@@ -44,6 +46,15 @@ def is_psycopg_pool(target: object) -> bool:
     """Whether ``target`` is a ``psycopg_pool`` pool (without importing psycopg_pool)."""
     module = sys.modules.get("psycopg_pool.base")
     return module is not None and isinstance(target, module.BasePool)
+
+
+def _waiting(pool: Any, stats: dict[str, int]) -> int:
+    """Clients waiting now. ``requests_waiting`` is ``len(_waiting)``, which keeps a client
+    that timed out until a connection comes back (psycopg_pool then skips it): not waiting."""
+    waiting = getattr(pool, "_waiting", None)
+    if waiting is None:
+        return stats.get("requests_waiting", 0)
+    return sum(1 for client in list(waiting) if client.conn is None and client.error is None)
 
 
 def read_psycopg(pool: Any, *, timeouts: int) -> PoolReading:
@@ -56,7 +67,7 @@ def read_psycopg(pool: Any, *, timeouts: int) -> PoolReading:
     return PoolReading(
         used=max(0, size - idle),  # two fields read without the pool's lock: never below 0
         idle=idle,
-        pending=stats.get("requests_waiting", 0),
+        pending=_waiting(pool, stats),
         timeouts=timeouts,
         max=maximum,
         idle_max=maximum,
@@ -80,6 +91,30 @@ def _parameters(pool: Any) -> dict[str, Any]:
     except Exception:  # an invalid conninfo fails on connect, in the app's hands
         _logger.debug("Unparseable conninfo; naming the pool by its keywords", exc_info=True)
         return dict(kwargs)
+
+
+def _first(value: Any) -> str | None:
+    """The first of libpq's comma-separated alternatives (multi-host conninfo)."""
+    if value is None:
+        return None
+    text = str(value).split(",")[0].strip()
+    return text or None
+
+
+def libpq_server(parameters: dict[str, Any]) -> str:
+    """``host[:port]/dbname`` from libpq connection parameters; never user or password.
+
+    The first host of a multi-host conninfo names the pool (libpq tries them in
+    order); ``hostaddr`` stands in when there is no ``host``; IPv6 literals are
+    bracketed. A missing host is the local socket, written ``localhost``.
+    """
+    host = _first(parameters.get("host")) or _first(parameters.get("hostaddr"))
+    if host is not None and ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    port = _first(parameters.get("port"))
+    return _join(
+        host, int(port) if port and port.isdigit() else None, _first(parameters.get("dbname"))
+    )
 
 
 class PsycopgPoolSource(HookedPoolSource):

@@ -124,9 +124,51 @@ SOURCES: Final = (
         "otel_backpressure.pool._asyncpg:AsyncpgPoolSource",
         ("asyncpg.pool", "Pool.__init__"),
     ),
+    # psycopg_pool: every pool class (null pools too) runs its base's __init__
+    SourceKind(
+        "psycopg_pool",
+        "otel_backpressure.pool._psycopg:PsycopgPoolSource",
+        ("psycopg_pool.pool", "ConnectionPool.__init__"),
+    ),
+    SourceKind(
+        "psycopg_pool",
+        "otel_backpressure.pool._psycopg:PsycopgPoolSource",
+        ("psycopg_pool.pool_async", "AsyncConnectionPool.__init__"),
+    ),
+    # redis-py: BlockingConnectionPool and the sentinel pools run ConnectionPool.__init__
+    SourceKind(
+        "redis",
+        "otel_backpressure.pool._redis:RedisPoolSource",
+        ("redis.connection", "ConnectionPool.__init__"),
+    ),
+    SourceKind(
+        "redis",
+        "otel_backpressure.pool._redis:RedisPoolSource",
+        ("redis.asyncio.connection", "ConnectionPool.__init__"),
+    ),
+    # httpx: its transports make an httpcore pool (or proxy pool, a subclass)
+    SourceKind(
+        "httpcore",
+        "otel_backpressure.pool._httpx:HttpxPoolSource",
+        ("httpcore._sync.connection_pool", "ConnectionPool.__init__"),
+    ),
+    SourceKind(
+        "httpcore",
+        "otel_backpressure.pool._httpx:HttpxPoolSource",
+        ("httpcore._async.connection_pool", "AsyncConnectionPool.__init__"),
+    ),
+    SourceKind(
+        "aiohttp",
+        "otel_backpressure.pool._aiohttp:AiohttpPoolSource",
+        ("aiohttp.connector", "BaseConnector.__init__"),
+    ),
 )
 
-_KINDS_TEXT = "a SQLAlchemy Engine or AsyncEngine or an asyncpg.Pool"
+_KINDS_TEXT = (
+    "a SQLAlchemy Engine or AsyncEngine, an asyncpg.Pool, a psycopg_pool pool, "
+    "a redis-py client or pool, an httpx client or httpcore pool, "
+    "or an aiohttp ClientSession or connector"
+)
 
 
 class PoolInstrumentation:

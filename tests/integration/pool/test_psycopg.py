@@ -1,0 +1,235 @@
+"""psycopg_pool on the real PostgreSQL: every count exact, checked against pg_stat_activity."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import psycopg
+import psycopg_pool
+import pytest
+
+import otel_backpressure
+from otel_backpressure import BackpressureInstrumentor
+from otel_backpressure.pool._psycopg import libpq_server
+from otel_backpressure.testing import FakeClock, MetricsCapture
+from pool_states import IDLE, NAME, USED, wait_for
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def application_name() -> str:
+    return f"bp-test-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+def admin(postgres_dsn: str) -> Iterator[psycopg.Connection[Any]]:
+    with psycopg.connect(postgres_dsn, autocommit=True) as connection:
+        yield connection
+
+
+def open_on_server(admin: psycopg.Connection[Any], application_name: str) -> int:
+    """Backends the server has open under our application_name (other tests' are not ours)."""
+    row = admin.execute(
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s", (application_name,)
+    ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def poll(predicate: Callable[[], bool], what: str) -> None:
+    """Wait until ``predicate()`` holds (other threads make progress meanwhile)."""
+    for _ in range(5_000):
+        if predicate():
+            return
+        time.sleep(0.001)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def counts(metrics: MetricsCapture, name: str) -> dict[str, Any]:
+    """The counts and limits of one pool (the histograms are checked apart)."""
+    snapshot = metrics.snapshot({NAME: name})
+    return {k: v for k, v in snapshot.items() if not k.endswith("_time")}
+
+
+def state(used: int, idle: int, pending: int = 0, timeouts: int = 0) -> dict[str, Any]:
+    return {
+        USED: used,
+        IDLE: idle,
+        "db.client.connection.pending_requests": pending,
+        "db.client.connection.timeouts": timeouts,
+        "db.client.connection.max": 2,
+        "db.client.connection.idle.max": 2,
+        "db.client.connection.idle.min": 1,
+        "backpressure.pool.overflow": max(0, used + idle - 1),
+        "backpressure.pool.usage": used / 2,
+    }
+
+
+def test_pool_through_known_states(
+    postgres_dsn: str,
+    application_name: str,
+    admin: psycopg.Connection[Any],
+    metrics: MetricsCapture,
+    clock: FakeClock,
+) -> None:
+    pool = psycopg_pool.ConnectionPool(
+        postgres_dsn,
+        min_size=1,
+        max_size=2,
+        timeout=30,
+        kwargs={"application_name": application_name},
+        open=False,
+    )
+    handle = otel_backpressure.instrument(
+        pool, meter_provider=metrics.meter_provider, clock=clock, pool_name="psycopg"
+    )
+    try:
+        pool.open(wait=True)
+        assert counts(metrics, "psycopg") == state(0, 1)
+        assert open_on_server(admin, application_name) == 1
+
+        first = pool.getconn()
+        second = pool.getconn()  # the pool grows to max_size for it
+        assert counts(metrics, "psycopg") == state(2, 0)
+        assert open_on_server(admin, application_name) == 2
+
+        got: list[Any] = []
+        waiters = [threading.Thread(target=lambda: got.append(pool.getconn())) for _ in "abc"]
+        for waiter in waiters:
+            waiter.start()
+        poll(lambda: counts(metrics, "psycopg") == state(2, 0, pending=3), "three waiters")
+        clock.advance(0.02)
+        pool.putconn(first)
+        poll(lambda: len(got) == 1, "a waiter to get the connection")
+        assert counts(metrics, "psycopg") == state(2, 0, pending=2)
+        pool.putconn(second)
+        poll(lambda: len(got) == 2, "a second waiter")
+        for connection in list(got):
+            pool.putconn(connection)
+        poll(lambda: len(got) == 3, "the third waiter")
+        for waiter in waiters:
+            waiter.join()
+        pool.putconn(got[2])
+        assert counts(metrics, "psycopg") == state(0, 2)
+        assert open_on_server(admin, application_name) == 2
+
+        # five checkouts timed; first and second were held across the 0.02 s advance;
+        # two connections were opened
+        snapshot = metrics.snapshot({NAME: "psycopg"})
+        assert snapshot["db.client.connection.wait_time"][0] == 5
+        assert snapshot["db.client.connection.use_time"][:2] == (5, pytest.approx(0.04))
+        assert snapshot["db.client.connection.create_time"][0] == 2
+    finally:
+        handle.uninstrument()
+        pool.close()
+    assert "getconn" not in pool.__dict__
+
+
+def test_pool_counts_timeouts(
+    postgres_dsn: str,
+    application_name: str,
+    admin: psycopg.Connection[Any],
+    metrics: MetricsCapture,
+) -> None:
+    with psycopg_pool.ConnectionPool(
+        postgres_dsn, min_size=1, max_size=1, kwargs={"application_name": application_name}
+    ) as pool:
+        pool.wait()
+        handle = otel_backpressure.instrument(pool, meter_provider=metrics.meter_provider)
+        name = handle.pool_name
+        assert name == "127.0.0.1:5432/test"
+        with pool.connection() as held:
+            held.execute("SELECT 1")
+            for _ in range(2):
+                with pytest.raises(psycopg_pool.PoolTimeout):
+                    pool.getconn(timeout=0.05)
+            assert counts(metrics, name) == {
+                **state(1, 0, timeouts=2),
+                "db.client.connection.max": 1,
+                "db.client.connection.idle.max": 1,
+                "backpressure.pool.usage": 1.0,
+            }
+        pool.pop_stats()  # resets the pool's own counters; an exported counter must not go down
+        assert metrics.snapshot({NAME: name})["db.client.connection.timeouts"] == 2
+        assert open_on_server(admin, application_name) == 1
+        handle.uninstrument()
+
+
+async def test_async_pool_through_known_states(
+    postgres_dsn: str,
+    application_name: str,
+    admin: psycopg.Connection[Any],
+    metrics: MetricsCapture,
+) -> None:
+    pool = psycopg_pool.AsyncConnectionPool(
+        postgres_dsn,
+        min_size=1,
+        max_size=2,
+        kwargs={"application_name": application_name},
+        open=False,
+    )
+    handle = otel_backpressure.instrument(pool, meter_provider=metrics.meter_provider)
+    name = handle.pool_name
+    try:
+        await pool.open(wait=True)
+        assert counts(metrics, name) == state(0, 1)
+        held = [await pool.getconn(), await pool.getconn()]
+        assert counts(metrics, name) == state(2, 0)
+        assert open_on_server(admin, application_name) == 2
+        waiters = [asyncio.ensure_future(pool.getconn()) for _ in range(3)]
+        await wait_for(lambda: counts(metrics, name) == state(2, 0, pending=3), "three waiters")
+        for connection in held:
+            await pool.putconn(connection)
+        got = [await waiter for waiter in waiters[:2]]
+        assert counts(metrics, name) == state(2, 0, pending=1)
+        for connection in got:
+            await pool.putconn(connection)
+        await pool.putconn(await waiters[2])
+        assert counts(metrics, name) == state(0, 2)
+        assert open_on_server(admin, application_name) == 2
+        await pool.close()
+        assert counts(metrics, name) == {}  # closed for good: its series stop
+    finally:
+        handle.uninstrument()
+        await pool.close()
+
+
+def test_instrumentor_catches_pools_the_app_creates(
+    application_name: str, metrics: MetricsCapture, instrumentor: BackpressureInstrumentor
+) -> None:
+    instrumentor.instrument(meter_provider=metrics.meter_provider)
+    conninfo = (
+        f"host=127.0.0.1 port=5432 dbname=test user=postgres application_name={application_name}"
+    )
+    with psycopg_pool.ConnectionPool(conninfo, min_size=1, max_size=3) as pool:
+        pool.wait()
+        assert counts(metrics, "127.0.0.1:5432/test")[IDLE] == 1
+        instrumentor.uninstrument()
+        assert counts(metrics, "127.0.0.1:5432/test") == {}
+        assert "getconn" not in pool.__dict__
+
+
+@pytest.mark.parametrize(
+    ("parameters", "name"),
+    [
+        (
+            {"host": "db.example", "port": "6432", "dbname": "app", "password": "s3cret"},
+            "db.example:6432/app",
+        ),
+        (
+            {"host": "a.example,b.example", "port": "5433,5434", "dbname": "app"},
+            "a.example:5433/app",
+        ),
+        ({"hostaddr": "::1", "dbname": "app", "user": "alice"}, "[::1]/app"),
+        ({"host": "/var/run/postgresql", "dbname": "app"}, "/var/run/postgresql/app"),
+        ({}, "localhost"),
+    ],
+)
+def test_default_names_never_carry_credentials(parameters: dict[str, str], name: str) -> None:
+    assert libpq_server(parameters) == name
