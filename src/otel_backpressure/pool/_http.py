@@ -296,7 +296,8 @@ class HttpClientMetrics:
             if registration is None:
                 return
             for key, count in registration.last.items():
-                self._retired[key] += count
+                if count:
+                    self._retired[key] += count
         self._failed.discard(id(source))
         if registration.recorder is not None:
             source.remove_recorder(registration.recorder)
@@ -333,8 +334,6 @@ class HttpClientMetrics:
                     self._failed.add(key)
                     _logger.exception("Cannot read HTTP pool %r; skipping it", source.name)
             self._flush_safely(registration)
-        for server, count in self._retired.items():
-            load_of(rows, server).timeouts += count
         for source in gone:
             self.remove(source)
         return rows
@@ -417,7 +416,10 @@ class HttpClientMetrics:
         return self._observe("usage")
 
     def _timeouts(self, options: CallbackOptions) -> Iterable[Observation]:
-        return self._observe("timeouts")
+        totals = {server: row.timeouts for server, row in self._rows.items()}
+        for server, count in list(self._retired.items()):  # pools gone: still counted
+            totals[server] = totals.get(server, 0) + count
+        return [Observation(n, self._attributes_of(server)) for server, n in totals.items()]
 
 
 def max_servers_setting() -> int:

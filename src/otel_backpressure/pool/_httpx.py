@@ -17,10 +17,14 @@ Hooks, as instance attributes on the pool (its transport calls
 - ``_assign_requests_to_connections`` (httpcore >= 1.0.3; the one place that
   gives requests connections, always called with the pool's lock held): after
   it, a request still without a connection is queued, and a queued one that got
-  one now left the queue: its ``http.client.request.time_in_queue`` is recorded
-  (as in .NET, only requests that queued are recorded). A connection no longer
-  in the list was dropped: its ``http.client.connection.duration`` is recorded.
-- ``create_connection`` notes when a connection was made.
+  one notes when. One pass may give a freed HTTP/1.1 connection to every
+  queued request; all but one then find it busy and queue again, so the *last*
+  assignment is the one that counted, and ``http.client.request.time_in_queue``
+  is recorded when the request leaves ``handle_request`` (as in .NET, only
+  requests that queued are recorded). A connection no longer in the list was
+  dropped: its ``http.client.connection.duration`` is recorded.
+- ``create_connection`` notes when a connection was made; ``close``/``aclose``
+  end every connection left.
 
 With httpcore before 1.0.3 the counts and timeouts are exact and the two
 histograms stay empty.
@@ -83,9 +87,11 @@ class HttpxPoolSource(HttpPoolSource):
         "handle_async_request",
         "_assign_requests_to_connections",
         "create_connection",
+        "close",
+        "aclose",
     )
 
-    __slots__ = ("_arrived", "_opened", "_queued")
+    __slots__ = ("_arrived", "_assigned", "_opened", "_queued")
 
     @staticmethod
     def resolve(target: object) -> Any | None:
@@ -108,6 +114,7 @@ class HttpxPoolSource(HttpPoolSource):
         # id(request) -> arrived at, for requests in handle_request now
         self._arrived: dict[int, float] = {}
         self._queued: set[int] = set()  # id(request) of those seen waiting
+        self._assigned: dict[int, float] = {}  # id(queued request) -> last given a connection
         # id(connection) -> (connection, made at, server key), for connections in the pool
         self._opened: dict[int, tuple[Any, float, ServerKey]] = {}
         super().__init__(pool, **kwargs)
@@ -146,7 +153,12 @@ class HttpxPoolSource(HttpPoolSource):
     def _hook(self, pool: Any) -> None:
         from httpcore import PoolTimeout
 
-        arrived, queued, opened = self._arrived, self._queued, self._opened
+        arrived, queued, assigned, opened = (
+            self._arrived,
+            self._queued,
+            self._assigned,
+            self._opened,
+        )
         clock, key_of, timed_out = self._clock, self._key, self._timed_out
         source = self
 
@@ -157,8 +169,17 @@ class HttpxPoolSource(HttpPoolSource):
             return ident
 
         def leave(ident: int, error: BaseException | None, request: Any) -> None:
-            arrived.pop(ident, None)
-            queued.discard(ident)
+            start = arrived.pop(ident, None)
+            if ident in queued:
+                queued.discard(ident)
+                left = assigned.pop(ident, None)
+                try:
+                    if left is not None and start is not None:
+                        key = key_of(request.url.origin)
+                        for recorder in source.recorders:
+                            recorder.add(recorder.queue, key, left - start)
+                except Exception:
+                    _logger.debug("httpx queue telemetry failed", exc_info=True)
             if isinstance(error, PoolTimeout):
                 try:
                     timed_out(key_of(request.url.origin))
@@ -220,26 +241,49 @@ class HttpxPoolSource(HttpPoolSource):
 
         pool.create_connection = hooked_create_connection
         pool._assign_requests_to_connections = hooked_assign
+        if hasattr(pool, "aclose"):
+            aclose = pool.aclose
+
+            async def hooked_aclose() -> None:
+                await aclose()
+                source._closed()
+
+            pool.aclose = hooked_aclose
+        else:
+            close = pool.close
+
+            def hooked_close() -> None:
+                close()
+                source._closed()
+
+            pool.close = hooked_close
+
+    def _closed(self) -> None:
+        """The pool closed every connection it had: they all end now."""
+        try:
+            recorders = self.recorders
+            now = self._clock()
+            for _, made, key in list(self._opened.values()):
+                for recorder in recorders:
+                    recorder.add(recorder.duration, key, now - made)
+            self._opened.clear()
+        except Exception:
+            _logger.debug("httpx connection telemetry failed", exc_info=True)
 
     def _after_assign(self, pool: Any, recorders: tuple[Any, ...]) -> None:
-        """Record requests that left the queue and connections that left the pool.
+        """Note queued requests and when they got a connection; record dropped connections.
 
         Runs with the pool's lock held, right after the pool handed out connections.
         """
         now = self._clock()
-        arrived, queued = self._arrived, self._queued
+        arrived, queued, assigned = self._arrived, self._queued, self._assigned
         for pool_request in pool._requests:
             ident = id(pool_request.request)
             if pool_request.connection is None:
                 if ident in arrived:
                     queued.add(ident)
             elif ident in queued:
-                queued.discard(ident)
-                start = arrived.pop(ident, None)
-                if start is not None:
-                    key = self._key(pool_request.request.url.origin)
-                    for recorder in recorders:
-                        recorder.add(recorder.queue, key, now - start)
+                assigned[ident] = now
         opened = self._opened
         if opened:
             present = {id(c) for c in pool._connections}

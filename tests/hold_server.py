@@ -1,0 +1,101 @@
+"""A real HTTP server on loopback (uvicorn, its own thread) whose ``/hold`` requests wait for the test.
+
+``arrived(n)`` blocks until ``n`` requests have reached the handler;
+``release(n)`` lets the ``n`` oldest held ones answer. Every other path
+answers at once. Nothing here sleeps against real time: the test waits for
+events the server reports.
+
+Example::
+
+    with HoldServer() as server:
+        ...                      # five clients GET server.url + "/hold"
+        server.arrived(2)        # two reached the handler: two connections are in use
+        server.release(1)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections import deque
+from typing import Any
+
+import uvicorn
+
+from otel_backpressure._shared import Receive, Scope, Send
+
+
+class HoldServer:
+    def __init__(self) -> None:
+        self._condition = threading.Condition()
+        self._arrived = 0
+        self._held: deque[asyncio.Future[None]] = deque()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        config = uvicorn.Config(
+            self._app,
+            host="127.0.0.1",
+            port=0,
+            log_level="warning",
+            lifespan="off",
+            interface="asgi3",
+        )
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._server.run, daemon=True)
+        self.port = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def _app(self, scope: Scope, receive: Receive, send: Send) -> None:
+        assert scope["type"] == "http"
+        if scope["path"] == "/hold":
+            self._loop = asyncio.get_running_loop()
+            gate: asyncio.Future[None] = self._loop.create_future()
+            self._held.append(gate)
+            with self._condition:
+                self._arrived += 1
+                self._condition.notify_all()
+            await gate
+        body = b"ok"
+        headers = [(b"content-type", b"text/plain"), (b"content-length", b"2")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    def arrived(self, count: int) -> None:
+        """Block until ``count`` requests in all have reached ``/hold``."""
+        with self._condition:
+            if not self._condition.wait_for(lambda: self._arrived >= count, timeout=10):
+                raise AssertionError(f"{self._arrived} of {count} requests arrived")
+
+    @property
+    def arrivals(self) -> int:
+        return self._arrived
+
+    def release(self, count: int = 1) -> None:
+        """Let the ``count`` oldest held requests answer."""
+        loop = self._loop
+        assert loop is not None, "nothing is held"
+
+        def open_gates() -> None:
+            for _ in range(count):
+                self._held.popleft().set_result(None)
+
+        loop.call_soon_threadsafe(open_gates)
+
+    def __enter__(self) -> HoldServer:
+        self._thread.start()
+        for _ in range(1000):
+            if self._server.started:
+                break
+            threading.Event().wait(0.01)
+        else:
+            raise RuntimeError("uvicorn did not start")
+        self.port = self._server.servers[0].sockets[0].getsockname()[1]
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._loop is not None and self._held:
+            self.release(len(self._held))
+        self._server.should_exit = True
+        self._thread.join(timeout=10)

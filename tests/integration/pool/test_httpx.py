@@ -1,0 +1,211 @@
+"""httpx (httpcore's pool) against a real local server that holds requests: every count exact."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+import otel_backpressure
+from hold_server import HoldServer
+from otel_backpressure import BackpressureInstrumentor
+from otel_backpressure.testing import FakeClock, MetricsCapture
+
+pytestmark = pytest.mark.integration
+
+ACTIVE = "http.client.open_connections{http.connection.state=active}"
+IDLE = "http.client.open_connections{http.connection.state=idle}"
+
+
+@pytest.fixture
+def server() -> Iterator[HoldServer]:
+    with HoldServer() as server:
+        yield server
+
+
+def server_attributes(server: HoldServer) -> dict[str, Any]:
+    return {"server.address": "127.0.0.1", "server.port": server.port, "url.scheme": "http"}
+
+
+def state(metrics: MetricsCapture, server: HoldServer) -> dict[str, Any]:
+    """Every series of the server (the histograms as (count, sum))."""
+    snapshot = metrics.snapshot(server_attributes(server))
+    return {k: v[:2] if isinstance(v, tuple) else v for k, v in snapshot.items()}
+
+
+def settled(metrics: MetricsCapture, server: HoldServer, expected: dict[str, Any]) -> None:
+    """Assert the series reach ``expected`` once the clients' threads settle.
+
+    httpcore may hand a freed connection to every queued request in one pass;
+    all but one find it busy and queue again within microseconds, so a reading
+    taken in between sees them as not waiting.
+    """
+    for _ in range(5_000):
+        if state(metrics, server) == expected:
+            return
+        threading.Event().wait(0.001)
+    assert state(metrics, server) == expected
+
+
+async def settled_async(
+    metrics: MetricsCapture, server: HoldServer, expected: dict[str, Any]
+) -> None:
+    """``settled`` for the event loop's clients: yield to them while waiting."""
+    for _ in range(5_000):
+        if state(metrics, server) == expected:
+            return
+        await asyncio.sleep(0.001)
+    assert state(metrics, server) == expected
+
+
+def counts(
+    active: int, idle: int, pending: int, limit: int = 2, timeouts: int = 0
+) -> dict[str, Any]:
+    return {
+        ACTIVE: active,
+        IDLE: idle,
+        "backpressure.http.client.pending_requests": pending,
+        "backpressure.http.client.pool.timeouts": timeouts,
+        "backpressure.http.client.connection.max": limit,
+        "backpressure.http.client.connection.usage": active / limit,
+    }
+
+
+def test_sync_client_queues_past_its_limit(
+    server: HoldServer, metrics: MetricsCapture, clock: FakeClock
+) -> None:
+    client = httpx.Client(limits=httpx.Limits(max_connections=2), timeout=30)
+    handle = otel_backpressure.instrument(
+        client, meter_provider=metrics.meter_provider, clock=clock
+    )
+    try:
+        assert state(metrics, server) == {}  # no server named yet
+        answers: list[int] = []
+
+        def call() -> None:
+            answers.append(client.get(server.url + "/hold").status_code)
+
+        threads = [threading.Thread(target=call) for _ in range(5)]
+        for thread in threads:
+            thread.start()
+        server.arrived(2)
+        settled(metrics, server, counts(2, 0, 3))  # the three others queue in the pool
+        assert server.arrivals == 2
+
+        clock.advance(0.5)  # every queued request has now waited 0.5 s
+        server.release(1)
+        server.arrived(3)
+        # recorded once its response starts: the third request is held at the server
+        settled(metrics, server, counts(2, 0, 2))
+        server.release(2)
+        server.arrived(5)
+        assert state(metrics, server) == {
+            **counts(2, 0, 0),
+            "http.client.request.time_in_queue": (1, pytest.approx(0.5)),
+        }
+        server.release(2)
+        for thread in threads:
+            thread.join()
+        assert answers == [200] * 5
+        assert state(metrics, server) == {
+            **counts(0, 2, 0),
+            "http.client.request.time_in_queue": (3, pytest.approx(1.5)),
+        }
+        clock.advance(2.0)
+        client.close()  # both connections end, 2.5 s after they opened
+        assert state(metrics, server) == {
+            **counts(0, 0, 0),
+            "http.client.request.time_in_queue": (3, pytest.approx(1.5)),
+            "http.client.connection.duration": (2, pytest.approx(5.0)),
+        }
+    finally:
+        handle.uninstrument()
+        client.close()
+
+
+def test_pool_timeouts_are_counted(server: HoldServer, metrics: MetricsCapture) -> None:
+    client = httpx.Client(
+        limits=httpx.Limits(max_connections=1), timeout=httpx.Timeout(30, pool=0.05)
+    )
+    handle = otel_backpressure.instrument(client, meter_provider=metrics.meter_provider)
+    try:
+        holder = threading.Thread(target=lambda: client.get(server.url + "/hold"))
+        holder.start()
+        server.arrived(1)
+        for _ in range(2):
+            with pytest.raises(httpx.PoolTimeout):
+                client.get(server.url + "/hold")
+        assert state(metrics, server) == counts(1, 0, 0, limit=1, timeouts=2)
+        server.release(1)
+        holder.join()
+        assert state(metrics, server) == counts(0, 1, 0, limit=1, timeouts=2)
+    finally:
+        handle.uninstrument()
+        client.close()
+
+
+async def test_async_client_queues_past_its_limit(
+    server: HoldServer, metrics: MetricsCapture, clock: FakeClock
+) -> None:
+    client = httpx.AsyncClient(limits=httpx.Limits(max_connections=2), timeout=30)
+    handle = otel_backpressure.instrument(
+        client, meter_provider=metrics.meter_provider, clock=clock
+    )
+    try:
+        calls = [asyncio.ensure_future(client.get(server.url + "/hold")) for _ in range(5)]
+        await asyncio.to_thread(server.arrived, 2)
+        await settled_async(metrics, server, counts(2, 0, 3))
+        clock.advance(0.25)
+        server.release(1)
+        await asyncio.to_thread(server.arrived, 3)
+        await settled_async(metrics, server, counts(2, 0, 2))
+        server.release(2)
+        await asyncio.to_thread(server.arrived, 5)
+        server.release(2)
+        responses = await asyncio.gather(*calls)
+        assert [r.status_code for r in responses] == [200] * 5
+        assert state(metrics, server) == {
+            **counts(0, 2, 0),
+            "http.client.request.time_in_queue": (3, pytest.approx(0.75)),
+        }
+    finally:
+        handle.uninstrument()
+        await client.aclose()
+
+
+def test_servers_past_the_bound_share_other(
+    server: HoldServer, metrics: MetricsCapture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OTEL_PYTHON_BACKPRESSURE_HTTP_CLIENT_MAX_SERVERS", "1")
+    client = httpx.Client(limits=httpx.Limits(max_connections=4))
+    handle = otel_backpressure.instrument(client, meter_provider=metrics.meter_provider)
+    try:
+        client.get(server.url + "/")  # the first server keeps its own series
+        client.get(f"http://localhost:{server.port}/")  # the second is past the bound
+        assert state(metrics, server) == counts(0, 1, 0, limit=4)
+        other = metrics.snapshot({"server.address": "_OTHER", "url.scheme": "http"})
+        assert other == {
+            **counts(0, 1, 0, limit=4),
+        }
+    finally:
+        handle.uninstrument()
+        client.close()
+
+
+def test_instrumentor_catches_clients_the_app_creates(
+    server: HoldServer, metrics: MetricsCapture, instrumentor: BackpressureInstrumentor
+) -> None:
+    instrumentor.instrument(meter_provider=metrics.meter_provider)
+    client = httpx.Client()
+    try:
+        assert client.get(server.url + "/").status_code == 200
+        assert state(metrics, server) == counts(0, 1, 0, limit=100)
+        instrumentor.uninstrument()
+        assert state(metrics, server) == {}
+        assert "handle_request" not in client._transport._pool.__dict__  # type: ignore[attr-defined]
+    finally:
+        client.close()
