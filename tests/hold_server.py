@@ -1,4 +1,4 @@
-"""A real HTTP server on loopback (uvicorn, its own thread) whose ``/hold`` requests wait for the test.
+"""A real HTTP server on loopback (uvicorn, own thread) whose ``/hold`` requests wait for the test.
 
 ``arrived(n)`` blocks until ``n`` requests have reached the handler;
 ``release(n)`` lets the ``n`` oldest held ones answer. Every other path

@@ -1,0 +1,156 @@
+"""aiohttp's connector against a real local server that holds requests: every count exact."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from typing import Any
+
+import aiohttp
+import pytest
+
+import otel_backpressure
+from hold_server import HoldServer
+from otel_backpressure import BackpressureInstrumentor
+from otel_backpressure.testing import FakeClock, MetricsCapture
+
+pytestmark = pytest.mark.integration
+
+ACTIVE = "http.client.open_connections{http.connection.state=active}"
+IDLE = "http.client.open_connections{http.connection.state=idle}"
+
+
+@pytest.fixture
+def server() -> Iterator[HoldServer]:
+    with HoldServer() as server:
+        yield server
+
+
+def state(metrics: MetricsCapture, server: HoldServer) -> dict[str, Any]:
+    """Every series of the server (the histograms as (count, sum))."""
+    attributes = {"server.address": "127.0.0.1", "server.port": server.port, "url.scheme": "http"}
+    snapshot = metrics.snapshot(attributes)
+    return {k: v[:2] if isinstance(v, tuple) else v for k, v in snapshot.items()}
+
+
+async def settled(metrics: MetricsCapture, server: HoldServer, expected: dict[str, Any]) -> None:
+    """Assert the series reach ``expected`` once the loop has run the clients to their waits."""
+    for _ in range(5_000):
+        if state(metrics, server) == expected:
+            return
+        await asyncio.sleep(0.001)
+    assert state(metrics, server) == expected
+
+
+def counts(
+    active: int, idle: int, pending: int, limit: int = 2, timeouts: int = 0, usage: float = -1
+) -> dict[str, Any]:
+    return {
+        ACTIVE: active,
+        IDLE: idle,
+        "backpressure.http.client.pending_requests": pending,
+        "backpressure.http.client.pool.timeouts": timeouts,
+        "backpressure.http.client.connection.max": limit,
+        "backpressure.http.client.connection.usage": active / limit if usage < 0 else usage,
+    }
+
+
+async def fetch(session: aiohttp.ClientSession, url: str) -> int:
+    async with session.get(url) as response:
+        await response.read()
+        return response.status
+
+
+async def test_connector_queues_past_its_limit(
+    server: HoldServer, metrics: MetricsCapture, clock: FakeClock
+) -> None:
+    session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=2))
+    handle = otel_backpressure.instrument(
+        session, meter_provider=metrics.meter_provider, clock=clock
+    )
+    try:
+        calls = [asyncio.ensure_future(fetch(session, server.url + "/hold")) for _ in range(5)]
+        await asyncio.to_thread(server.arrived, 2)
+        await settled(metrics, server, counts(2, 0, 3))
+        clock.advance(0.5)  # every queued request has now waited 0.5 s
+        server.release(1)
+        await asyncio.to_thread(server.arrived, 3)
+        await settled(
+            metrics,
+            server,
+            {**counts(2, 0, 2), "http.client.request.time_in_queue": (1, pytest.approx(0.5))},
+        )
+        server.release(2)
+        await asyncio.to_thread(server.arrived, 5)
+        server.release(2)
+        assert await asyncio.gather(*calls) == [200] * 5
+        assert state(metrics, server) == {
+            **counts(0, 2, 0),
+            "http.client.request.time_in_queue": (3, pytest.approx(1.5)),
+        }
+        clock.advance(2.0)
+        await session.close()  # both connections end, 2.5 s after they opened
+        await settled(  # and the closed connector's series stop
+            metrics,
+            server,
+            {
+                "http.client.request.time_in_queue": (3, pytest.approx(1.5)),
+                "http.client.connection.duration": (2, pytest.approx(5.0)),
+            },
+        )
+    finally:
+        handle.uninstrument()
+        await session.close()
+
+
+async def test_limit_per_host_binds_first(server: HoldServer, metrics: MetricsCapture) -> None:
+    session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=4, limit_per_host=1))
+    handle = otel_backpressure.instrument(session, meter_provider=metrics.meter_provider)
+    try:
+        calls = [asyncio.ensure_future(fetch(session, server.url + "/hold")) for _ in range(2)]
+        await asyncio.to_thread(server.arrived, 1)
+        # one connection of the pool's four, but the only one this host may have
+        await settled(metrics, server, counts(1, 0, 1, limit=1, usage=1.0))
+        server.release(1)
+        await asyncio.to_thread(server.arrived, 2)
+        server.release(1)
+        assert await asyncio.gather(*calls) == [200, 200]
+        assert state(metrics, server)[IDLE] == 1
+    finally:
+        handle.uninstrument()
+        await session.close()
+
+
+async def test_requests_that_give_up_while_queued_are_counted(
+    server: HoldServer, metrics: MetricsCapture
+) -> None:
+    session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1))
+    handle = otel_backpressure.instrument(session, meter_provider=metrics.meter_provider)
+    try:
+        holder = asyncio.ensure_future(fetch(session, server.url + "/hold"))
+        await asyncio.to_thread(server.arrived, 1)
+        for _ in range(2):
+            with pytest.raises(aiohttp.ConnectionTimeoutError):
+                await session.get(server.url + "/", timeout=aiohttp.ClientTimeout(connect=0.05))
+        assert state(metrics, server) == counts(1, 0, 0, limit=1, timeouts=2)
+        server.release(1)
+        assert await holder == 200
+        assert state(metrics, server) == counts(0, 1, 0, limit=1, timeouts=2)
+    finally:
+        handle.uninstrument()
+        await session.close()
+
+
+async def test_instrumentor_catches_sessions_the_app_creates(
+    server: HoldServer, metrics: MetricsCapture, instrumentor: BackpressureInstrumentor
+) -> None:
+    instrumentor.instrument(meter_provider=metrics.meter_provider)
+    session = aiohttp.ClientSession()
+    try:
+        assert await fetch(session, server.url + "/") == 200
+        assert state(metrics, server) == counts(0, 1, 0, limit=100)
+        instrumentor.uninstrument()
+        assert state(metrics, server) == {}
+        assert "_create_connection" not in session.connector.__dict__  # type: ignore[union-attr]
+    finally:
+        await session.close()
