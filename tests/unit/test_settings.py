@@ -34,6 +34,7 @@ GOOD_VALUES: dict[str, tuple[str, Any]] = {
     "RATE_LIMIT_EVICTION_INTERVAL": ("2.5", 2.5),
     "RATE_LIMIT_IDLE_TIMEOUT": ("30", 30.0),
     "RATE_LIMIT_MAX_KEYS": ("10_000", 10_000),
+    "HTTP_CLIENT_MAX_SERVERS": ("5", 5),
     "ERRORS_ENABLED": ("FALSE", False),
     "ERROR_MAPPINGS": (" app.Missing=unset:404 ", "app.Missing=unset:404"),
     "EVENT_LOOP_ENABLED": ("off", False),
@@ -51,6 +52,7 @@ UNPARSEABLE: dict[str, str] = {
     "RATE_LIMIT_EVICTION_INTERVAL": "1m",
     "RATE_LIMIT_IDLE_TIMEOUT": "forever",
     "RATE_LIMIT_MAX_KEYS": "1e6",
+    "HTTP_CLIENT_MAX_SERVERS": "many",
     "ERRORS_ENABLED": "nope",
     "EVENT_LOOP_ENABLED": "sometimes",
     "EVENT_LOOP_RESOLUTION": "10ms",
@@ -65,6 +67,7 @@ RANGES: dict[str, tuple[float, float]] = {
     "RATE_LIMIT_IDLE_TIMEOUT": (0.0, 86_400.0),
     "RATE_LIMIT_MAX_KEYS": (1, 10_000_000),
     "EVENT_LOOP_RESOLUTION": (0.001, 10.0),
+    "HTTP_CLIENT_MAX_SERVERS": (1, 1000),
 }
 
 SPECIALS = ("inf", "-inf", "nan", "NaN", "1e300", "-1e300", "1e-300", "-0.0", "-0", "-1")
@@ -76,6 +79,7 @@ ACCEPTED_SPECIALS: dict[str, dict[str, float]] = {
     "RATE_LIMIT_IDLE_TIMEOUT": {"1e-300": 1e-300, "-0.0": 0.0, "-0": 0.0},
     "RATE_LIMIT_MAX_KEYS": {},
     "EVENT_LOOP_RESOLUTION": {},
+    "HTTP_CLIENT_MAX_SERVERS": {},
 }
 
 
