@@ -34,10 +34,10 @@ import sys
 from typing import Any, ClassVar
 
 from otel_backpressure.pool._checkout import HookedPoolSource
-from otel_backpressure.pool._naming import _join
+from otel_backpressure.pool._naming import libpq_server, server_name
 from otel_backpressure.pool._source import PoolReading
 
-__all__ = ["PsycopgPoolSource", "is_psycopg_pool", "libpq_server", "read_psycopg"]
+__all__ = ["PsycopgPoolSource", "is_psycopg_pool", "read_psycopg"]
 
 _logger = logging.getLogger(__name__)
 
@@ -76,45 +76,16 @@ def read_psycopg(pool: Any, *, timeouts: int) -> PoolReading:
     )
 
 
-def _parameters(pool: Any) -> dict[str, Any]:
-    """The pool's conninfo and keywords merged as libpq would; {} when they are callables."""
+def _name(pool: Any) -> str:
+    """``host:port/dbname`` for the pool's conninfo and keywords, as libpq reads them."""
     conninfo = pool.conninfo
     kwargs = pool.kwargs
     if callable(conninfo):  # psycopg_pool 3.3: resolved per connection
-        conninfo = ""
+        conninfo = None
     if callable(kwargs) or not isinstance(kwargs, dict):
         kwargs = {}
-    try:
-        from psycopg.conninfo import conninfo_to_dict
-
-        return dict(conninfo_to_dict(conninfo or "", **kwargs))
-    except Exception:  # an invalid conninfo fails on connect, in the app's hands
-        _logger.debug("Unparseable conninfo; naming the pool by its keywords", exc_info=True)
-        return dict(kwargs)
-
-
-def _first(value: Any) -> str | None:
-    """The first of libpq's comma-separated alternatives (multi-host conninfo)."""
-    if value is None:
-        return None
-    text = str(value).split(",")[0].strip()
-    return text or None
-
-
-def libpq_server(parameters: dict[str, Any]) -> str:
-    """``host[:port]/dbname`` from libpq connection parameters; never user or password.
-
-    The first host of a multi-host conninfo names the pool (libpq tries them in
-    order); ``hostaddr`` stands in when there is no ``host``; IPv6 literals are
-    bracketed. A missing host is the local socket, written ``localhost``.
-    """
-    host = _first(parameters.get("host")) or _first(parameters.get("hostaddr"))
-    if host is not None and ":" in host and not host.startswith("["):
-        host = f"[{host}]"
-    port = _first(parameters.get("port"))
-    return _join(
-        host, int(port) if port and port.isdigit() else None, _first(parameters.get("dbname"))
-    )
+    params = {k: v for k, v in kwargs.items() if k in ("host", "hostaddr", "port", "dbname")}
+    return server_name(libpq_server, conninfo or None, **params)
 
 
 class PsycopgPoolSource(HookedPoolSource):
@@ -130,7 +101,7 @@ class PsycopgPoolSource(HookedPoolSource):
 
     @staticmethod
     def server(key: Any) -> str:
-        return libpq_server(_parameters(key))
+        return _name(key)
 
     @staticmethod
     def peek(target: object) -> PoolReading | None:
