@@ -33,7 +33,7 @@ def test_every_metric_of_every_part_carries_the_package_scope_and_version() -> N
             "k"
         )
         MovingWindowRateLimiter(MemoryStorage()).hit(parse("1/second"), "k")  # `limits` metering
-        count_exception("ValueError", handled=False, meter_provider=provider)
+        count_exception(ValueError(), "ValueError", handled=False, meter_provider=provider)
         data = capture.reader.get_metrics_data()
     finally:
         instrumentor.uninstrument()
