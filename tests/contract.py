@@ -39,15 +39,20 @@ __all__ = [
     "CONNECTION_STATE",
     "ERROR_TYPE",
     "EVICTION_REASON",
+    "HTTP_CONNECTION_STATE",
     "LOOP_NAME",
     "METRICS",
+    "OTHER_SERVER",
     "OUTCOME",
     "POLICY",
     "POOL_NAME",
     "RESULT",
     "SCOPE_NAME",
     "SDK_DEFAULT_BUCKETS",
+    "SERVER_ADDRESS",
+    "SERVER_PORT",
     "THREAD_POOL_NAME",
+    "URL_SCHEME",
     "DataType",
     "Instrument",
     "MetricSpec",
@@ -100,6 +105,14 @@ ERROR_TYPE = "error.type"
 OUTCOME = "backpressure.exception.outcome"
 LOOP_NAME = "backpressure.event_loop.name"
 THREAD_POOL_NAME = "backpressure.thread_pool.name"
+SERVER_ADDRESS = "server.address"
+SERVER_PORT = "server.port"
+URL_SCHEME = "url.scheme"
+HTTP_CONNECTION_STATE = "http.connection.state"
+#: ``server.address`` of an HTTP pool's servers past its bound; those points have no port.
+OTHER_SERVER = "_OTHER"
+# Attributes whose values are integers, as the semantic conventions type them.
+_INT_ATTRIBUTES = frozenset({SERVER_PORT})
 
 ATTRIBUTE_VALUES: Mapping[str, frozenset[str] | None] = MappingProxyType(
     {
@@ -112,6 +125,10 @@ ATTRIBUTE_VALUES: Mapping[str, frozenset[str] | None] = MappingProxyType(
         OUTCOME: frozenset({"handled", "unhandled"}),
         LOOP_NAME: None,
         THREAD_POOL_NAME: None,
+        SERVER_ADDRESS: None,
+        SERVER_PORT: None,
+        URL_SCHEME: frozenset({"http", "https", "ws", "wss"}),
+        HTTP_CONNECTION_STATE: frozenset({"active", "idle"}),
     }
 )
 
@@ -243,6 +260,57 @@ METRICS: Mapping[str, MetricSpec] = MappingProxyType(
                 "1",
                 (POOL_NAME,),
                 "Used / max connections, 0..1; absent when the pool is unbounded.",
+            ),
+            # Outbound HTTP connection pools (semantic conventions, and .NET 8's
+            # System.Net.Http meter); servers past a pool's bound are _OTHER, no port.
+            _spec(
+                "http.client.open_connections",
+                _ASYNC_UDC,
+                "{connection}",
+                (SERVER_ADDRESS, SERVER_PORT, URL_SCHEME, HTTP_CONNECTION_STATE),
+                "Open outbound HTTP connections by state: active (serving a request) or idle.",
+            ),
+            _spec(
+                "http.client.connection.duration",
+                (Instrument.HISTOGRAM,),
+                "s",
+                (SERVER_ADDRESS, SERVER_PORT, URL_SCHEME),
+                "How long an outbound HTTP connection was open.",
+            ),
+            _spec(
+                "http.client.request.time_in_queue",
+                (Instrument.HISTOGRAM,),
+                "s",
+                (SERVER_ADDRESS, SERVER_PORT, URL_SCHEME),
+                "Time a request waited for a connection from its pool.",
+            ),
+            _spec(
+                "backpressure.http.client.pending_requests",
+                _ASYNC_UDC,
+                "{request}",
+                (SERVER_ADDRESS, SERVER_PORT, URL_SCHEME),
+                "Requests waiting for a connection from their pool now.",
+            ),
+            _spec(
+                "backpressure.http.client.pool.timeouts",
+                (Instrument.COUNTER, Instrument.OBSERVABLE_COUNTER),
+                "{timeout}",
+                (SERVER_ADDRESS, SERVER_PORT, URL_SCHEME),
+                "Requests that gave up waiting for a connection (httpx.PoolTimeout).",
+            ),
+            _spec(
+                "backpressure.http.client.connection.max",
+                _ASYNC_UDC,
+                "{connection}",
+                (SERVER_ADDRESS, SERVER_PORT, URL_SCHEME),
+                "The pool's connection limit for the server; absent when unbounded.",
+            ),
+            _spec(
+                "backpressure.http.client.connection.usage",
+                (Instrument.OBSERVABLE_GAUGE,),
+                "1",
+                (SERVER_ADDRESS, SERVER_PORT, URL_SCHEME),
+                "Active connections / the limit, 0..1; absent when unbounded.",
             ),
             # The event loop and thread pools (modelled on nodejs.eventloop.* and
             # dotnet.thread_pool.*).
@@ -478,16 +546,21 @@ def violations(metric: Any) -> list[str]:
         type_ok = isinstance(data, Sum) and data.is_monotonic is monotonic
     if not type_ok:
         problems.append(f"{spec.name}: data {type(data).__name__} is not a {expected.value}")
-    wanted = set(spec.attributes)
     for point in data.data_points:
         attributes = dict(point.attributes or {})
+        wanted = set(spec.attributes)
+        if attributes.get(SERVER_ADDRESS) == OTHER_SERVER:
+            wanted.discard(SERVER_PORT)  # the servers past a pool's bound share no port
         if set(attributes) != wanted:
             problems.append(
                 f"{spec.name}: attribute keys {sorted(attributes)}, contract says {sorted(wanted)}"
             )
         for key, value in attributes.items():
             allowed = ATTRIBUTE_VALUES.get(key)
-            if not isinstance(value, str):
+            if key in _INT_ATTRIBUTES:
+                if not isinstance(value, int) or isinstance(value, bool):
+                    problems.append(f"{spec.name}: {key}={value!r} is not an integer")
+            elif not isinstance(value, str):
                 problems.append(f"{spec.name}: {key}={value!r} is not a string")
             elif allowed is not None and value not in allowed:
                 problems.append(f"{spec.name}: {key}={value!r} not in {sorted(allowed)}")

@@ -20,6 +20,7 @@ DATASOURCE = {"type": "prometheus", "uid": "backpressure-prometheus"}
 OUTPUT = Path(__file__).parent / "dashboards" / "backpressure.json"
 
 POOL = "db_client_connection_pool_name"
+SERVER = "server_address"
 POLICY = "backpressure_rate_limit_policy"
 RESULT = "backpressure_rate_limit_result"
 OUTCOME = "backpressure_exception_outcome"
@@ -151,13 +152,13 @@ def row(title: str) -> Panel:
     return {"type": "row", "title": title, "collapsed": False, "panels": []}
 
 
-def quantiles(metric: str, selector: str, by: str) -> list[tuple[str, str]]:
+def quantiles(metric: str, selector: str, by: str, *, label: str = POOL) -> list[tuple[str, str]]:
     """p50/p95/p99 from the histogram's buckets, and the mean from _sum / _count."""
     series = [
         (
             f"histogram_quantile({q}, sum by (le, {by}) "
             f"(rate({metric}_bucket{{{selector}}}{RATE})))",
-            f"p{round(q * 100)} {{{{{POOL}}}}}",
+            f"p{round(q * 100)} {{{{{label}}}}}",
         )
         for q in (0.5, 0.95, 0.99)
     ]
@@ -165,10 +166,111 @@ def quantiles(metric: str, selector: str, by: str) -> list[tuple[str, str]]:
         (
             f"sum by ({by}) (rate({metric}_sum{{{selector}}}{RATE}))"
             f" / sum by ({by}) (rate({metric}_count{{{selector}}}{RATE}))",
-            f"mean {{{{{POOL}}}}}",
+            f"mean {{{{{label}}}}}",
         )
     )
     return series
+
+
+def http_pools() -> list[tuple[Panel, int, int]]:
+    """Outbound HTTP pools (httpx, aiohttp), by server: the HTTP client table of the contract."""
+    by_server = f"job, {SERVER}"
+    legend = f"{{{{{SERVER}}}}} ({{{{job}}}})"
+    return [
+        (row("Outbound HTTP pools"), 24, 1),
+        (
+            timeseries(
+                "HTTP pool usage",
+                "Active connections / the pool's limit for the server (httpx max_connections, "
+                "aiohttp limit or limit_per_host). At 100% new requests queue.",
+                [
+                    (
+                        f"max by ({by_server}) "
+                        f"(backpressure_http_client_connection_usage_ratio{{{SVC}}})",
+                        legend,
+                    )
+                ],
+                unit="percentunit",
+                thresholds=[("green", None), ("orange", 0.85), ("red", 1)],
+                max_value=1,
+            ),
+            8,
+            8,
+        ),
+        (
+            timeseries(
+                "HTTP requests queued",
+                "Requests waiting for a connection from their pool right now.",
+                [
+                    (
+                        f"sum by ({by_server}) "
+                        f"(backpressure_http_client_pending_requests{{{SVC}}})",
+                        legend,
+                    )
+                ],
+            ),
+            8,
+            8,
+        ),
+        (
+            timeseries(
+                "HTTP pool timeouts",
+                "Requests per second that gave up waiting for a connection "
+                "(httpx.PoolTimeout; aiohttp: the connect timeout while queued).",
+                [
+                    (
+                        f"sum by ({by_server}) "
+                        f"(rate(backpressure_http_client_pool_timeouts_total{{{SVC}}}{RATE}))",
+                        legend,
+                    )
+                ],
+                thresholds=[("green", None), ("red", 0.001)],
+            ),
+            8,
+            8,
+        ),
+        (
+            timeseries(
+                "HTTP connections by state",
+                "Active (serving a request) and idle connections per server, and the limit.",
+                [
+                    (
+                        f"sum by ({by_server}, http_connection_state) "
+                        f"(http_client_open_connections{{{SVC}}})",
+                        f"{{{{{SERVER}}}}} {{{{http_connection_state}}}}",
+                    ),
+                    (
+                        f"sum by ({by_server}) (backpressure_http_client_connection_max{{{SVC}}})",
+                        f"{{{{{SERVER}}}}} max",
+                    ),
+                ],
+            ),
+            8,
+            8,
+        ),
+        (
+            timeseries(
+                "HTTP time in queue",
+                "How long requests that queued waited for a connection: percentiles and mean.",
+                quantiles(
+                    "http_client_request_time_in_queue_seconds", SVC, by_server, label=SERVER
+                ),
+                unit="s",
+            ),
+            8,
+            8,
+        ),
+        (
+            timeseries(
+                "HTTP connection lifetime",
+                "How long connections stayed open: short lives mean churn (no keep-alive).",
+                quantiles("http_client_connection_duration_seconds", SVC, by_server, label=SERVER),
+                unit="s",
+            ),
+            8,
+            8,
+        ),
+    ]
 
 
 def panels() -> list[tuple[Panel, int, int]]:
@@ -349,6 +451,7 @@ def panels() -> list[tuple[Panel, int, int]]:
             12,
             8,
         ),
+        *http_pools(),
         # -- rate limiting -----------------------------------------------------
         (row("Rate limiting"), 24, 1),
         (

@@ -65,6 +65,7 @@ class _KindRecorder(NoOpMeterProvider):
 def _instrument_kinds() -> dict[str, contract.Instrument]:
     """What each part's code really creates (not what the contract would allow)."""
     from otel_backpressure.errors._metrics import _counter
+    from otel_backpressure.pool._http import HttpClientMetrics
     from otel_backpressure.pool._metrics import PoolMetrics
     from otel_backpressure.ratelimit.metrics import RateLimitMetrics
     from otel_backpressure.runtime._loop import LoopMonitors
@@ -72,6 +73,7 @@ def _instrument_kinds() -> dict[str, contract.Instrument]:
 
     provider = _KindRecorder()
     PoolMetrics(provider)
+    HttpClientMetrics(provider)
     RateLimitMetrics(provider)
     _counter(provider)
     LoopMetrics(provider, LoopMonitors())

@@ -131,7 +131,7 @@ class AiohttpPoolSource(HttpPoolSource):
                     load = load_of(loads, self._key(connection_key))
                     load.max = min(limits)
                     load.usage = min(1.0, max(load.usage or 0.0, len(lent) / per_host))
-        return HttpReading(loads)
+        return HttpReading(loads, limit or None)
 
     # -- hot path: never raise into the connector's caller ------------------------------
 

@@ -35,7 +35,7 @@ from opentelemetry.metrics import CallbackOptions, Histogram, MeterProvider, Obs
 
 from otel_backpressure._shared import get_meter
 from otel_backpressure.pool._sdk import HistogramSink
-from otel_backpressure.pool._source import PoolSource, TimingRecorder
+from otel_backpressure.pool._source import PoolReading, PoolSource, TimingRecorder
 
 __all__ = [
     "CONNECTION_DURATION_BOUNDARIES",
@@ -154,13 +154,25 @@ class HttpReading:
       per-host one where the library has it, whichever is fuller).
     """
 
-    __slots__ = ("servers",)
+    __slots__ = ("limit", "servers")
 
-    def __init__(self, servers: dict[ServerKey, ServerLoad]) -> None:
+    def __init__(self, servers: dict[ServerKey, ServerLoad], limit: int | None = None) -> None:
         self.servers = servers
+        self.limit = limit  # the pool's own limit on all its connections, if any
+
+    def totals(self) -> PoolReading:
+        """The whole pool as a ``PoolReading`` (what ``pool_health()`` reports)."""
+        loads = self.servers.values()
+        return PoolReading(
+            used=sum(load.active for load in loads),
+            idle=sum(load.idle for load in loads),
+            pending=sum(load.pending for load in loads),
+            timeouts=sum(load.timeouts for load in loads),
+            max=self.limit,
+        )
 
     def __repr__(self) -> str:
-        return f"HttpReading({self.servers!r})"
+        return f"HttpReading({self.servers!r}, limit={self.limit!r})"
 
 
 def load_of(loads: dict[ServerKey, ServerLoad], key: ServerKey) -> ServerLoad:

@@ -142,11 +142,12 @@ class HttpxPoolSource(HttpPoolSource):
             if request.connection is None:
                 load_of(loads, self._key(request.request.url.origin)).pending += 1
         limit = pool._max_connections
-        if 0 < limit < _UNBOUNDED:
-            for load in loads.values():
-                load.max = limit
-                load.usage = min(1.0, active_total / limit)
-        return HttpReading(loads)
+        if not 0 < limit < _UNBOUNDED:
+            return HttpReading(loads)
+        for load in loads.values():
+            load.max = limit
+            load.usage = min(1.0, active_total / limit)
+        return HttpReading(loads, limit)
 
     # -- hot path: never raise into the pool's caller -----------------------------------
 

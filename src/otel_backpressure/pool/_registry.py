@@ -373,7 +373,10 @@ class PoolRegistry:
         """
         source = self.source_of(target)
         if source is not None:
-            return source.name, source.read()
+            reading: Any = source.read()
+            # an HTTP pool reads by server; its health is the pool's totals
+            totals = getattr(reading, "totals", None)
+            return source.name, totals() if totals is not None else reading
         for line in SOURCES:
             kind = line.load()
             reading = kind.peek(target) if kind is not None else None
@@ -484,7 +487,13 @@ def instrument(
     timings: bool | None = None,
     clock: Callable[[], float] | None = None,
 ) -> PoolInstrumentation | ThreadPoolInstrumentation:
-    """Report the pool of ``target`` (``Engine``, ``AsyncEngine`` or ``asyncpg.Pool``).
+    """Report the pool of ``target`` (``Engine``, ``AsyncEngine``, ``asyncpg.Pool``, a
+    ``psycopg_pool`` pool, a redis-py client or pool, an httpx client, transport or
+    httpcore pool, an ``aiohttp.ClientSession`` or connector).
+
+    Database pools report the ``db.client.connection.*`` table under their pool
+    name; HTTP pools report the ``http.client.*`` table by server (``pool_name``
+    then only names the handle).
 
     An ``anyio.CapacityLimiter`` or ``ThreadPoolExecutor`` goes to the runtime
     part (``backpressure.thread_pool.*``, named ``pool_name``; docs/runtime.md).

@@ -9,6 +9,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+import contract
 import otel_backpressure
 from hold_server import HoldServer
 from otel_backpressure import BackpressureInstrumentor
@@ -84,6 +85,8 @@ async def test_connector_queues_past_its_limit(
         await asyncio.to_thread(server.arrived, 5)
         server.release(2)
         assert await asyncio.gather(*calls) == [200] * 5
+        for metric in metrics.collect().values():
+            assert contract.violations(metric) == [], metric.name
         assert state(metrics, server) == {
             **counts(0, 2, 0),
             "http.client.request.time_in_queue": (3, pytest.approx(1.5)),

@@ -6,10 +6,12 @@ import asyncio
 import threading
 from collections.abc import Iterator
 from typing import Any
+from unittest.mock import ANY
 
 import httpx
 import pytest
 
+import contract
 import otel_backpressure
 from hold_server import HoldServer
 from otel_backpressure import BackpressureInstrumentor
@@ -208,4 +210,56 @@ def test_instrumentor_catches_clients_the_app_creates(
         assert state(metrics, server) == {}
         assert "handle_request" not in client._transport._pool.__dict__  # type: ignore[attr-defined]
     finally:
+        client.close()
+
+
+def test_pool_health_reads_the_whole_pool(server: HoldServer, metrics: MetricsCapture) -> None:
+    client = httpx.Client(limits=httpx.Limits(max_connections=4))
+    handle = otel_backpressure.instrument(client, meter_provider=metrics.meter_provider)
+    try:
+        assert client.get(server.url + "/").status_code == 200
+        assert client.get(f"http://localhost:{server.port}/").status_code == 200
+        health = otel_backpressure.pool_health(client)
+        assert (health["in_use"], health["available"], health["total_capacity"]) == (0, 2, 4)
+        assert health["status"] == "healthy"
+    finally:
+        handle.uninstrument()
+        client.close()
+
+
+def test_every_series_keeps_the_contract(server: HoldServer, metrics: MetricsCapture) -> None:
+    """Names, units, kinds and attributes, ``_OTHER`` without a port included."""
+    import os
+
+    os.environ["OTEL_PYTHON_BACKPRESSURE_HTTP_CLIENT_MAX_SERVERS"] = "1"
+    try:
+        client = httpx.Client(
+            limits=httpx.Limits(max_connections=1), timeout=httpx.Timeout(30, pool=0.01)
+        )
+        handle = otel_backpressure.instrument(client, meter_provider=metrics.meter_provider)
+    finally:
+        del os.environ["OTEL_PYTHON_BACKPRESSURE_HTTP_CLIENT_MAX_SERVERS"]
+    try:
+        client.get(server.url + "/")
+        client.get(f"http://localhost:{server.port}/")  # past the bound, and drops the first
+        holder = threading.Thread(target=lambda: client.get(server.url + "/hold"))
+        holder.start()
+        server.arrived(1)
+        queued = threading.Thread(target=lambda: client.get(server.url + "/", timeout=30))
+        queued.start()
+        waiting = counts(1, 0, 1, limit=1)
+        settled(metrics, server, {**waiting, "http.client.connection.duration": (1, ANY)})
+        with pytest.raises(httpx.PoolTimeout):
+            client.get(server.url + "/")
+        server.release(1)
+        holder.join()
+        queued.join()
+        collected = metrics.collect()
+        assert {name for name in collected if "http" in name} == {
+            name for name in contract.METRICS if "http" in name
+        }
+        for metric in collected.values():
+            assert contract.violations(metric) == [], metric.name
+    finally:
+        handle.uninstrument()
         client.close()

@@ -13,6 +13,7 @@ import psycopg
 import psycopg_pool
 import pytest
 
+import contract
 import otel_backpressure
 from otel_backpressure import BackpressureInstrumentor
 from otel_backpressure.pool._psycopg import PsycopgPoolSource
@@ -118,6 +119,8 @@ def test_pool_through_known_states(
         pool.putconn(got[2])
         assert counts(metrics, "psycopg") == state(0, 2)
         assert open_on_server(admin, application_name) == 2
+        for metric in metrics.collect().values():
+            assert contract.violations(metric) == [], metric.name
 
         # five checkouts timed; first and second were held across the 0.02 s advance;
         # two connections were opened

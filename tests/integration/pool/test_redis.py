@@ -13,6 +13,7 @@ import pytest
 import redis
 import redis.asyncio
 
+import contract
 import otel_backpressure
 from otel_backpressure import BackpressureInstrumentor
 from otel_backpressure.testing import FakeClock, MetricsCapture
@@ -103,6 +104,8 @@ def test_blocking_pool_through_known_states(
         pool.release(got[2])
         assert counts(metrics, "blocking") == state(0, 2)
         assert open_on_server(admin, client_name) == 2
+        for metric in metrics.collect().values():
+            assert contract.violations(metric) == [], metric.name
 
         # five checkouts timed; first and second were held across the 0.02 s advance
         snapshot = metrics.snapshot({NAME: "blocking"})

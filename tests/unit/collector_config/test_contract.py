@@ -97,6 +97,15 @@ EXPECTED_FAMILIES = {
     "backpressure.rate_limit.evictions": "backpressure_rate_limit_evictions_total",
     "backpressure.rate_limit.store.errors": "backpressure_rate_limit_store_errors_total",
     "backpressure.exceptions": "backpressure_exceptions_total",
+    "http.client.open_connections": "http_client_open_connections",
+    "http.client.connection.duration": "http_client_connection_duration_seconds",
+    "http.client.request.time_in_queue": "http_client_request_time_in_queue_seconds",
+    "backpressure.http.client.pending_requests": "backpressure_http_client_pending_requests",
+    "backpressure.http.client.pool.timeouts": "backpressure_http_client_pool_timeouts_total",
+    "backpressure.http.client.connection.max": "backpressure_http_client_connection_max",
+    "backpressure.http.client.connection.usage": (
+        "backpressure_http_client_connection_usage_ratio"
+    ),
 }
 
 

@@ -148,6 +148,10 @@ SAMPLE_VALUES = {  # free-form attribute values for the synthetic series
     contract.POOL_NAME: "db:5432/game",
     contract.POLICY: "login",
     contract.ERROR_TYPE: "DatabaseError",
+    contract.LOOP_NAME: "main",
+    contract.THREAD_POOL_NAME: "anyio",
+    contract.SERVER_ADDRESS: "api.example",
+    contract.SERVER_PORT: "443",
 }
 BUCKETS = ("0.005", "0.05", "0.5", "+Inf")
 
