@@ -25,7 +25,6 @@ import contextvars
 import logging
 import sys
 import traceback
-import weakref
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, Final
@@ -60,12 +59,12 @@ _MAX_CHAIN: Final = 8  # exceptions followed through __cause__/__context__
 # itself so the marker dies with it.
 _RECORDED_ON: Final = "_otel_backpressure_recorded_on"
 
-# Server spans ErrorMappingMiddleware answered for -> (error.type, the Error
+# Set on a span ErrorMappingMiddleware answered for: (error.type, the Error
 # status it set or None). FastAPI's telemetry marks its server span again as
 # the response ends, after the middleware (error.type = the status code, Error
-# without a description for 5xx); this lets the outcome stand. Weak: an entry
-# goes with its span.
-_answered: weakref.WeakKeyDictionary[Any, tuple[str, Status | None]] = weakref.WeakKeyDictionary()
+# without a description for 5xx); this lets the outcome stand. Kept on the span
+# itself, so it goes with it and reading it costs no call.
+_ANSWERED: Final = "_otel_backpressure_answered"
 
 # True while this module sets a status itself, so its own calls are not remapped.
 _applying: contextvars.ContextVar[bool] = contextvars.ContextVar(
@@ -188,21 +187,19 @@ def apply_outcome(
         _record_event(span, exc, outcome, escaped=escaped)
     if http_status is not None:
         try:
-            _answered[span] = (outcome.error_type, status)
-        except TypeError:  # a span type that takes no weak references
+            setattr(span, _ANSWERED, (outcome.error_type, status))
+        except Exception:  # a span type that refuses attributes: FastAPI may re-mark it
             _logger.debug("Cannot remember the outcome of %r", span)
 
 
 def _keep_answered(
-    wrapped: Callable[..., Any], span: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    wrapped: Callable[..., Any],
+    span: Any,
+    remembered: tuple[str, Status | None],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
 ) -> bool:
     """Re-assert the middleware's outcome when a span it answered for is marked Error again."""
-    try:
-        remembered = _answered.get(span)
-    except TypeError:
-        return False
-    if remembered is None:
-        return False
     is_error, description = _error_description(args, kwargs)
     if not is_error or description is not None:
         return False
@@ -251,9 +248,12 @@ def _same_name_everywhere(span: Any, exc: BaseException) -> None:
     On 3.10, FastAPI's telemetry names ``asyncio.TimeoutError``
     ``asyncio.exceptions.TimeoutError``; 3.11+ says ``TimeoutError``.
     """
+    written = _attributes(span).get(ERROR_TYPE)
+    if written is None:  # the common case: nobody wrote one
+        return
     cls = type(exc)
-    name, raw = type_name(cls), python_name(cls)
-    if name != raw and _attributes(span).get(ERROR_TYPE) == raw:
+    name = type_name(cls)
+    if written != name and written == python_name(cls):
         span.set_attribute(ERROR_TYPE, name)
 
 
@@ -287,28 +287,26 @@ def _decide(
     return outcome, Status(StatusCode.ERROR) if _http_failed(span, server) else None
 
 
-SpanFilter = Callable[[Any], bool]
+def spans_of(tracer_provider: object | None) -> object | None:
+    """What tells the spans of ``tracer_provider`` apart; None: map every SDK span.
 
-
-def spans_of(tracer_provider: object | None) -> SpanFilter | None:
-    """Which spans the wrappers map: those of ``tracer_provider``; None: every SDK span.
-
-    An SDK span keeps its provider's span processor; no public attribute names
-    the provider, so that one is compared. Raises ``TypeError`` naming
-    ``tracer_provider`` for a provider that is not the SDK's.
+    An SDK span keeps its provider's span processor (no public attribute names
+    the provider), so the wrappers compare that one, inline, without a call.
+    Raises ``TypeError`` naming ``tracer_provider`` for a provider that is not
+    the SDK's.
     """
     if tracer_provider is None:
         return None
-    processor = getattr(tracer_provider, "_active_span_processor", None)
+    processor: object | None = getattr(tracer_provider, "_active_span_processor", None)
     if processor is None:
         raise TypeError(
             "tracer_provider must be an OpenTelemetry SDK TracerProvider (the errors part "
             f"maps the spans it creates), got {tracer_provider!r}"
         )
-    return lambda span: getattr(span, "_span_processor", None) is processor
+    return processor
 
 
-def set_status_wrapper(registry: ErrorRegistry, spans: SpanFilter | None = None) -> Wrapper:
+def set_status_wrapper(registry: ErrorRegistry, processor: object | None = None) -> Wrapper:
     """Replace the Error status OpenTelemetry derives from a mapped exception.
 
     While a mapped exception is being handled, an Error status with a default
@@ -324,12 +322,17 @@ def set_status_wrapper(registry: ErrorRegistry, spans: SpanFilter | None = None)
     def set_status(
         wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
-        if _applying.get() or (spans is not None and not spans(instance)):
+        if _applying.get() or (
+            processor is not None and getattr(instance, "_span_processor", None) is not processor
+        ):
             return wrapped(*args, **kwargs)
         exc = sys.exc_info()[1]
         if exc is None:
+            remembered = getattr(instance, _ANSWERED, None)
+            if remembered is None:
+                return wrapped(*args, **kwargs)
             try:
-                kept = bool(_answered) and _keep_answered(wrapped, instance, args, kwargs)
+                kept = _keep_answered(wrapped, instance, remembered, args, kwargs)
             except Exception:
                 _logger.warning("Error mapping failed in set_status", exc_info=True)
                 kept = False
@@ -354,7 +357,7 @@ def set_status_wrapper(registry: ErrorRegistry, spans: SpanFilter | None = None)
     return set_status
 
 
-def record_exception_wrapper(registry: ErrorRegistry, spans: SpanFilter | None = None) -> Wrapper:
+def record_exception_wrapper(registry: ErrorRegistry, processor: object | None = None) -> Wrapper:
     """Record a mapped exception's event as its outcome asks (see ``_record_event``).
 
     An unmapped exception keeps the SDK's event, with ``exception.type``
@@ -364,7 +367,9 @@ def record_exception_wrapper(registry: ErrorRegistry, spans: SpanFilter | None =
     def record_exception(
         wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
-        if _applying.get() or (spans is not None and not spans(instance)):
+        if _applying.get() or (
+            processor is not None and getattr(instance, "_span_processor", None) is not processor
+        ):
             return wrapped(*args, **kwargs)
         try:
             bound = _bind_record_exception(*args, **kwargs)
