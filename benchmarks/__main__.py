@@ -14,6 +14,7 @@ SUITES: dict[str, str] = {
     "pool": "Pool checkout/checkin and checkout + SELECT 1: bare vs this package vs contrib",
     "redis_store": "Rate limiting on Redis: 1 and 32 at once, server CPU, vs every limits strategy",
     "redis_outage": "Rate limiting off after a Redis stall or restart ends (private redis-server)",
+    "pool_kinds": "psycopg_pool, redis-py, httpx, aiohttp: bare vs this package vs contrib",
     # END suites
 }
 

@@ -28,7 +28,6 @@ Example::
 
 from __future__ import annotations
 
-import inspect
 import logging
 import sys
 from typing import Any, ClassVar
@@ -91,7 +90,9 @@ def _name(pool: Any) -> str:
 class PsycopgPoolSource(HookedPoolSource):
     """A ``PoolSource`` over one ``psycopg_pool`` pool, sync or async."""
 
-    hooked: ClassVar[tuple[str, ...]] = ("getconn", "putconn", "_connect")
+    acquire: ClassVar[str] = "getconn"
+    give_back: ClassVar[str] = "putconn"
+    connect: ClassVar[str | None] = "_connect"
 
     __slots__ = ()
 
@@ -116,70 +117,5 @@ class PsycopgPoolSource(HookedPoolSource):
     def read(self) -> PoolReading:
         return read_psycopg(self._live_pool(), timeouts=self.timeouts)
 
-    def _hook(self, pool: Any) -> None:
-        if inspect.iscoroutinefunction(pool.getconn):
-            self._hook_async(pool)
-        else:
-            self._hook_sync(pool)
-
-    def _hook_sync(self, pool: Any) -> None:
-        from psycopg_pool import PoolTimeout
-
-        getconn, putconn, connect = pool.getconn, pool.putconn, pool._connect
-        clock, checked_out, checked_in = self._clock, self._checked_out, self._checked_in
-        created, timed_out = self._created, self._timeouts.__next__
-
-        def hooked_getconn(timeout: float | None = None) -> Any:
-            start = clock()
-            try:
-                connection = getconn(timeout)
-            except PoolTimeout:
-                timed_out()
-                raise
-            checked_out(connection, start)
-            return connection
-
-        def hooked_putconn(connection: Any) -> None:
-            checked_in(connection)
-            putconn(connection)
-
-        def hooked_connect(*args: Any, **kwargs: Any) -> Any:
-            start = clock()
-            connection = connect(*args, **kwargs)
-            created(start)
-            return connection
-
-        pool.getconn = hooked_getconn
-        pool.putconn = hooked_putconn
-        pool._connect = hooked_connect
-
-    def _hook_async(self, pool: Any) -> None:
-        from psycopg_pool import PoolTimeout
-
-        getconn, putconn, connect = pool.getconn, pool.putconn, pool._connect
-        clock, checked_out, checked_in = self._clock, self._checked_out, self._checked_in
-        created, timed_out = self._created, self._timeouts.__next__
-
-        async def hooked_getconn(timeout: float | None = None) -> Any:
-            start = clock()
-            try:
-                connection = await getconn(timeout)
-            except PoolTimeout:
-                timed_out()
-                raise
-            checked_out(connection, start)
-            return connection
-
-        async def hooked_putconn(connection: Any) -> None:
-            checked_in(connection)
-            await putconn(connection)
-
-        async def hooked_connect(*args: Any, **kwargs: Any) -> Any:
-            start = clock()
-            connection = await connect(*args, **kwargs)
-            created(start)
-            return connection
-
-        pool.getconn = hooked_getconn
-        pool.putconn = hooked_putconn
-        pool._connect = hooked_connect
+    def _is_timeout(self, error: Exception) -> bool:
+        return type(error).__name__ == "PoolTimeout"  # psycopg_pool.PoolTimeout

@@ -62,11 +62,6 @@ def is_redis_pool(target: object) -> bool:
     return isinstance(target, _pool_classes())
 
 
-def _is_async(pool: object) -> bool:
-    module = sys.modules.get("redis.asyncio.connection")
-    return module is not None and isinstance(pool, module.ConnectionPool)
-
-
 def _connected(connection: Any) -> bool:
     if connection is None:
         return False
@@ -115,15 +110,11 @@ def read_redis(pool: Any, *, timeouts: int) -> PoolReading:
     )
 
 
-def _timed_out(error: BaseException) -> bool:
-    # BlockingConnectionPool's own words; a failed connect is a ConnectionError too
-    return str(error).startswith("No connection available")
-
-
 class RedisPoolSource(HookedPoolSource):
     """A ``PoolSource`` over one redis-py ``ConnectionPool`` (any flavour)."""
 
-    hooked: ClassVar[tuple[str, ...]] = ("get_connection", "release")
+    acquire: ClassVar[str] = "get_connection"
+    give_back: ClassVar[str] = "release"
 
     __slots__ = ()
 
@@ -154,54 +145,10 @@ class RedisPoolSource(HookedPoolSource):
     def read(self) -> PoolReading:
         return read_redis(self._live_pool(), timeouts=self.timeouts)
 
-    def _hook(self, pool: Any) -> None:
-        if _is_async(pool):
-            self._hook_async(pool)
-        else:
-            self._hook_sync(pool)
+    def _times_out(self, pool: Any) -> bool:
+        # only a BlockingConnectionPool waits (a queue or a condition to wait on)
+        return hasattr(pool, "_condition") or hasattr(getattr(pool, "pool", None), "queue")
 
-    def _hook_sync(self, pool: Any) -> None:
-        get_connection, release = pool.get_connection, pool.release
-        clock, checked_out, checked_in = self._clock, self._checked_out, self._checked_in
-        timed_out = self._timeouts.__next__
-
-        def hooked_get_connection(*args: Any, **kwargs: Any) -> Any:
-            start = clock()
-            try:
-                connection = get_connection(*args, **kwargs)
-            except Exception as error:
-                if _timed_out(error):
-                    timed_out()
-                raise
-            checked_out(connection, start)
-            return connection
-
-        def hooked_release(connection: Any) -> None:
-            checked_in(connection)
-            release(connection)
-
-        pool.get_connection = hooked_get_connection
-        pool.release = hooked_release
-
-    def _hook_async(self, pool: Any) -> None:
-        get_connection, release = pool.get_connection, pool.release
-        clock, checked_out, checked_in = self._clock, self._checked_out, self._checked_in
-        timed_out = self._timeouts.__next__
-
-        async def hooked_get_connection(*args: Any, **kwargs: Any) -> Any:
-            start = clock()
-            try:
-                connection = await get_connection(*args, **kwargs)
-            except Exception as error:
-                if _timed_out(error):
-                    timed_out()
-                raise
-            checked_out(connection, start)
-            return connection
-
-        async def hooked_release(connection: Any) -> None:
-            checked_in(connection)
-            await release(connection)
-
-        pool.get_connection = hooked_get_connection
-        pool.release = hooked_release
+    def _is_timeout(self, error: Exception) -> bool:
+        # BlockingConnectionPool's own words; a failed connect is a ConnectionError too
+        return str(error).startswith("No connection available")
