@@ -263,3 +263,43 @@ def test_every_series_keeps_the_contract(server: HoldServer, metrics: MetricsCap
     finally:
         handle.uninstrument()
         client.close()
+
+
+def test_pools_calling_one_server_add_up(server: HoldServer, metrics: MetricsCapture) -> None:
+    """No pool attribute: counts and limits add up, usage is the fuller pool's, and the
+    timeouts of a pool that is gone stay counted (the sum never goes down)."""
+    small = httpx.Client(
+        limits=httpx.Limits(max_connections=2), timeout=httpx.Timeout(30, pool=0.01)
+    )
+    large = httpx.Client(limits=httpx.Limits(max_connections=4))
+    handles = [
+        otel_backpressure.instrument(client, meter_provider=metrics.meter_provider)
+        for client in (small, large)
+    ]
+    try:
+        held = [threading.Thread(target=small.get, args=(server.url + "/hold",)) for _ in "ab"]
+        held.append(threading.Thread(target=large.get, args=(server.url + "/hold",)))
+        for thread in held:
+            thread.start()
+        server.arrived(3)
+        with pytest.raises(httpx.PoolTimeout):
+            small.get(server.url + "/")
+        settled(
+            metrics,
+            server,
+            {
+                **counts(3, 0, 0, limit=6, timeouts=1),
+                "backpressure.http.client.connection.usage": 1.0,
+            },
+        )
+        server.release(3)
+        for thread in held:
+            thread.join()
+        handles[0].uninstrument()
+        small.close()
+        assert state(metrics, server) == counts(0, 1, 0, limit=4, timeouts=1)
+    finally:
+        for handle in handles:
+            handle.uninstrument()
+        small.close()
+        large.close()
