@@ -20,6 +20,16 @@ DAILY = Policy("daily", rate=4, period=86_400)
 RESULT = "backpressure.rate_limit.result"
 POLICY = "backpressure.rate_limit.policy"
 
+__all__ = [
+    "test_a_rejection_consumes_nothing_under_any_policy",
+    "test_allowed_decision_names_the_policy_with_fewest_remaining",
+    "test_burst_then_reject_with_retry_after",
+    "test_cost_and_dry_run",
+    "test_every_decision_is_metered_without_client_identity",
+    "test_keys_do_not_share_state",
+    "test_per_route_policies_keep_separate_state",
+]
+
 MakeLimiter = Callable[[Sequence[Policy]], RateLimiter]
 
 
