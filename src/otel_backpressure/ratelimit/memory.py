@@ -53,8 +53,8 @@ OnFull = Literal["evict_lru", "reject"]
 SWEEP_SLICE: Final = 2_000
 # "no amortised sweep due": the cleanup task is running
 _NEVER: Final = 1 << 62
-# a Decision from its fields without NamedTuple's Python-level __new__: a
-# third of the cost, on every decision
+# a Decision from its fields without NamedTuple's Python-level __new__: less
+# than half the cost, on every decision (BENCHMARKS.md, ratelimit)
 _decision = tuple.__new__
 
 
