@@ -15,6 +15,7 @@ SUITES: dict[str, str] = {
     "redis_store": "Rate limiting on Redis: 1 and 32 at once, server CPU, vs every limits strategy",
     "redis_outage": "Rate limiting off after a Redis stall or restart ends (private redis-server)",
     "pool_kinds": "psycopg_pool, redis-py, httpx, aiohttp: bare vs this package vs contrib",
+    "runtime": "Event loop and thread pools: a busy loop and to_thread.run_sync, bare vs measured",
     # END suites
 }
 

@@ -30,6 +30,8 @@ from otel_backpressure.runtime._threads import (
     LimiterSource,
     Source,
     is_capacity_limiter,
+    time_waits,
+    waits_of,
 )
 
 __all__ = [
@@ -37,7 +39,6 @@ __all__ = [
     "executor_source",
     "instrument_thread_pool",
     "is_thread_pool",
-    "limiter_source",
     "register_default",
     "set_default_metrics",
     "thread_pool_reading",
@@ -46,10 +47,6 @@ __all__ = [
 _lock = threading.RLock()
 # id(limiter or executor as handed over) -> its source
 _sources: dict[int, Source] = {}
-# id(the asyncio backend's limiter) -> source, for the acquire wrapper
-_by_backend: dict[int, LimiterSource] = {}
-# limiters created outside an event loop, whose backend limiter anyio makes on first use
-_pending: list[LimiterSource] = []
 # (id(source), id(metrics)) -> handle
 _handles: dict[tuple[int, int], ThreadPoolInstrumentation] = {}
 # the instrumentor's metrics, which anyio's default limiter and default executors report to
@@ -143,26 +140,6 @@ def register_default(target: Any, name: str, loop: asyncio.AbstractEventLoop | N
         _handle(_source_for(target, name, loop), metrics)
 
 
-def limiter_source(limiter: object) -> LimiterSource | None:
-    """The measured source whose work ``limiter`` (an asyncio-backend limiter) does."""
-    source = _by_backend.get(id(limiter))
-    if source is not None and source.backend_limiter is limiter:
-        return source
-    if not _pending:
-        return None
-    with _lock:
-        for pending in list(_pending):
-            backend = pending.backend_limiter
-            if not pending.alive:
-                _pending.remove(pending)
-            elif backend is not None:  # the adapter has made its limiter now
-                _pending.remove(pending)
-                _by_backend[id(backend)] = pending
-                if backend is limiter:
-                    return pending
-    return None
-
-
 def executor_source(executor: object) -> ExecutorSource | None:
     """The measured source of ``executor``, if it is measured."""
     source = _sources.get(id(executor))
@@ -214,11 +191,18 @@ def _source_for(target: Any, name: str, loop: asyncio.AbstractEventLoop | None) 
         source.attach()
     else:
         backend = source.backend_limiter
-        if backend is None:
-            _pending.append(source)  # made outside a loop: anyio makes its limiter on first use
-        else:
-            _by_backend[id(backend)] = source
+        if backend is not None and waits_of(backend) is None and _on_a_loop_thread():
+            # made before the part was on; on its loop's thread nothing else touches it
+            time_waits(backend)
     return source
+
+
+def _on_a_loop_thread() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
 
 
 def _handle(source: Source, metrics: ThreadPoolMetrics) -> ThreadPoolInstrumentation:
@@ -233,12 +217,9 @@ def _handle(source: Source, metrics: ThreadPoolMetrics) -> ThreadPoolInstrumenta
 
 def _forget(source: Source) -> None:
     """Drop a source no provider reports. Hold ``_lock``."""
-    for registry in (_sources, _by_backend):
-        for key, known in list(registry.items()):
-            if known is source:
-                del registry[key]
-    if source in _pending:
-        _pending.remove(source)
+    for key, known in list(_sources.items()):
+        if known is source:
+            del _sources[key]
     if isinstance(source, ExecutorSource):
         source.detach()
 

@@ -7,11 +7,12 @@ monitor starts and, when it returns, stops. A loop already running when the
 part is enabled (``instrument()`` called from async code) is monitored from
 then on and dropped once it is closed.
 
-anyio's default thread limiter is caught when anyio hands it out
-(``current_default_thread_limiter``), an event loop's default executor when
-``run_in_executor(None, ...)`` is about to use it, and the wait for a limiter's
-token inside the asyncio backend's ``acquire_on_behalf_of``, which every
-``async with limiter`` and ``to_thread.run_sync`` reaches.
+anyio's default thread limiter is caught when anyio stores it for its loop (a
+``RunVar.set``, once per loop), an event loop's default executor when
+``run_in_executor(None, ...)`` is about to use it. Every asyncio-backend
+limiter made while the part is on gets wait-timing containers
+(``_threads.time_waits``), so nothing wraps the per-call path of
+``to_thread.run_sync``.
 
 Example::
 
@@ -23,21 +24,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from otel_backpressure._patching import InstrumentationContext, Patch
 from otel_backpressure._shared import Wrapper
-from otel_backpressure.runtime._api import (
-    limiter_source,
-    register_default,
-    set_default_metrics,
-)
+from otel_backpressure.runtime._api import register_default, set_default_metrics
 from otel_backpressure.runtime._loop import LoopMonitors
 from otel_backpressure.runtime._metrics import LoopMetrics, ThreadPoolMetrics
-from otel_backpressure.runtime._threads import ANYIO, DEFAULT_EXECUTOR
+from otel_backpressure.runtime._threads import ANYIO, DEFAULT_EXECUTOR, time_waits
 
 __all__ = ["MONITORS", "EventLoopIntegration", "ThreadPoolIntegration"]
 
@@ -45,8 +41,6 @@ _logger = logging.getLogger(__name__)
 
 #: Every monitored loop of the process.
 MONITORS = LoopMonitors()
-
-_perf = time.perf_counter
 
 
 class EventLoopIntegration:
@@ -109,10 +103,10 @@ class ThreadPoolIntegration:
 
     @property
     def patches(self) -> tuple[Patch, ...]:
-        anyio_asyncio = "anyio._backends._asyncio"
         return (
-            Patch(anyio_asyncio, "CapacityLimiter.acquire_on_behalf_of", _acquire),
-            Patch(anyio_asyncio, "AsyncIOBackend.current_default_thread_limiter", _default_limiter),
+            Patch("anyio._backends._asyncio", "CapacityLimiter.__init__", _limiter_init),
+            # anyio stores its default limiter in a RunVar, once per event loop
+            Patch("anyio.lowlevel", "RunVar.set", _run_var_set),
             Patch("asyncio.base_events", "BaseEventLoop.run_in_executor", _run_in_executor),
         )
 
@@ -126,37 +120,33 @@ class ThreadPoolIntegration:
         return "ThreadPoolIntegration()"
 
 
-def _acquire(context: InstrumentationContext) -> Wrapper:
-    async def acquire_on_behalf_of(
+def _limiter_init(context: InstrumentationContext) -> Wrapper:
+    def __init__(
         wrapped: Callable[..., Any], limiter: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
-        source = limiter_source(limiter)
-        if source is None:
-            return await wrapped(*args, **kwargs)
-        if limiter.available_tokens >= 1:
-            # A free token: no wait (the checkpoint inside is the loop's, not the pool's).
-            source.waited(0.0)
-            return await wrapped(*args, **kwargs)
-        start = _perf()
-        result = await wrapped(*args, **kwargs)
-        source.waited(_perf() - start)
+        wrapped(*args, **kwargs)
+        try:
+            time_waits(limiter)  # just made: no other task can hold it yet
+        except Exception:
+            _logger.debug("Cannot time the waits of %r", limiter, exc_info=True)
+
+    return __init__
+
+
+def _run_var_set(context: InstrumentationContext) -> Wrapper:
+    def set_(
+        wrapped: Callable[..., Any], run_var: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        result = wrapped(*args, **kwargs)
+        if getattr(run_var, "_name", None) == "_default_thread_limiter":
+            try:
+                limiter = args[0] if args else kwargs["value"]
+                register_default(limiter, ANYIO, _running_loop())
+            except Exception:
+                _logger.debug("Cannot measure anyio's default thread limiter", exc_info=True)
         return result
 
-    return acquire_on_behalf_of
-
-
-def _default_limiter(context: InstrumentationContext) -> Wrapper:
-    def current_default_thread_limiter(
-        wrapped: Callable[..., Any], cls: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> Any:
-        limiter = wrapped(*args, **kwargs)
-        try:
-            register_default(limiter, ANYIO, _running_loop())
-        except Exception:
-            _logger.debug("Cannot measure anyio's default thread limiter", exc_info=True)
-        return limiter
-
-    return current_default_thread_limiter
+    return set_
 
 
 def _run_in_executor(context: InstrumentationContext) -> Wrapper:

@@ -233,11 +233,12 @@ class ThreadPoolMetrics:
             _logger.debug("Recording thread-pool waits failed", exc_info=True)
 
     def _used(self, options: CallbackOptions) -> Iterable[Observation]:
+        readings = self._readings()  # first: reading a limiter may claim its early waits
         with self._lock:
             buffers = list(self._sources.items())
         for source, buffer in buffers:  # the histogram is fed at each collection
             self._flush(source.name, buffer)
-        return [Observation(r.used, {POOL_NAME: n}) for n, r in self._readings().items()]
+        return [Observation(r.used, {POOL_NAME: n}) for n, r in readings.items()]
 
     def _max(self, options: CallbackOptions) -> Iterable[Observation]:
         return [

@@ -7,6 +7,14 @@ threads are busy (its idle semaphore over-counts idle threads once work has
 queued), so a measured executor's ``submit`` wraps each call to count the
 threads running one, and its queue is read from the executor's work queue.
 
+A limiter's waits are timed by the two containers anyio's asyncio limiter keeps
+its state in, swapped for subclasses when the limiter is made
+(``time_waits``): the wait queue stamps a task when it starts waiting and
+records the wait when a token is handed to it; the borrower set records a wait
+of 0 for a token taken at once. A wrapper around ``acquire`` measured 3-4 µs
+per call on this machine (about 11% of a ``to_thread.run_sync`` call's CPU);
+the subclass method costs a few hundred nanoseconds, on the fast path only.
+
 Example::
 
     source = LimiterSource(limiter, name="uploads")
@@ -20,7 +28,7 @@ import math
 import threading
 import time
 import weakref
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Final, Union
@@ -30,10 +38,13 @@ __all__ = [
     "DEFAULT_EXECUTOR",
     "ExecutorSource",
     "LimiterSource",
+    "LimiterWaits",
     "Source",
     "ThreadPoolReading",
     "WaitBuffer",
     "is_capacity_limiter",
+    "time_waits",
+    "waits_of",
 ]
 
 ANYIO: Final = "anyio"
@@ -112,10 +123,124 @@ class _Waits:
                 buffer.flush()
 
 
+class LimiterWaits:
+    """Where one limiter's waits go: the buffers of every provider measuring it.
+
+    Until a source claims it (an adapter's limiter is made on first use, in the
+    middle of that use), the first ``EARLY`` waits are kept for the claimant.
+    """
+
+    __slots__ = ("buffers", "early", "granting")
+
+    EARLY: Final = 64
+
+    def __init__(self) -> None:
+        self.buffers: tuple[WaitBuffer, ...] = ()
+        self.early: deque[float] | None = deque(maxlen=self.EARLY)
+        # set by the wait queue when it hands a token over: the borrower set's
+        # next add is that waiter's, whose wait is already recorded
+        self.granting = False
+
+    def waited(self, seconds: float) -> None:
+        early = self.early
+        if early is not None:
+            early.append(seconds)
+            return
+        for buffer in self.buffers:
+            buffer.append(seconds)
+            if len(buffer) > MAX_BUFFERED:
+                buffer.flush()
+
+    def claim(self, buffers: tuple[WaitBuffer, ...]) -> None:
+        """Send waits to ``buffers`` from now on, with the ones kept so far."""
+        early, self.early = self.early, None
+        self.buffers = buffers
+        for seconds in early or ():
+            for buffer in buffers:
+                buffer.append(seconds)
+
+
+class _Borrowers(set[Any]):
+    """anyio's borrower set; an ``add`` that no wait preceded is a wait of 0."""
+
+    __slots__ = ("waits",)
+
+    def __init__(self, waits: LimiterWaits) -> None:
+        super().__init__()
+        self.waits = waits
+
+    def add(self, borrower: Any) -> None:
+        set.add(self, borrower)
+        waits = self.waits
+        if waits.granting:
+            waits.granting = False
+        else:
+            waits.waited(0.0)
+
+
+class _WaitQueue(OrderedDict[Any, Any]):
+    """anyio's queue of waiting tasks, stamping each when it starts waiting."""
+
+    __slots__ = ("_since", "waits")
+
+    def __init__(self, waits: LimiterWaits) -> None:
+        super().__init__()
+        self.waits = waits
+        self._since: dict[Any, float] = {}
+
+    def __setitem__(self, borrower: Any, event: Any) -> None:
+        OrderedDict.__setitem__(self, borrower, event)
+        self._since[borrower] = _perf()
+
+    def popitem(self, last: bool = True) -> tuple[Any, Any]:
+        borrower, event = OrderedDict.popitem(self, last)
+        since = self._since.pop(borrower, None)
+        waits = self.waits
+        waits.granting = True  # anyio adds the borrower next
+        if since is not None:
+            waits.waited(_perf() - since)
+        return borrower, event
+
+    def pop(self, borrower: Any, *default: Any) -> Any:
+        self._since.pop(borrower, None)  # cancelled while waiting: no token, no wait
+        return OrderedDict.pop(self, borrower, *default)
+
+
+def time_waits(limiter: Any) -> LimiterWaits | None:
+    """Swap a fresh asyncio-backend limiter's containers for the timing ones.
+
+    Only safe while nothing else can touch the limiter (just made, or on its
+    own loop's thread); a limiter whose containers are not exactly anyio's
+    ``set``/``OrderedDict`` (another anyio version) is left alone (None).
+    """
+    waits = waits_of(limiter)
+    if waits is not None:
+        return waits
+    borrowers = getattr(limiter, "_borrowers", None)
+    queue = getattr(limiter, "_wait_queue", None)
+    if type(borrowers) is not set or type(queue) is not OrderedDict:
+        return None
+    waits = LimiterWaits()
+    new_borrowers = _Borrowers(waits)
+    set.update(new_borrowers, borrowers)
+    new_queue = _WaitQueue(waits)
+    for borrower, event in queue.items():
+        new_queue[borrower] = event
+    limiter._borrowers = new_borrowers
+    limiter._wait_queue = new_queue
+    return waits
+
+
+def waits_of(limiter: Any) -> LimiterWaits | None:
+    """The ``LimiterWaits`` of a limiter ``time_waits`` has prepared, else None."""
+    borrowers = getattr(limiter, "_borrowers", None)
+    return borrowers.waits if isinstance(borrowers, _Borrowers) else None
+
+
 class LimiterSource(_Waits):
     """An anyio ``CapacityLimiter``: used = borrowed tokens, queue = tasks waiting."""
 
-    __slots__ = ("_limiter", "_loop", "name")
+    __slots__ = ("_limiter", "_loop", "_timed", "name")
 
     def __init__(
         self, limiter: Any, *, name: str, loop: asyncio.AbstractEventLoop | None = None
@@ -124,11 +249,29 @@ class LimiterSource(_Waits):
         self._limiter = weakref.ref(limiter)
         # anyio's default limiter belongs to one loop: it is over when that loop closes
         self._loop = None if loop is None else weakref.ref(loop)
+        self._timed: LimiterWaits | None = None
         self.name = name
 
     @property
     def target(self) -> Any:
         return self._limiter()
+
+    def add(self, buffer: WaitBuffer) -> None:
+        super().add(buffer)
+        self._attach()
+
+    def remove(self, buffer: WaitBuffer) -> None:
+        super().remove(buffer)
+        self._attach()
+
+    def _attach(self) -> None:
+        """Point the limiter's waits at this source's buffers, once its limiter exists
+        (an adapter, made outside any loop, makes it on first use)."""
+        backend = self.backend_limiter
+        waits = None if backend is None else waits_of(backend)
+        if waits is not None:
+            waits.claim(self.buffers)
+            self._timed = waits
 
     @property
     def backend_limiter(self) -> Any:
@@ -150,6 +293,8 @@ class LimiterSource(_Waits):
         limiter = self._limiter()
         if limiter is None:
             return ThreadPoolReading(0, 0, 0)
+        if self._timed is None:
+            self._attach()
         statistics = limiter.statistics()
         total = statistics.total_tokens
         bound = None if math.isinf(total) else int(total)
