@@ -72,7 +72,8 @@ ServerKey = tuple[tuple[str, Any], ...]
 
 
 class Servers:
-    """The bounded table of one pool's servers: the first ``max_servers`` get their own key."""
+    """The bounded table of one pool's servers: the first ``max_servers`` seen (at a
+    collection or a timed request) get their own key, for the pool's life."""
 
     __slots__ = ("_keys", "_lock", "max_servers")
 

@@ -186,7 +186,8 @@ def test_servers_past_the_bound_share_other(
     client = httpx.Client(limits=httpx.Limits(max_connections=4))
     handle = otel_backpressure.instrument(client, meter_provider=metrics.meter_provider)
     try:
-        client.get(server.url + "/")  # the first server keeps its own series
+        client.get(server.url + "/")  # the first server seen keeps its own series
+        assert state(metrics, server) == counts(0, 1, 0, limit=4)
         client.get(f"http://localhost:{server.port}/")  # the second is past the bound
         assert state(metrics, server) == counts(0, 1, 0, limit=4)
         other = metrics.snapshot({"server.address": "_OTHER", "url.scheme": "http"})

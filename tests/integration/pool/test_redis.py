@@ -214,3 +214,34 @@ def test_instrumentor_catches_pools_the_app_creates(
         assert "get_connection" not in client.connection_pool.__dict__
     finally:
         client.close()
+
+
+def test_timings_off_hooks_only_what_counts_timeouts(
+    redis_url: str, client_name: str, metrics: MetricsCapture
+) -> None:
+    """A plain pool is not hooked at all; a blocking one only counts its timeouts."""
+    plain = redis.ConnectionPool.from_url(redis_url, client_name=client_name)
+    blocking = redis.BlockingConnectionPool.from_url(
+        redis_url, max_connections=1, timeout=0.05, client_name=client_name
+    )
+    handles = [
+        otel_backpressure.instrument(pool, meter_provider=metrics.meter_provider, timings=False)
+        for pool in (plain, blocking)
+    ]
+    try:
+        assert "get_connection" not in plain.__dict__
+        assert "release" not in plain.__dict__
+        assert "release" not in blocking.__dict__
+        held = blocking.get_connection()
+        with pytest.raises(redis.ConnectionError, match="No connection available"):
+            blocking.get_connection()
+        blocking.release(held)
+        series = {NAME: handles[1].pool_name}
+        assert metrics.value("db.client.connection.timeouts", series) == 1
+        assert metrics.histogram("db.client.connection.wait_time", series) is None
+    finally:
+        for handle in handles:
+            handle.uninstrument()
+        plain.disconnect()
+        blocking.disconnect()
+    assert "get_connection" not in blocking.__dict__
