@@ -21,6 +21,8 @@ OUTPUT = Path(__file__).parent / "dashboards" / "backpressure.json"
 
 POOL = "db_client_connection_pool_name"
 SERVER = "server_address"
+LOOP = "backpressure_event_loop_name"
+THREADS = "backpressure_thread_pool_name"
 POLICY = "backpressure_rate_limit_policy"
 RESULT = "backpressure_rate_limit_result"
 OUTCOME = "backpressure_exception_outcome"
@@ -273,6 +275,110 @@ def http_pools() -> list[tuple[Panel, int, int]]:
     ]
 
 
+def runtime() -> list[tuple[Panel, int, int]]:
+    """The event loops (by thread name) and thread pools (anyio, default executors, named)."""
+    by_loop, by_threads = f"job, {LOOP}", f"job, {THREADS}"
+    loop_legend = f"{{{{{LOOP}}}}} ({{{{job}}}})"
+    threads_legend = f"{{{{{THREADS}}}}} ({{{{job}}}})"
+    return [
+        (row("Event loop and thread pools"), 24, 1),
+        (
+            timeseries(
+                "Event loop delay",
+                "How long the loop had been unresponsive when a sample fell due (every 10 ms "
+                "by default): a blocking call shows as a sample as long as the stall. "
+                "Every request waits this long behind it.",
+                quantiles("backpressure_event_loop_delay_seconds", SVC, by_loop, label=LOOP),
+                unit="s",
+                thresholds=[("green", None), ("orange", 0.05), ("red", 0.1)],
+            ),
+            8,
+            8,
+        ),
+        (
+            timeseries(
+                "Event loop utilization",
+                "Share of the time the loop was running callbacks rather than waiting for I/O "
+                "(asyncio selector loops; not uvloop). Near 100% the loop is the bottleneck.",
+                [
+                    (
+                        f"max by ({by_loop}) (backpressure_event_loop_utilization_ratio{{{SVC}}})",
+                        loop_legend,
+                    )
+                ],
+                unit="percentunit",
+                thresholds=[("green", None), ("orange", 0.8), ("red", 0.95)],
+                max_value=1,
+            ),
+            8,
+            8,
+        ),
+        (
+            timeseries(
+                "Thread pool usage",
+                "Threads or tokens in use / the limit: anyio's default limiter (Starlette and "
+                "FastAPI sync endpoints, 40 tokens), asyncio's default executor, named pools.",
+                [
+                    (
+                        f"max by ({by_threads}) (backpressure_thread_pool_usage_ratio{{{SVC}}})",
+                        threads_legend,
+                    )
+                ],
+                unit="percentunit",
+                thresholds=[("green", None), ("orange", 0.85), ("red", 1)],
+                max_value=1,
+            ),
+            8,
+            8,
+        ),
+        (
+            timeseries(
+                "Thread pool queue",
+                "Calls waiting for a thread or token right now.",
+                [
+                    (
+                        f"sum by ({by_threads}) (backpressure_thread_pool_queue_length{{{SVC}}})",
+                        threads_legend,
+                    )
+                ],
+            ),
+            8,
+            8,
+        ),
+        (
+            timeseries(
+                "Thread pool wait time",
+                "How long calls waited for a thread or token (0 when one was free): "
+                "percentiles and mean.",
+                quantiles(
+                    "backpressure_thread_pool_wait_time_seconds", SVC, by_threads, label=THREADS
+                ),
+                unit="s",
+            ),
+            8,
+            8,
+        ),
+        (
+            timeseries(
+                "Threads in use",
+                "Threads (or limiter tokens) in use and the limit, per pool.",
+                [
+                    (
+                        f"sum by ({by_threads}) (backpressure_thread_pool_used{{{SVC}}})",
+                        f"{{{{{THREADS}}}}} used",
+                    ),
+                    (
+                        f"sum by ({by_threads}) (backpressure_thread_pool_max{{{SVC}}})",
+                        f"{{{{{THREADS}}}}} max",
+                    ),
+                ],
+            ),
+            8,
+            8,
+        ),
+    ]
+
+
 def panels() -> list[tuple[Panel, int, int]]:
     """(panel, width, height) in reading order; positions are laid out by ``layout``."""
     by_pool = f"job, {POOL}"
@@ -452,6 +558,7 @@ def panels() -> list[tuple[Panel, int, int]]:
             8,
         ),
         *http_pools(),
+        *runtime(),
         # -- rate limiting -----------------------------------------------------
         (row("Rate limiting"), 24, 1),
         (

@@ -106,6 +106,13 @@ EXPECTED_FAMILIES = {
     "backpressure.http.client.connection.usage": (
         "backpressure_http_client_connection_usage_ratio"
     ),
+    "backpressure.event_loop.delay": "backpressure_event_loop_delay_seconds",
+    "backpressure.event_loop.utilization": "backpressure_event_loop_utilization_ratio",
+    "backpressure.thread_pool.used": "backpressure_thread_pool_used",
+    "backpressure.thread_pool.max": "backpressure_thread_pool_max",
+    "backpressure.thread_pool.queue.length": "backpressure_thread_pool_queue_length",
+    "backpressure.thread_pool.usage": "backpressure_thread_pool_usage_ratio",
+    "backpressure.thread_pool.wait_time": "backpressure_thread_pool_wait_time_seconds",
 }
 
 
