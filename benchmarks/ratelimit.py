@@ -1,35 +1,26 @@
 """Rate-limit decisions: ours (GCRA, metered) against the ``limits`` library, side by side.
 
-1. In memory, per decision, with our metering on: ``RateLimiter.hit_sync``
-   against ``limits``' FixedWindow, MovingWindow and SlidingWindowCounter on
-   ``MemoryStorage`` (unmetered: ``limits`` has no metrics); ours both with
-   keys idle on arrival and with keys that hold a TAT in the future.
-2. On the same Redis, decisions per second: ``await RateLimiter.hit`` on a
-   ``RedisStore`` against ``limits``' async strategies on
-   ``async+redis://`` (the same redis-py client underneath), one at a time and
-   32 at once.
+In memory, per decision, with our metering on: ``RateLimiter.hit_sync``
+against ``limits``' FixedWindow, MovingWindow and SlidingWindowCounter on
+``MemoryStorage`` (unmetered: ``limits`` has no metrics); ours both with keys
+idle on arrival and with keys that hold a TAT in the future. On Redis:
+``benchmarks/redis_store.py``.
 
 Every contender runs in the same process, interleaved round by round (the
 order rotated every round); the tables show medians over the rounds and
 ratios to the anchor.
 
-Run: ``python -m benchmarks ratelimit`` (Redis from BACKPRESSURE_TEST_REDIS_URL,
-default redis://127.0.0.1:6379/0).
+Run: ``python -m benchmarks ratelimit``.
 """
 
 from __future__ import annotations
 
-import asyncio
-import os
 import statistics
 import time
-import uuid
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Callable
 
 from limits import parse
-from limits.aio import strategies as aio_strategies
-from limits.storage import MemoryStorage, storage_from_string
+from limits.storage import MemoryStorage
 from limits.strategies import (
     FixedWindowRateLimiter,
     MovingWindowRateLimiter,
@@ -38,14 +29,12 @@ from limits.strategies import (
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
-from otel_backpressure.ratelimit import MemoryStore, Policy, RateLimiter, RedisStore
+from otel_backpressure.ratelimit import MemoryStore, Policy, RateLimiter
 
 # many short rounds, rotated, so bursts of load on a shared machine hit every contender
 ROUNDS = 21
 DECISIONS = 5_000
 KEYS = [f"client-{i}" for i in range(1_000)]
-REDIS_ROUNDS = 9
-REDIS_DECISIONS = 800
 
 
 def _memory_contenders() -> dict[str, Callable[[], None]]:
@@ -128,58 +117,6 @@ def memory_table() -> list[tuple[str, float, float]]:
     ]
 
 
-async def _redis_rates(url: str) -> list[tuple[str, float, float]]:
-    prefix = f"bench-ratelimit:{uuid.uuid4().hex}:"
-    provider = MeterProvider(metric_readers=[InMemoryMetricReader()])
-    store = RedisStore(url, prefix=prefix + "ours:", timeout=2.0)
-    ours = RateLimiter(
-        [Policy("bench", rate=10**6, period=1)], store=store, meter_provider=provider
-    )
-
-    def storage(name: str) -> Any:
-        # one storage (and key space) per strategy: their keys hold different types
-        return storage_from_string(
-            "async+" + url, implementation="redispy", key_prefix=f"{prefix}limits-{name}"
-        )
-
-    item = parse("1000000/second")
-    fixed = aio_strategies.FixedWindowRateLimiter(storage("fixed"))
-    moving = aio_strategies.MovingWindowRateLimiter(storage("moving"))
-    sliding = aio_strategies.SlidingWindowCounterRateLimiter(storage("sliding"))
-    hits: dict[str, Callable[[str], Awaitable[object]]] = {
-        "limits FixedWindow (anchor)": lambda key: fixed.hit(item, key),
-        "limits MovingWindow": lambda key: moving.hit(item, key),
-        "limits SlidingWindowCounter": lambda key: sliding.hit(item, key),
-        "ours hit, RedisStore, metered": lambda key: ours.hit(key),
-    }
-    rows: list[tuple[str, float, float]] = []
-    for concurrency in (1, 32):
-        samples: dict[str, list[float]] = {name: [] for name in hits}
-        names = list(hits)
-        for round_ in range(REDIS_ROUNDS):
-            for name in names[round_ % len(names) :] + names[: round_ % len(names)]:
-                hit = hits[name]
-
-                async def worker(
-                    offset: int, step: int, hit: Callable[[str], Awaitable[object]]
-                ) -> None:
-                    for i in range(offset, REDIS_DECISIONS, step):
-                        await hit(KEYS[i % 1000])
-
-                start = time.perf_counter()
-                await asyncio.gather(*(worker(n, concurrency, hit) for n in range(concurrency)))
-                samples[name].append(REDIS_DECISIONS / (time.perf_counter() - start))
-        anchor = statistics.median(samples["limits FixedWindow (anchor)"])
-        for name, values in samples.items():
-            rate = statistics.median(values)
-            rows.append((f"{name}, {concurrency} at once", rate, rate / anchor))
-    keys = [key async for key in store.client.scan_iter(match=prefix + "*")]
-    if keys:
-        await store.client.delete(*keys)
-    await store.aclose()
-    return rows
-
-
 def main() -> None:
     print(
         "In memory, per decision (median of rounds; ratio to limits FixedWindow; lower is better)"
@@ -187,15 +124,6 @@ def main() -> None:
     print(f"{'contender':<40} {'us/decision':>12} {'ratio':>8}")
     for name, micros, ratio in memory_table():
         print(f"{name:<40} {micros:>12.2f} {ratio:>8.2f}")
-    url = os.environ.get("BACKPRESSURE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
-    print()
-    print(
-        "Redis, decisions per second "
-        "(median of rounds; ratio to limits FixedWindow; higher is better)"
-    )
-    print(f"{'contender':<48} {'decisions/s':>12} {'ratio':>8}")
-    for name, rate, ratio in asyncio.run(_redis_rates(url)):
-        print(f"{name:<48} {rate:>12.0f} {ratio:>8.2f}")
 
 
 if __name__ == "__main__":
