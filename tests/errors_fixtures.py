@@ -31,7 +31,9 @@ def instrumented(
     instrumentor.uninstrument()
 
 
-def assert_span_shows(span: ReadableSpan, exc: BaseException, outcome: ErrorOutcome) -> None:
+def assert_span_shows(
+    span: ReadableSpan, exc: BaseException, outcome: ErrorOutcome, escaped: str = "False"
+) -> None:
     """The span an exception escaped shows exactly ``outcome``, and no message."""
     assert span.status.status_code is outcome.status_code
     assert span.status.description == (outcome.description if outcome.is_error else None)
@@ -40,11 +42,19 @@ def assert_span_shows(span: ReadableSpan, exc: BaseException, outcome: ErrorOutc
         assert span.events == ()
         return
     (event,) = span.events
-    name = type_name(type(exc))
+    assert event.name == "exception"
     attributes = dict(event.attributes or {})
+    assert set(attributes) == {
+        "exception.type",
+        "exception.message",
+        "exception.stacktrace",
+        "exception.escaped",
+    }
+    name = type_name(type(exc))
     assert attributes["exception.type"] == name
     assert attributes["exception.message"] == outcome.description
-    assert attributes["exception.escaped"] == "False"
+    assert attributes["exception.escaped"] == escaped
     stacktrace = str(attributes["exception.stacktrace"])
+    assert stacktrace.startswith("Traceback (most recent call last):\n")
     assert stacktrace.endswith(f"{name}\n")
     assert str(exc).splitlines()[0] not in stacktrace

@@ -19,6 +19,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import Status, StatusCode
 
+from errors_fixtures import assert_span_shows
 from otel_backpressure import BackpressureInstrumentor
 from otel_backpressure._shared import python_name
 from otel_backpressure.errors import (
@@ -130,35 +131,6 @@ def _run(
     assert caught.value is exc, "the exception must propagate unchanged"
     (span,) = exporter.get_finished_spans()
     return span
-
-
-def assert_span_shows(
-    span: ReadableSpan, exc: BaseException, outcome: ErrorOutcome, escaped: str
-) -> None:
-    """The exported span is exactly what the outcome declares, and holds no message."""
-    assert span.status.status_code is outcome.status_code
-    assert span.status.description == (outcome.description if outcome.is_error else None)
-    assert dict(span.attributes or {}) == {"error.type": outcome.error_type}
-    if not outcome.record_exception:
-        assert span.events == ()
-        return
-    (event,) = span.events
-    assert event.name == "exception"
-    attributes = dict(event.attributes or {})
-    assert set(attributes) == {
-        "exception.type",
-        "exception.message",
-        "exception.stacktrace",
-        "exception.escaped",
-    }
-    cls = type(exc)
-    assert attributes["exception.type"] == f"{cls.__module__}.{cls.__qualname__}"
-    assert attributes["exception.message"] == outcome.description
-    assert attributes["exception.escaped"] == escaped
-    stacktrace = str(attributes["exception.stacktrace"])
-    assert stacktrace.startswith("Traceback (most recent call last):\n")
-    assert stacktrace.endswith(f"{cls.__module__}.{cls.__qualname__}\n")
-    assert SECRET not in stacktrace
 
 
 @pytest.mark.parametrize("entry", list(ENTRY_POINTS))
