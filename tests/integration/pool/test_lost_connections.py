@@ -8,7 +8,7 @@ server. After every event the pool's ``used + idle`` must equal the backends.
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import asyncpg
@@ -19,7 +19,6 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 import otel_backpressure
-from otel_backpressure.pool import PoolInstrumentation
 from otel_backpressure.testing import MetricsCapture
 from pool_states import IDLE, NAME, USED
 from private_postgres import PrivatePostgres, private_postgres
@@ -38,12 +37,14 @@ def private_server() -> Iterator[PrivatePostgres]:
         yield server
 
 
-class Server:
-    """Asks ``pg_stat_activity`` about one application's backends."""
+class Watch:
+    """One instrumented pool and ``pg_stat_activity``'s view of its application's backends."""
 
-    def __init__(self, dsn: str, app_name: str) -> None:
+    def __init__(self, target: Any, dsn: str, app_name: str, metrics: MetricsCapture) -> None:
         self.dsn = dsn
         self.app_name = app_name
+        self.metrics = metrics
+        self.handle = otel_backpressure.instrument(target, meter_provider=metrics.meter_provider)
 
     async def _admin(self) -> Any:
         return await asyncpg.connect(self.dsn, server_settings={"application_name": "bp-admin"})
@@ -72,27 +73,37 @@ class Server:
         finally:
             await admin.close()
 
+    def counts(self) -> tuple[int, int]:
+        state = self.metrics.snapshot({NAME: self.handle.pool_name})
+        return state.get(USED, 0), state.get(IDLE, 0)
 
-def _counts(metrics: MetricsCapture, handle: PoolInstrumentation) -> tuple[int, int]:
-    state = metrics.snapshot({NAME: handle.pool_name})
-    return state.get(USED, 0), state.get(IDLE, 0)
+    async def settled(self, expected: tuple[int, int] | None) -> tuple[int, int]:
+        """Wait until the pool's open connections equal the server's backends (and, if
+        given, read ``expected``); return (used, idle)."""
+        backends = -1
+        for _ in range(500):
+            backends = await self.backends()  # a round trip: the pool's loop runs meanwhile
+            counts = self.counts()
+            if sum(counts) == backends and expected in (None, counts):
+                return counts
+        raise AssertionError(f"pool {self.counts()}, server {backends}, want {expected}")
 
 
-async def _settled(
-    server: Server,
-    metrics: MetricsCapture,
-    handle: PoolInstrumentation,
-    expected: tuple[int, int] | None,
-) -> tuple[int, int]:
-    """Wait until the pool's open connections equal the server's backends (and, if
-    given, read ``expected``); return (used, idle)."""
-    backends = -1
-    for _ in range(500):
-        backends = await server.backends()  # a round trip: the pool's loop runs meanwhile
-        counts = _counts(metrics, handle)
-        if sum(counts) == backends and expected in (None, counts):
-            return counts
-    raise AssertionError(f"pool {_counts(metrics, handle)}, server {backends}, want {expected}")
+Watcher = Callable[[Any, str], "Watch"]
+
+
+@pytest.fixture
+def watch(app_name: str, metrics: MetricsCapture) -> Iterator[Watcher]:
+    """``watch(pool, dsn)``: instrument it (until the test ends) and compare with the server."""
+    made: list[Watch] = []
+
+    def make(target: Any, dsn: str) -> Watch:
+        made.append(Watch(target, dsn, app_name, metrics))
+        return made[-1]
+
+    yield make
+    for watched in made:
+        watched.handle.uninstrument()
 
 
 def _async_engine(dsn: str, app_name: str, **kwargs: Any) -> AsyncEngine:
@@ -110,93 +121,81 @@ async def engine(postgres_dsn: str, app_name: str) -> AsyncIterator[AsyncEngine]
 
 
 async def test_async_queue_pool_after_invalidate_and_terminate(
-    engine: AsyncEngine, postgres_dsn: str, app_name: str, metrics: MetricsCapture
+    engine: AsyncEngine, postgres_dsn: str, watch: Watcher
 ) -> None:
-    server = Server(postgres_dsn, app_name)
-    handle = otel_backpressure.instrument(engine, meter_provider=metrics.meter_provider)
-    try:
-        a, b, c = [await engine.connect() for _ in range(3)]
-        for connection in (a, b, c):
-            await connection.execute(text("SELECT 1"))
-        await _settled(server, metrics, handle, (3, 0))
-        await a.invalidate()  # held, its connection closed
-        await _settled(server, metrics, handle, (2, 0))
-        for connection in (a, b, c):
-            await connection.close()
-        await _settled(server, metrics, handle, (0, 2))  # the issue: idle read 3
-        await server.terminate(1)  # the server ends one pooled backend
-        await _settled(server, metrics, handle, (0, 1))
-        health = otel_backpressure.pool_health(engine)
-        assert (health["available"], health["in_use"]) == (1, 0)
-    finally:
-        handle.uninstrument()
+    w = watch(engine, postgres_dsn)
+    a, b, c = [await engine.connect() for _ in range(3)]
+    for connection in (a, b, c):
+        await connection.execute(text("SELECT 1"))
+    await w.settled((3, 0))
+    await a.invalidate()  # held, its connection closed
+    await w.settled((2, 0))
+    for connection in (a, b, c):
+        await connection.close()
+    await w.settled((0, 2))  # the issue: idle read 3
+    await w.terminate(1)  # the server ends one pooled backend
+    await w.settled((0, 1))
+    health = otel_backpressure.pool_health(engine)
+    assert (health["available"], health["in_use"]) == (1, 0)
 
 
 async def test_async_queue_pool_soft_invalidation_and_recycle(
-    engine: AsyncEngine, postgres_dsn: str, app_name: str, metrics: MetricsCapture
+    engine: AsyncEngine, postgres_dsn: str, watch: Watcher
 ) -> None:
-    server = Server(postgres_dsn, app_name)
-    handle = otel_backpressure.instrument(engine, meter_provider=metrics.meter_provider)
-    try:
-        a, b = await engine.connect(), await engine.connect()
-        for connection in (a, b):
+    w = watch(engine, postgres_dsn)
+    a, b = await engine.connect(), await engine.connect()
+    for connection in (a, b):
+        await connection.execute(text("SELECT 1"))
+    (await a.get_raw_connection()).invalidate(soft=True)  # closed at its next checkout
+    await a.close()
+    await b.close()
+    await w.settled((0, 2))
+    engine.sync_engine.pool._recycle = 3600
+    for record in list(engine.sync_engine.pool._pool._queue._queue):  # type: ignore[attr-defined]
+        record.starttime -= 7200  # past pool_recycle: replaced at the next checkout
+    async with engine.connect() as x, engine.connect() as y:
+        for connection in (x, y):
             await connection.execute(text("SELECT 1"))
-        (await a.get_raw_connection()).invalidate(soft=True)  # closed at its next checkout
-        await a.close()
-        await b.close()
-        await _settled(server, metrics, handle, (0, 2))
-        engine.sync_engine.pool._recycle = 3600
-        for record in list(engine.sync_engine.pool._pool._queue._queue):  # type: ignore[attr-defined]
-            record.starttime -= 7200  # past pool_recycle: replaced at the next checkout
-        async with engine.connect() as x, engine.connect() as y:
-            for connection in (x, y):
-                await connection.execute(text("SELECT 1"))
-            await _settled(server, metrics, handle, (2, 0))
-        await _settled(server, metrics, handle, (0, 2))
-    finally:
-        handle.uninstrument()
+        await w.settled((2, 0))
+    await w.settled((0, 2))
 
 
 async def test_pre_ping_replaces_a_terminated_connection(
-    postgres_dsn: str, app_name: str, metrics: MetricsCapture
+    postgres_dsn: str, app_name: str, watch: Watcher
 ) -> None:
     engine = _async_engine(postgres_dsn, app_name, pool_size=2, pool_pre_ping=True)
-    server = Server(postgres_dsn, app_name)
-    handle = otel_backpressure.instrument(engine, meter_provider=metrics.meter_provider)
+    w = watch(engine, postgres_dsn)
     try:
         async with engine.connect() as a, engine.connect() as b:
             for connection in (a, b):
                 await connection.execute(text("SELECT 1"))
-        await _settled(server, metrics, handle, (0, 2))
-        await server.terminate(2)
-        await _settled(server, metrics, handle, (0, 0))
+        await w.settled((0, 2))
+        await w.terminate(2)
+        await w.settled((0, 0))
         async with engine.connect() as connection:  # the ping fails; a new connection
             assert (await connection.execute(text("SELECT 1"))).scalar() == 1
-            await _settled(server, metrics, handle, (1, 0))
-        await _settled(server, metrics, handle, (0, 1))
+            await w.settled((1, 0))
+        await w.settled((0, 1))
     finally:
-        handle.uninstrument()
         await engine.dispose()
 
 
 async def test_async_queue_pool_across_a_server_restart(
-    private_server: PrivatePostgres, app_name: str, metrics: MetricsCapture
+    private_server: PrivatePostgres, app_name: str, watch: Watcher
 ) -> None:
     engine = _async_engine(private_server.dsn, app_name, pool_size=2, pool_pre_ping=True)
-    server = Server(private_server.dsn, app_name)
-    handle = otel_backpressure.instrument(engine, meter_provider=metrics.meter_provider)
+    w = watch(engine, private_server.dsn)
     try:
         async with engine.connect() as a, engine.connect() as b:
             for connection in (a, b):
                 await connection.execute(text("SELECT 1"))
-        await _settled(server, metrics, handle, (0, 2))
+        await w.settled((0, 2))
         private_server.restart()
-        await _settled(server, metrics, handle, (0, 0))
+        await w.settled((0, 0))
         async with engine.connect() as connection:
             assert (await connection.execute(text("SELECT 1"))).scalar() == 1
-        await _settled(server, metrics, handle, (0, 1))
+        await w.settled((0, 1))
     finally:
-        handle.uninstrument()
         await engine.dispose()
 
 
@@ -206,33 +205,31 @@ async def test_asyncpg_pool_after_lost_connections(
     postgres_dsn: str,
     private_server: PrivatePostgres,
     app_name: str,
-    metrics: MetricsCapture,
+    watch: Watcher,
 ) -> None:
     dsn = private_server.dsn if restart else postgres_dsn
-    server = Server(dsn, app_name)
     pool = await asyncpg.create_pool(
         dsn, min_size=2, max_size=3, server_settings={"application_name": app_name}
     )
-    handle = otel_backpressure.instrument(pool, meter_provider=metrics.meter_provider)
+    w = watch(pool, dsn)
     try:
-        await _settled(server, metrics, handle, (0, 2))
+        await w.settled((0, 2))
         async with pool.acquire() as held:
-            await _settled(server, metrics, handle, (1, 1))
+            await w.settled((1, 1))
             if restart:
                 private_server.restart()
             else:
-                await server.terminate(2)
+                await w.terminate(2)
             # asyncpg reconnects its min_size connections at once: whatever it
             # holds now, the pool and the server agree on it
-            used, _ = await _settled(server, metrics, handle, None)
+            used, _ = await w.settled(None)
             assert used == 0  # the held connection is gone
             with pytest.raises(asyncpg.InterfaceError):
                 await held.fetchval("SELECT 1")
         async with pool.acquire() as connection:
             assert await connection.fetchval("SELECT 1") == 1
-            assert (await _settled(server, metrics, handle, None))[0] == 1
+            assert (await w.settled(None))[0] == 1
     finally:
-        handle.uninstrument()
         await pool.close()
 
 
@@ -247,29 +244,25 @@ def sync_engine(postgres_dsn: str, app_name: str) -> Iterator[Engine]:
 
 
 async def test_sync_queue_pool_after_invalidate(
-    sync_engine: Engine, postgres_dsn: str, app_name: str, metrics: MetricsCapture
+    sync_engine: Engine, postgres_dsn: str, watch: Watcher
 ) -> None:
-    server = Server(postgres_dsn, app_name)
-    handle = otel_backpressure.instrument(sync_engine, meter_provider=metrics.meter_provider)
-    try:
-        held = [sync_engine.connect() for _ in range(3)]
-        await _settled(server, metrics, handle, (3, 0))
-        held[0].invalidate()
-        await _settled(server, metrics, handle, (2, 0))
-        held[1].connection.invalidate(soft=True)  # type: ignore[union-attr]
-        for connection in held:
-            connection.close()
-        await _settled(server, metrics, handle, (0, 2))
-        # FIFO: the empty slot connects anew, the soft-invalidated one is replaced
-        with sync_engine.connect(), sync_engine.connect():
-            await _settled(server, metrics, handle, (2, 1))
-        await _settled(server, metrics, handle, (0, 3))
-    finally:
-        handle.uninstrument()
+    w = watch(sync_engine, postgres_dsn)
+    held = [sync_engine.connect() for _ in range(3)]
+    await w.settled((3, 0))
+    held[0].invalidate()
+    await w.settled((2, 0))
+    held[1].connection.invalidate(soft=True)  # type: ignore[union-attr]
+    for connection in held:
+        connection.close()
+    await w.settled((0, 2))
+    # FIFO: the empty slot connects anew, the soft-invalidated one is replaced
+    with sync_engine.connect(), sync_engine.connect():
+        await w.settled((2, 1))
+    await w.settled((0, 3))
 
 
 async def test_sync_queue_pool_learns_of_a_terminated_backend_on_use(
-    postgres_dsn: str, app_name: str, metrics: MetricsCapture
+    postgres_dsn: str, app_name: str, watch: Watcher
 ) -> None:
     # A sync driver cannot know of a server-side close before its next use; a
     # failed use tells it (and SQLAlchemy invalidates the connection), and
@@ -278,18 +271,16 @@ async def test_sync_queue_pool_learns_of_a_terminated_backend_on_use(
     engine = create_engine(
         url, pool_size=2, pool_pre_ping=True, connect_args={"application_name": app_name}
     )
-    server = Server(postgres_dsn, app_name)
-    handle = otel_backpressure.instrument(engine, meter_provider=metrics.meter_provider)
+    w = watch(engine, postgres_dsn)
     try:
         with engine.connect(), engine.connect():
             pass
-        await _settled(server, metrics, handle, (0, 2))
-        await server.terminate(2)
+        await w.settled((0, 2))
+        await w.terminate(2)
         with engine.connect() as connection:  # pre-ping fails, a new connection
             assert connection.execute(text("SELECT 1")).scalar() == 1
         with engine.connect(), engine.connect():  # the other one is found dead too
             pass
-        await _settled(server, metrics, handle, (0, 2))
+        await w.settled((0, 2))
     finally:
-        handle.uninstrument()
         engine.dispose()

@@ -35,8 +35,9 @@ ENV_KEYS = ("PGHOST", "PGHOSTADDR", "PGPORT", "PGDATABASE", "PGUSER", "PGSERVICE
 
 @pytest.fixture(autouse=True)
 def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    for key in ENV_KEYS:
-        monkeypatch.delenv(key, raising=False)
+    for key in ENV_KEYS:  # set, then deleted: so a test may set it and it is restored
+        monkeypatch.setenv(key, "")
+        monkeypatch.delenv(key)
     passfile = tmp_path / "pgpass"
     passfile.write_text("")
     passfile.chmod(0o600)
@@ -96,11 +97,9 @@ def test_asyncpg_names_match_asyncpg(
     keywords: dict[str, Any],
     environment: dict[str, str],
     expected: str,
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    for key, value in environment.items():
-        monkeypatch.setenv(key, value)
-    ours = asyncpg_server(dsn, **keywords)
+    ours = asyncpg_server(dsn, environ=environment, **keywords)
+    os.environ.update(environment)  # asyncpg's parser reads the process environment
     addresses, database = _asyncpg_resolves(dsn, **keywords)
     assert _ours_as_asyncpg(ours) == addresses
     assert ours.database in (database, None)
@@ -153,11 +152,9 @@ def test_libpq_names_match_libpq(
     keywords: dict[str, Any],
     environment: dict[str, str],
     expected: str,
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    for key, value in environment.items():
-        monkeypatch.setenv(key, value)
-    ours = libpq_server(conninfo, **keywords)
+    ours = libpq_server(conninfo, environ=environment, **keywords)
+    os.environ.update(environment)  # psycopg's defaults read the process environment
     addresses, database = _libpq_resolves(conninfo, **keywords)
     assert list(zip(ours.hosts, ours.ports, strict=True)) == addresses
     assert ours.database == database
