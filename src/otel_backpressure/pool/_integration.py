@@ -77,7 +77,7 @@ class PoolIntegration:
         if context is None:
             raise RuntimeError("the pool part is not enabled")
         for engine in _engines(engines):
-            self._instrument(engine, meter_provider or context.meter_provider)
+            self._instrument(engine, meter_provider)
 
     def disable(self) -> None:
         for handle in list(self._handles):
