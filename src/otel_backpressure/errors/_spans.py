@@ -267,8 +267,9 @@ def _decide(
     without a description: the outcome's would contradict the 5xx).
 
     None leaves the call alone: not an Error, a description of the
-    application's own, or an unmapped exception. An exception that reaches a
-    server span this way escaped it, and is counted ``unhandled``.
+    application's own, or an unmapped exception. An ``Exception`` that reaches
+    a server span this way escaped it, and is counted ``unhandled``
+    (cancellation and exit are not failures of the application).
     """
     if not is_error:
         return None
@@ -276,7 +277,7 @@ def _decide(
         return None  # the application's own status
     outcome = registry.lookup(exc)
     server = getattr(span, "kind", None) is SpanKind.SERVER
-    if server:
+    if server and isinstance(exc, Exception):  # not cancellation or exit, like the middleware
         error_type = outcome.error_type if outcome is not None else type_name(type(exc))
         count_exception(exc, error_type, handled=False)
     if outcome is None:

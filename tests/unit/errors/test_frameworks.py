@@ -12,6 +12,7 @@ when it escaped the server span (with or without the middleware).
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -183,3 +184,42 @@ async def test_an_unmapped_exception_escaping_the_server_span_is_counted_once(
     assert response.status_code == 500
     assert metrics.value(COUNTER, {"error.type": "LookupError", OUTCOME: "unhandled"}) == 1
     assert metrics.value(COUNTER, {"error.type": "LookupError", OUTCOME: "handled"}) is None
+
+
+def _server_span_marked_error_while_handling(
+    tracer_provider: TracerProvider, exc: BaseException
+) -> None:
+    """What FastAPI's telemetry does when an exception escapes: Error, no description."""
+    span = tracer_provider.get_tracer("server").start_span("GET /x", kind=SpanKind.SERVER)
+    try:
+        raise exc
+    except BaseException:
+        span.set_status(StatusCode.ERROR)
+    finally:
+        span.end()
+
+
+@pytest.mark.parametrize(
+    ("exc", "counted"),
+    [
+        (LookupError("bug"), "LookupError"),
+        (NotFoundError("gone"), "not_found"),
+        (asyncio.CancelledError(), None),  # a client went away: not the application's failure
+        (KeyboardInterrupt(), None),
+    ],
+    ids=["unmapped", "mapped", "cancelled", "interrupted"],
+)
+def test_what_escapes_a_server_span_is_counted_unless_it_is_cancellation_or_exit(
+    instrumented: BackpressureInstrumentor,
+    tracer_provider: TracerProvider,
+    metrics: MetricsCapture,
+    exc: BaseException,
+    counted: str | None,
+) -> None:
+    _server_span_marked_error_while_handling(tracer_provider, exc)
+    _server_span_marked_error_while_handling(tracer_provider, exc)  # the same object: once
+    collected = metrics.collect().get(COUNTER)
+    if counted is None:
+        assert collected is None
+    else:
+        assert metrics.value(COUNTER, {"error.type": counted, OUTCOME: "unhandled"}) == 1
