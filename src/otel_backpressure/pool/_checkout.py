@@ -27,11 +27,16 @@ import inspect
 import itertools
 import logging
 import time
-import weakref
 from collections.abc import Callable
 from typing import Any, ClassVar, Final
 
-from otel_backpressure.pool._source import MAX_BUFFERED, PoolReading, PoolSource, RecorderSlots
+from otel_backpressure.pool._source import (
+    MAX_BUFFERED,
+    PoolReading,
+    PoolSource,
+    RecorderSlots,
+    weak_pool,
+)
 
 __all__ = ["HookedPoolSource"]
 
@@ -80,16 +85,7 @@ class HookedPoolSource(RecorderSlots):
         self._starts: dict[int, float] = {}  # id(connection) -> checked out at
         self._originals = {attribute: getattr(pool, attribute) for attribute in self._hooked()}
         self._async = inspect.iscoroutinefunction(self._originals[self.acquire])
-        callback = None
-        if on_gone is not None:
-            source_ref = weakref.ref(self)
-
-            def callback(_: object) -> None:
-                source = source_ref()
-                if source is not None:
-                    on_gone(source)
-
-        self._pool = weakref.ref(pool, callback)
+        self._pool = weak_pool(pool, self, on_gone)
         self._install(pool)
 
     @classmethod

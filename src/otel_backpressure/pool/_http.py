@@ -26,7 +26,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-import weakref
 from collections import defaultdict, deque
 from collections.abc import Callable, Iterable
 from typing import Any, ClassVar, Final
@@ -35,7 +34,7 @@ from opentelemetry.metrics import CallbackOptions, Histogram, MeterProvider, Obs
 
 from otel_backpressure._shared import get_meter
 from otel_backpressure.pool._sdk import HistogramSink
-from otel_backpressure.pool._source import PoolReading, PoolSource, TimingRecorder
+from otel_backpressure.pool._source import PoolReading, PoolSource, TimingRecorder, weak_pool
 
 __all__ = [
     "CONNECTION_DURATION_BOUNDARIES",
@@ -480,16 +479,7 @@ class HttpPoolSource:
         self._clock = clock
         self._timeouts: dict[ServerKey, int] = {}
         self._timeouts_lock = threading.Lock()
-        callback = None
-        if on_gone is not None:
-            source_ref = weakref.ref(self)
-
-            def callback(_: object) -> None:
-                source = source_ref()
-                if source is not None:
-                    on_gone(source)  # type: ignore[arg-type]
-
-        self._pool = weakref.ref(pool, callback)
+        self._pool = weak_pool(pool, self, on_gone)
         self._hook(pool)
 
     def _hook(self, pool: Any) -> None:

@@ -14,11 +14,21 @@ Example::
 
 from __future__ import annotations
 
+import weakref
 from collections import deque
 from collections.abc import Callable
-from typing import Any, ClassVar, Final, Protocol
+from typing import Any, ClassVar, Final, Protocol, TypeVar
 
-__all__ = ["MAX_BUFFERED", "PoolReading", "PoolSource", "RecorderSlots", "TimingRecorder"]
+__all__ = [
+    "MAX_BUFFERED",
+    "PoolReading",
+    "PoolSource",
+    "RecorderSlots",
+    "TimingRecorder",
+    "weak_pool",
+]
+
+_T = TypeVar("_T")
 
 # A deque longer than this is handed to the SDK on the hot path (amortised),
 # so memory stays bounded however long the exporter waits between collections.
@@ -189,3 +199,22 @@ class PoolSourceClass(Protocol):
         clock: Callable[[], float],
         on_gone: Callable[[PoolSource], None],
     ) -> PoolSource: ...
+
+
+def weak_pool(pool: _T, source: Any, on_gone: Callable[[Any], None] | None) -> weakref.ref[_T]:
+    """A weak reference to ``pool`` whose collection calls ``on_gone(source)``.
+
+    The source is held weakly too, so the callback keeps nothing alive. It may
+    run inside any allocation (even while the registry's lock is held), so
+    ``on_gone`` must only hand the source over (the registry's appends to a deque).
+    """
+    if on_gone is None:
+        return weakref.ref(pool)
+    source_ref = weakref.ref(source)
+
+    def gone(_: object) -> None:
+        collected = source_ref()
+        if collected is not None:
+            on_gone(collected)
+
+    return weakref.ref(pool, gone)

@@ -43,7 +43,13 @@ from sqlalchemy.pool import (
 )
 
 from otel_backpressure.pool._naming import url_name
-from otel_backpressure.pool._source import MAX_BUFFERED, PoolReading, PoolSource, RecorderSlots
+from otel_backpressure.pool._source import (
+    MAX_BUFFERED,
+    PoolReading,
+    PoolSource,
+    RecorderSlots,
+    weak_pool,
+)
 
 __all__ = ["SQLAlchemyPoolSource", "is_open", "read_pool", "resolve_engine"]
 
@@ -251,16 +257,7 @@ class SQLAlchemyPoolSource(RecorderSlots):
         self._starts: dict[int, tuple[Any, float | None]] = {}
         # pool -> the instance attributes the hooks shadowed (restored by close())
         self._hooked: weakref.WeakKeyDictionary[Pool, dict[str, Any]] = weakref.WeakKeyDictionary()
-        callback = None
-        if on_gone is not None:
-            source_ref = weakref.ref(self)
-
-            def callback(_: object) -> None:
-                source = source_ref()
-                if source is not None:
-                    on_gone(source)
-
-        self._engine = weakref.ref(engine, callback)
+        self._engine = weak_pool(engine, self, on_gone)
         self._hook(engine.pool)
 
     @property
