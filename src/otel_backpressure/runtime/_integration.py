@@ -59,7 +59,7 @@ class EventLoopIntegration:
         )
 
     def enable(self, context: InstrumentationContext) -> None:
-        metrics = LoopMetrics(context.meter_provider, MONITORS)
+        metrics = LoopMetrics.for_provider(context.meter_provider, MONITORS)
         MONITORS.enable(metrics.record_delay, context.settings.event_loop_resolution)
         try:
             running = asyncio.get_running_loop()

@@ -222,3 +222,19 @@ def test_uvloop_loops_get_delay_but_no_utilization(
     # how late the timer ran: the block less at most one period (libuv's clock is in ms)
     assert point.max >= blocked[0] - 0.01 - 0.001
     assert seen == [set()]  # libuv polls where Python cannot time it
+
+
+def test_instrument_uninstrument_instrument_round_trip(metrics: MetricsCapture) -> None:
+    instrumentor = BackpressureInstrumentor()
+    seen: list[set[str]] = []
+
+    async def main() -> None:
+        seen.append(set(_series(metrics, UTILIZATION)))
+
+    for _ in range(2):
+        instrumentor.instrument(meter_provider=metrics.meter_provider, settings=RUNTIME_ONLY)
+        asyncio.run(main())
+        instrumentor.uninstrument()
+        asyncio.run(main())  # not monitored
+    assert seen == [{"MainThread"}, set(), {"MainThread"}, set()]
+    assert not hasattr(asyncio.BaseEventLoop.__dict__["run_forever"], "__wrapped__")
