@@ -24,7 +24,13 @@ from collections import deque
 from collections.abc import Iterable
 from typing import Any, ClassVar, Final
 
-from opentelemetry.metrics import CallbackOptions, MeterProvider, Observation, get_meter_provider
+from opentelemetry.metrics import (
+    CallbackOptions,
+    Histogram,
+    MeterProvider,
+    Observation,
+    get_meter_provider,
+)
 
 from otel_backpressure._shared import get_meter
 from otel_backpressure.pool._sdk import HistogramSink
@@ -53,7 +59,7 @@ class LoopMetrics:
     sleep measured 40-50 µs (cold caches), a third of the sampler's whole cost.
     """
 
-    __slots__ = ("__weakref__", "_buffers", "_delay", "_last", "_sinks", "monitors")
+    __slots__ = ("__weakref__", "_buffers", "_last", "_sinks", "monitors")
 
     _by_provider: ClassVar[weakref.WeakKeyDictionary[Any, LoopMetrics]] = (
         weakref.WeakKeyDictionary()
@@ -78,17 +84,17 @@ class LoopMetrics:
         meter = get_meter(meter_provider)
         self.monitors = monitors
         self._buffers: dict[str, WaitBuffer] = {}
-        self._sinks: dict[str, HistogramSink] = {}
         # monitor -> (time, idle seconds) at the previous collection
         self._last: weakref.WeakKeyDictionary[Any, tuple[float, float]] = (
             weakref.WeakKeyDictionary()
         )
-        self._delay = meter.create_histogram(
+        delay = meter.create_histogram(
             "backpressure.event_loop.delay",
             unit="s",
             description="How late the event loop ran a sampling callback that was due.",
             explicit_bucket_boundaries_advisory=DELAY_BOUNDARIES,
         )
+        self._sinks = _Sinks(delay, LOOP_NAME, "event-loop delay")
         meter.create_observable_gauge(
             "backpressure.event_loop.utilization",
             callbacks=[self._utilization],
@@ -102,27 +108,15 @@ class LoopMetrics:
         buffer = self._buffers.get(name)
         if buffer is None:
             fresh = WaitBuffer()
-            fresh.flush = lambda: self._flush(name, fresh)
+            fresh.flush = lambda: self._sinks.flush(name, fresh)
             buffer = self._buffers.setdefault(name, fresh)  # atomic: one buffer per name
         buffer.append(delay)
         if len(buffer) > MAX_BUFFERED:
             buffer.flush()
 
-    def _flush(self, name: str, buffer: WaitBuffer) -> None:
-        values = _drain(buffer)
-        if not values:
-            return
-        sink = self._sinks.get(name)
-        if sink is None:
-            sink = self._sinks.setdefault(name, HistogramSink(self._delay, {LOOP_NAME: name}))
-        try:
-            sink.record_many(values)
-        except Exception:
-            _logger.debug("Recording event-loop delay failed", exc_info=True)
-
     def _utilization(self, options: CallbackOptions) -> Iterable[Observation]:
         for name, buffer in list(self._buffers.items()):  # the histogram is fed at collection
-            self._flush(name, buffer)
+            self._sinks.flush(name, buffer)
         now = time.monotonic()
         observations = []
         for monitor in self.monitors.active():
@@ -137,6 +131,31 @@ class LoopMetrics:
             busy = 1.0 - (idle - idle_before) / wall
             observations.append(Observation(min(1.0, max(0.0, busy)), monitor.attributes))
         return observations
+
+
+class _Sinks:
+    """One ``HistogramSink`` per name of a histogram, fed from wait buffers."""
+
+    __slots__ = ("_attribute", "_histogram", "_sinks", "_what")
+
+    def __init__(self, histogram: Histogram, attribute: str, what: str) -> None:
+        self._histogram = histogram
+        self._attribute = attribute
+        self._what = what
+        self._sinks: dict[str, HistogramSink] = {}
+
+    def flush(self, name: str, buffer: deque[float]) -> None:
+        values = _drain(buffer)
+        if not values:
+            return
+        sink = self._sinks.get(name)
+        if sink is None:
+            attributes = {self._attribute: name}
+            sink = self._sinks.setdefault(name, HistogramSink(self._histogram, attributes))
+        try:
+            sink.record_many(values)
+        except Exception:  # telemetry never raises into the host
+            _logger.debug("Recording %s failed", self._what, exc_info=True)
 
 
 def _drain(values: deque[float]) -> list[float]:
@@ -160,13 +179,13 @@ class ThreadPoolMetrics:
         meter = get_meter(meter_provider)
         self._lock = threading.Lock()
         self._sources: dict[Source, WaitBuffer] = {}
-        self._sinks: dict[str, HistogramSink] = {}
-        self._wait = meter.create_histogram(
+        wait = meter.create_histogram(
             "backpressure.thread_pool.wait_time",
             unit="s",
             description="How long one call waited for a thread or token.",
             explicit_bucket_boundaries_advisory=WAIT_BOUNDARIES,
         )
+        self._sinks = _Sinks(wait, POOL_NAME, "thread-pool waits")
         meter.create_observable_up_down_counter(
             "backpressure.thread_pool.used",
             callbacks=[self._used],
@@ -208,7 +227,7 @@ class ThreadPoolMetrics:
             if source in self._sources:
                 return
             buffer = WaitBuffer()
-            buffer.flush = lambda: self._flush(source.name, buffer)
+            buffer.flush = lambda: self._sinks.flush(source.name, buffer)
             self._sources[source] = buffer
         source.add(buffer)
 
@@ -217,7 +236,7 @@ class ThreadPoolMetrics:
             buffer = self._sources.pop(source, None)
         if buffer is not None:
             source.remove(buffer)
-            self._flush(source.name, buffer)
+            self._sinks.flush(source.name, buffer)
 
     def __contains__(self, source: object) -> bool:
         return source in self._sources
@@ -239,24 +258,12 @@ class ThreadPoolMetrics:
             readings[source.name] = reading if known is None else known + reading
         return readings
 
-    def _flush(self, name: str, buffer: deque[float]) -> None:
-        values = _drain(buffer)
-        if not values:
-            return
-        sink = self._sinks.get(name)
-        if sink is None:
-            sink = self._sinks.setdefault(name, HistogramSink(self._wait, {POOL_NAME: name}))
-        try:
-            sink.record_many(values)
-        except Exception:
-            _logger.debug("Recording thread-pool waits failed", exc_info=True)
-
     def _used(self, options: CallbackOptions) -> Iterable[Observation]:
         readings = self._readings()  # first: reading a limiter may claim its early waits
         with self._lock:
             buffers = list(self._sources.items())
         for source, buffer in buffers:  # the histogram is fed at each collection
-            self._flush(source.name, buffer)
+            self._sinks.flush(source.name, buffer)
         return [Observation(r.used, {POOL_NAME: n}) for n, r in readings.items()]
 
     def _max(self, options: CallbackOptions) -> Iterable[Observation]:
