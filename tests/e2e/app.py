@@ -123,6 +123,10 @@ def build_app(engine: Any, raw_pool: Any) -> FastAPI:
             value = await connection.fetchval("SELECT 1")
         return {"value": int(value)}
 
+    @app.get("/sync")
+    def sync_endpoint() -> dict[str, str]:  # FastAPI runs it on anyio's thread limiter
+        return {"ok": "sync"}
+
     @app.post("/validate")
     async def validate() -> None:
         raise ValidationError("score out of range")
@@ -152,6 +156,7 @@ EXPECTED = {
     "/raw": {200, 429},
     "/validate": {422, 429},
     "/conflict": {409, 429},
+    "/sync": {200, 429},
 }
 
 
@@ -230,6 +235,8 @@ async def main() -> None:
                 call("GET", "/slow", "worker-b"),
                 call("GET", "/slow", "worker-c"),
                 call("GET", "/raw", "worker-d"),
+                call("GET", "/sync", "worker-e"),
+                asyncio.to_thread(time.sleep, 0),  # the loop's default executor
                 call("POST", "/validate", "client-1"),
                 call("POST", "/conflict", "client-2"),
                 *(call("GET", "/players/1", "greedy") for _ in range(6)),
