@@ -68,6 +68,9 @@ DEFAULT_MAPPINGS: Final[tuple[tuple[Target, ErrorOutcome], ...]] = (
         "asyncpg.exceptions.QueryCanceledError",
         ErrorOutcome("database_timeout", _ERROR, 504, True, "database statement timed out"),
     ),
+    # the other pools' own "no connection came free in time"
+    ("psycopg_pool.PoolTimeout", PoolExhaustedError.outcome),
+    ("httpx.PoolTimeout", PoolExhaustedError.outcome),
     # the rate limiters' rejections
     ("slowapi.errors.RateLimitExceeded", RateLimitExceededError.outcome),
 )

@@ -10,7 +10,9 @@ service) and raised inside a span with the instrumentor active.
 from __future__ import annotations
 
 import asyncpg.exceptions
+import httpx
 import limits
+import psycopg_pool
 import pytest
 import sqlalchemy.exc
 from opentelemetry.sdk.trace import TracerProvider
@@ -38,6 +40,8 @@ DECIDED: dict[type[BaseException], str] = {
     sqlalchemy.exc.IntegrityError: "integrity_error",
     sqlalchemy.exc.OperationalError: "database_unavailable",
     RateLimitExceeded: "rate_limit_exceeded",
+    psycopg_pool.PoolTimeout: "pool_exhausted",
+    httpx.PoolTimeout: "pool_exhausted",
 }
 
 
