@@ -5,7 +5,8 @@ variables, and the package's instrumentor is auto-loaded. The app uses every
 part the way an app would: SQLAlchemy async and a raw asyncpg pool on
 PostgreSQL, a FastAPI app with the package's rate-limit and error-mapping
 middleware, the rate limiter on Redis (and on a Redis that is down), a
-``limits`` strategy, and mapped errors raised inside its own spans.
+``limits`` strategy, mapped errors raised inside its own spans, and an httpx
+client calling a small upstream over real HTTP with too few connections.
 
 It plays rounds of requests in process until SIGTERM and prints one JSON line
 per round: requests so far, anything unexpected that reached the app, spans
@@ -160,6 +161,39 @@ EXPECTED = {
 }
 
 
+class Upstream:
+    """A service the app calls over real HTTP (uvicorn on loopback, its own thread):
+    what the app's outbound pool connects to. Each answer takes 20 ms."""
+
+    def __init__(self) -> None:
+        import threading
+
+        import uvicorn
+
+        async def answer(scope: dict[str, Any], receive: Any, send: Any) -> None:
+            if scope["type"] != "http":
+                return
+            await asyncio.sleep(0.02)
+            headers = [(b"content-length", b"2")]
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            await send({"type": "http.response.body", "body": b"ok"})
+
+        config = uvicorn.Config(
+            answer, host="127.0.0.1", port=0, log_level="warning", lifespan="off"
+        )
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        while not self.server.started:
+            time.sleep(0.01)
+        port = self.server.servers[0].sockets[0].getsockname()[1]
+        self.url = f"http://127.0.0.1:{port}"
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+
 async def main() -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -188,6 +222,18 @@ async def main() -> None:
     )
     signups = MovingWindowRateLimiter(MemoryStorage())
     signup_limit = parse("4/second")
+
+    upstream = Upstream()
+    # one connection for three concurrent calls: two queue for it every round
+    outbound = httpx.AsyncClient(base_url=upstream.url, limits=httpx.Limits(max_connections=1))
+
+    async def outbound_calls() -> None:
+        responses = await asyncio.gather(*(outbound.get("/") for _ in range(3)))
+        async with httpx.AsyncClient(base_url=upstream.url) as once:  # a connection that ends
+            responses.append(await once.get("/"))
+        for response in responses:
+            if response.status_code != 200:
+                unexpected.append(f"outbound: HTTP {response.status_code}")
 
     app = build_app(engine, raw_pool)
     transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
@@ -243,6 +289,7 @@ async def main() -> None:
             ]
             try:
                 await asyncio.gather(*calls)
+                await outbound_calls()
                 await spans_with_mapped_errors()
                 # more hits per round than either burst: rejections however slow a round is
                 for _ in range(5):
@@ -268,6 +315,8 @@ async def main() -> None:
             print(json.dumps(status), flush=True)
             await asyncio.sleep(0.05)
 
+    await outbound.aclose()
+    upstream.stop()
     await raw_pool.close()
     await engine.dispose()
     print(json.dumps({"stopped": True, "rounds": round_number}), flush=True)
