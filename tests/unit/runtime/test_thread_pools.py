@@ -163,6 +163,8 @@ def test_an_executor_with_n_workers_and_n_plus_k_calls_is_full_then_idle(
         for _ in range(N):
             assert started.acquire(timeout=30)
         assert _state(metrics, handle.pool_name) == _full(N, K)
+        health = pool_health(executor)
+        assert (health["status"], health["in_use"], health["pending"]) == ("critical", N, K)
         release.set()
         for future in futures:
             future.result(timeout=30)
@@ -248,3 +250,15 @@ def test_pools_stop_reporting_when_the_part_is_uninstrumented(
         )
 
     asyncio.run(main())
+
+
+def test_pool_health_of_an_executor_not_measured_does_not_guess_its_busy_threads() -> None:
+    with ThreadPoolExecutor(max_workers=2) as executor:
+        health = pool_health(executor)
+    assert health["in_use"] is None
+    assert health["usage_percent"] is None
+    assert (health["status"], health["pool_name"], health["total_capacity"]) == (
+        "healthy",
+        None,
+        2,
+    )
