@@ -280,11 +280,31 @@ def _routes(
 class RateLimitMiddleware:
     """Rate-limit HTTP requests per client; answer 429 with ``Retry-After`` when over.
 
-    ``route_policies`` maps a path prefix (whole segments) or a compiled pattern
-    (full match) to policies applied on top of the limiter's; the first matching
-    entry wins. ``key_func(scope)`` (sync or async) replaces the client address as
-    the key; returning None exempts the request. ``dry_run`` decides and meters
-    but never rejects. A limiter failure is logged and the request goes through.
+    A rejection is answered with the errors part's RFC 9457 problem details
+    (``errors.problem_response``), the same response ``ErrorMappingMiddleware``
+    gives a ``RateLimitExceededError``. A limiter failure is logged and the
+    request goes through.
+
+    Arguments (after the wrapped ``app``, all keyword-only):
+
+    - ``limiter``: the ``RateLimiter`` that decides.
+    - ``trusted_proxies``: IP addresses or CIDR networks whose forwarded
+      header is believed (see ``ClientAddress``); default none.
+    - ``forwarded_header``: ``"x-forwarded-for"`` or ``"forwarded"`` (RFC 7239).
+    - ``key_func(scope)``: sync or async, replaces the client address as the
+      key; returning None exempts the request.
+    - ``exempt_paths``: path prefixes (whole segments) or compiled patterns
+      (full match) never limited.
+    - ``route_policies``: path prefix or pattern -> policies applied on top
+      of the limiter's; the first matching entry wins.
+    - ``dry_run``: decide and meter, never reject.
+    - ``headers``: add the ``RateLimit-Policy``/``RateLimit`` fields to every
+      response; ``legacy_headers``: the ``X-RateLimit-*`` ones too.
+
+    Raises ``TypeError`` for an ``app``, ``limiter`` or ``key_func`` that is
+    not callable as such or a single string where a list of paths or networks
+    belongs, and ``ValueError`` naming the argument for a network, header
+    name, path rule or route policy set that is not valid.
     """
 
     __slots__ = (
