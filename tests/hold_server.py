@@ -18,11 +18,18 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections import deque
+from collections.abc import Iterator
 from typing import Any
 
+import pytest
 import uvicorn
 
 from otel_backpressure._shared import Receive, Scope, Send
+from otel_backpressure.testing import MetricsCapture
+
+#: MetricsCapture.snapshot() keys of http.client.open_connections' two states
+ACTIVE = "http.client.open_connections{http.connection.state=active}"
+IDLE = "http.client.open_connections{http.connection.state=idle}"
 
 
 class HoldServer:
@@ -99,3 +106,56 @@ class HoldServer:
             self.release(len(self._held))
         self._server.should_exit = True
         self._thread.join(timeout=10)
+
+
+@pytest.fixture
+def server() -> Iterator[HoldServer]:
+    with HoldServer() as server:
+        yield server
+
+
+def state(metrics: MetricsCapture, server: HoldServer) -> dict[str, Any]:
+    """Every series of ``server`` now (the histograms as (count, sum))."""
+    attributes = {"server.address": "127.0.0.1", "server.port": server.port, "url.scheme": "http"}
+    snapshot = metrics.snapshot(attributes)
+    return {k: v[:2] if isinstance(v, tuple) else v for k, v in snapshot.items()}
+
+
+def counts(
+    active: int, idle: int, pending: int, limit: int = 2, timeouts: int = 0, usage: float = -1
+) -> dict[str, Any]:
+    """The series of one server: connections by state, queued requests, timeouts, limit, usage
+    (``active / limit`` unless given)."""
+    return {
+        ACTIVE: active,
+        IDLE: idle,
+        "backpressure.http.client.pending_requests": pending,
+        "backpressure.http.client.pool.timeouts": timeouts,
+        "backpressure.http.client.connection.max": limit,
+        "backpressure.http.client.connection.usage": active / limit if usage < 0 else usage,
+    }
+
+
+def settled(metrics: MetricsCapture, server: HoldServer, expected: dict[str, Any]) -> None:
+    """Assert the series reach ``expected`` once the clients' threads settle.
+
+    httpcore may hand a freed connection to every queued request in one pass;
+    all but one find it busy and queue again within microseconds, so a reading
+    taken in between sees them as not waiting.
+    """
+    for _ in range(5_000):
+        if state(metrics, server) == expected:
+            return
+        threading.Event().wait(0.001)
+    assert state(metrics, server) == expected
+
+
+async def settled_async(
+    metrics: MetricsCapture, server: HoldServer, expected: dict[str, Any]
+) -> None:
+    """``settled`` for clients on the event loop: yield to them while waiting."""
+    for _ in range(5_000):
+        if state(metrics, server) == expected:
+            return
+        await asyncio.sleep(0.001)
+    assert state(metrics, server) == expected

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 
@@ -31,6 +33,21 @@ async def wait_for(predicate: Callable[[], bool], what: str) -> None:
             return
         await asyncio.sleep(0.001)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+def poll(predicate: Callable[[], bool], what: str) -> None:
+    """Wait until ``predicate()`` holds (at most about 5 s) while other threads progress."""
+    for _ in range(5_000):
+        if predicate():
+            return
+        time.sleep(0.001)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def counts_of(metrics: MetricsCapture, name: str) -> dict[str, Any]:
+    """Every count and limit series of pool ``name`` now (the histograms left out)."""
+    snapshot = metrics.snapshot({NAME: name})
+    return {k: v for k, v in snapshot.items() if not k.endswith("_time")}
 
 
 def pool_names(metrics: MetricsCapture) -> list[str]:

@@ -3,57 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
-from typing import Any
 
 import aiohttp
 import pytest
 
 import contract
 import otel_backpressure
-from hold_server import HoldServer
+from hold_server import IDLE, HoldServer, counts, state
+from hold_server import settled_async as settled
 from otel_backpressure import BackpressureInstrumentor
 from otel_backpressure.testing import FakeClock, MetricsCapture
 
 pytestmark = pytest.mark.integration
-
-ACTIVE = "http.client.open_connections{http.connection.state=active}"
-IDLE = "http.client.open_connections{http.connection.state=idle}"
-
-
-@pytest.fixture
-def server() -> Iterator[HoldServer]:
-    with HoldServer() as server:
-        yield server
-
-
-def state(metrics: MetricsCapture, server: HoldServer) -> dict[str, Any]:
-    """Every series of the server (the histograms as (count, sum))."""
-    attributes = {"server.address": "127.0.0.1", "server.port": server.port, "url.scheme": "http"}
-    snapshot = metrics.snapshot(attributes)
-    return {k: v[:2] if isinstance(v, tuple) else v for k, v in snapshot.items()}
-
-
-async def settled(metrics: MetricsCapture, server: HoldServer, expected: dict[str, Any]) -> None:
-    """Assert the series reach ``expected`` once the loop has run the clients to their waits."""
-    for _ in range(5_000):
-        if state(metrics, server) == expected:
-            return
-        await asyncio.sleep(0.001)
-    assert state(metrics, server) == expected
-
-
-def counts(
-    active: int, idle: int, pending: int, limit: int = 2, timeouts: int = 0, usage: float = -1
-) -> dict[str, Any]:
-    return {
-        ACTIVE: active,
-        IDLE: idle,
-        "backpressure.http.client.pending_requests": pending,
-        "backpressure.http.client.pool.timeouts": timeouts,
-        "backpressure.http.client.connection.max": limit,
-        "backpressure.http.client.connection.usage": active / limit if usage < 0 else usage,
-    }
 
 
 async def fetch(session: aiohttp.ClientSession, url: str) -> int:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Iterator
-from typing import Any
 from unittest.mock import ANY
 
 import httpx
@@ -13,68 +11,11 @@ import pytest
 
 import contract
 import otel_backpressure
-from hold_server import HoldServer
+from hold_server import HoldServer, counts, settled, settled_async, state
 from otel_backpressure import BackpressureInstrumentor
 from otel_backpressure.testing import FakeClock, MetricsCapture
 
 pytestmark = pytest.mark.integration
-
-ACTIVE = "http.client.open_connections{http.connection.state=active}"
-IDLE = "http.client.open_connections{http.connection.state=idle}"
-
-
-@pytest.fixture
-def server() -> Iterator[HoldServer]:
-    with HoldServer() as server:
-        yield server
-
-
-def server_attributes(server: HoldServer) -> dict[str, Any]:
-    return {"server.address": "127.0.0.1", "server.port": server.port, "url.scheme": "http"}
-
-
-def state(metrics: MetricsCapture, server: HoldServer) -> dict[str, Any]:
-    """Every series of the server (the histograms as (count, sum))."""
-    snapshot = metrics.snapshot(server_attributes(server))
-    return {k: v[:2] if isinstance(v, tuple) else v for k, v in snapshot.items()}
-
-
-def settled(metrics: MetricsCapture, server: HoldServer, expected: dict[str, Any]) -> None:
-    """Assert the series reach ``expected`` once the clients' threads settle.
-
-    httpcore may hand a freed connection to every queued request in one pass;
-    all but one find it busy and queue again within microseconds, so a reading
-    taken in between sees them as not waiting.
-    """
-    for _ in range(5_000):
-        if state(metrics, server) == expected:
-            return
-        threading.Event().wait(0.001)
-    assert state(metrics, server) == expected
-
-
-async def settled_async(
-    metrics: MetricsCapture, server: HoldServer, expected: dict[str, Any]
-) -> None:
-    """``settled`` for the event loop's clients: yield to them while waiting."""
-    for _ in range(5_000):
-        if state(metrics, server) == expected:
-            return
-        await asyncio.sleep(0.001)
-    assert state(metrics, server) == expected
-
-
-def counts(
-    active: int, idle: int, pending: int, limit: int = 2, timeouts: int = 0
-) -> dict[str, Any]:
-    return {
-        ACTIVE: active,
-        IDLE: idle,
-        "backpressure.http.client.pending_requests": pending,
-        "backpressure.http.client.pool.timeouts": timeouts,
-        "backpressure.http.client.connection.max": limit,
-        "backpressure.http.client.connection.usage": active / limit,
-    }
 
 
 def test_sync_client_queues_past_its_limit(

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import psycopg
@@ -18,7 +17,7 @@ import otel_backpressure
 from otel_backpressure import BackpressureInstrumentor
 from otel_backpressure.pool._psycopg import PsycopgPoolSource
 from otel_backpressure.testing import FakeClock, MetricsCapture
-from pool_states import IDLE, NAME, USED, wait_for
+from pool_states import IDLE, NAME, USED, counts_of, poll, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -41,21 +40,6 @@ def open_on_server(admin: psycopg.Connection[Any], application_name: str) -> int
     ).fetchone()
     assert row is not None
     return int(row[0])
-
-
-def poll(predicate: Callable[[], bool], what: str) -> None:
-    """Wait until ``predicate()`` holds (other threads make progress meanwhile)."""
-    for _ in range(5_000):
-        if predicate():
-            return
-        time.sleep(0.001)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def counts(metrics: MetricsCapture, name: str) -> dict[str, Any]:
-    """The counts and limits of one pool (the histograms are checked apart)."""
-    snapshot = metrics.snapshot({NAME: name})
-    return {k: v for k, v in snapshot.items() if not k.endswith("_time")}
 
 
 def state(used: int, idle: int, pending: int = 0, timeouts: int = 0) -> dict[str, Any]:
@@ -92,23 +76,23 @@ def test_pool_through_known_states(
     )
     try:
         pool.open(wait=True)
-        assert counts(metrics, "psycopg") == state(0, 1)
+        assert counts_of(metrics, "psycopg") == state(0, 1)
         assert open_on_server(admin, application_name) == 1
 
         first = pool.getconn()
         second = pool.getconn()  # the pool grows to max_size for it
-        assert counts(metrics, "psycopg") == state(2, 0)
+        assert counts_of(metrics, "psycopg") == state(2, 0)
         assert open_on_server(admin, application_name) == 2
 
         got: list[Any] = []
         waiters = [threading.Thread(target=lambda: got.append(pool.getconn())) for _ in "abc"]
         for waiter in waiters:
             waiter.start()
-        poll(lambda: counts(metrics, "psycopg") == state(2, 0, pending=3), "three waiters")
+        poll(lambda: counts_of(metrics, "psycopg") == state(2, 0, pending=3), "three waiters")
         clock.advance(0.02)
         pool.putconn(first)
         poll(lambda: len(got) == 1, "a waiter to get the connection")
-        assert counts(metrics, "psycopg") == state(2, 0, pending=2)
+        assert counts_of(metrics, "psycopg") == state(2, 0, pending=2)
         pool.putconn(second)
         poll(lambda: len(got) == 2, "a second waiter")
         for connection in list(got):
@@ -117,7 +101,7 @@ def test_pool_through_known_states(
         for waiter in waiters:
             waiter.join()
         pool.putconn(got[2])
-        assert counts(metrics, "psycopg") == state(0, 2)
+        assert counts_of(metrics, "psycopg") == state(0, 2)
         assert open_on_server(admin, application_name) == 2
         for metric in metrics.collect().values():
             assert contract.violations(metric) == [], metric.name
@@ -152,7 +136,7 @@ def test_pool_counts_timeouts(
             for _ in range(2):
                 with pytest.raises(psycopg_pool.PoolTimeout):
                     pool.getconn(timeout=0.05)
-            assert counts(metrics, name) == {
+            assert counts_of(metrics, name) == {
                 **state(1, 0, timeouts=2),
                 "db.client.connection.max": 1,
                 "db.client.connection.idle.max": 1,
@@ -181,23 +165,23 @@ async def test_async_pool_through_known_states(
     name = handle.pool_name
     try:
         await pool.open(wait=True)
-        assert counts(metrics, name) == state(0, 1)
+        assert counts_of(metrics, name) == state(0, 1)
         held = [await pool.getconn(), await pool.getconn()]
-        assert counts(metrics, name) == state(2, 0)
+        assert counts_of(metrics, name) == state(2, 0)
         assert open_on_server(admin, application_name) == 2
         waiters = [asyncio.ensure_future(pool.getconn()) for _ in range(3)]
-        await wait_for(lambda: counts(metrics, name) == state(2, 0, pending=3), "three waiters")
+        await wait_for(lambda: counts_of(metrics, name) == state(2, 0, pending=3), "three waiters")
         for connection in held:
             await pool.putconn(connection)
         got = [await waiter for waiter in waiters[:2]]
-        assert counts(metrics, name) == state(2, 0, pending=1)
+        assert counts_of(metrics, name) == state(2, 0, pending=1)
         for connection in got:
             await pool.putconn(connection)
         await pool.putconn(await waiters[2])
-        assert counts(metrics, name) == state(0, 2)
+        assert counts_of(metrics, name) == state(0, 2)
         assert open_on_server(admin, application_name) == 2
         await pool.close()
-        assert counts(metrics, name) == {}  # closed for good: its series stop
+        assert counts_of(metrics, name) == {}  # closed for good: its series stop
     finally:
         handle.uninstrument()
         await pool.close()
@@ -212,9 +196,9 @@ def test_instrumentor_catches_pools_the_app_creates(
     )
     with psycopg_pool.ConnectionPool(conninfo, min_size=1, max_size=3) as pool:
         pool.wait()
-        assert counts(metrics, "127.0.0.1:5432/test")[IDLE] == 1
+        assert counts_of(metrics, "127.0.0.1:5432/test")[IDLE] == 1
         instrumentor.uninstrument()
-        assert counts(metrics, "127.0.0.1:5432/test") == {}
+        assert counts_of(metrics, "127.0.0.1:5432/test") == {}
         assert "getconn" not in pool.__dict__
 
 

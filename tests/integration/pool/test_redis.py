@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -17,7 +16,7 @@ import contract
 import otel_backpressure
 from otel_backpressure import BackpressureInstrumentor
 from otel_backpressure.testing import FakeClock, MetricsCapture
-from pool_states import IDLE, NAME, USED, wait_for
+from pool_states import IDLE, NAME, USED, counts_of, poll, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -37,21 +36,6 @@ def admin(redis_url: str) -> Iterator[redis.Redis]:
 def open_on_server(admin: redis.Redis, client_name: str) -> int:
     """Connections the server has open under our client name (other tests' are not ours)."""
     return sum(1 for client in admin.client_list() if client.get("name") == client_name)
-
-
-def poll(predicate: Callable[[], bool], what: str) -> None:
-    """Wait until ``predicate()`` holds (other threads make progress meanwhile)."""
-    for _ in range(5_000):
-        if predicate():
-            return
-        time.sleep(0.001)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def counts(metrics: MetricsCapture, name: str) -> dict[str, Any]:
-    """The counts and limits of one pool (the histograms are checked apart)."""
-    snapshot = metrics.snapshot({NAME: name})
-    return {k: v for k, v in snapshot.items() if not k.endswith("_time")}
 
 
 def state(used: int, idle: int, pending: int = 0, timeouts: int = 0) -> dict[str, Any]:
@@ -76,9 +60,9 @@ def test_blocking_pool_through_known_states(
         pool, meter_provider=metrics.meter_provider, clock=clock, pool_name="blocking"
     )
     try:
-        assert counts(metrics, "blocking") == state(0, 0)
+        assert counts_of(metrics, "blocking") == state(0, 0)
         first, second = pool.get_connection(), pool.get_connection()
-        assert counts(metrics, "blocking") == state(2, 0)
+        assert counts_of(metrics, "blocking") == state(2, 0)
         assert open_on_server(admin, client_name) == 2
 
         got: list[Any] = []
@@ -87,22 +71,22 @@ def test_blocking_pool_through_known_states(
         ]
         for waiter in waiters:
             waiter.start()
-        poll(lambda: counts(metrics, "blocking") == state(2, 0, pending=3), "three waiters")
+        poll(lambda: counts_of(metrics, "blocking") == state(2, 0, pending=3), "three waiters")
 
         clock.advance(0.02)
         pool.release(first)  # one waiter takes it, two still wait
         poll(lambda: len(got) == 1, "a waiter to get the connection")
-        assert counts(metrics, "blocking") == state(2, 0, pending=2)
+        assert counts_of(metrics, "blocking") == state(2, 0, pending=2)
         pool.release(second)
         poll(lambda: len(got) == 2, "a second waiter to get a connection")
-        assert counts(metrics, "blocking") == state(2, 0, pending=1)
+        assert counts_of(metrics, "blocking") == state(2, 0, pending=1)
         for connection in list(got):
             pool.release(connection)
         poll(lambda: len(got) == 3, "the third waiter")
         for waiter in waiters:
             waiter.join()
         pool.release(got[2])
-        assert counts(metrics, "blocking") == state(0, 2)
+        assert counts_of(metrics, "blocking") == state(0, 2)
         assert open_on_server(admin, client_name) == 2
         for metric in metrics.collect().values():
             assert contract.violations(metric) == [], metric.name
@@ -149,10 +133,10 @@ def test_plain_pool_counts_only_connected_connections(
         key = f"{client_name}:k"
         client.set(key, "1", ex=60)
         assert client.get(key) == b"1"
-        assert counts(metrics, handle.pool_name) == state(0, 1)
+        assert counts_of(metrics, handle.pool_name) == state(0, 1)
         assert open_on_server(admin, client_name) == 1
         client.connection_pool.disconnect()  # the pool keeps the objects, not the sockets
-        assert counts(metrics, handle.pool_name) == state(0, 0)
+        assert counts_of(metrics, handle.pool_name) == state(0, 0)
         poll(lambda: open_on_server(admin, client_name) == 0, "the server to see the close")
     finally:
         handle.uninstrument()
@@ -170,20 +154,20 @@ async def test_asyncio_blocking_pool_through_known_states(
     try:
         assert name == "127.0.0.1:6379/0"
         held = [await pool.get_connection(), await pool.get_connection()]
-        assert counts(metrics, name) == state(2, 0)
+        assert counts_of(metrics, name) == state(2, 0)
         assert open_on_server(admin, client_name) == 2
         waiters = [asyncio.ensure_future(pool.get_connection()) for _ in range(3)]
-        await wait_for(lambda: counts(metrics, name) == state(2, 0, pending=3), "three waiters")
+        await wait_for(lambda: counts_of(metrics, name) == state(2, 0, pending=3), "three waiters")
         await pool.release(held.pop())
         got = [await next(asyncio.as_completed(waiters))]
-        assert counts(metrics, name) == state(2, 0, pending=2)
+        assert counts_of(metrics, name) == state(2, 0, pending=2)
         await pool.release(held.pop())
         await pool.release(got.pop())
         results = await asyncio.gather(*waiters)
-        assert counts(metrics, name) == state(2, 0)
+        assert counts_of(metrics, name) == state(2, 0)
         for connection in {id(c): c for c in results}.values():
             await pool.release(connection)
-        assert counts(metrics, name) == state(0, 2)
+        assert counts_of(metrics, name) == state(0, 2)
         assert open_on_server(admin, client_name) == 2
     finally:
         handle.uninstrument()
@@ -200,7 +184,7 @@ def test_instrumentor_catches_pools_the_app_creates(
     client = redis.Redis.from_url(redis_url.rsplit("/", 1)[0] + "/3", client_name=client_name)
     try:
         client.ping()
-        assert counts(metrics, "127.0.0.1:6379/3") == {
+        assert counts_of(metrics, "127.0.0.1:6379/3") == {
             USED: 0,
             IDLE: 1,
             "db.client.connection.pending_requests": 0,
@@ -210,7 +194,7 @@ def test_instrumentor_catches_pools_the_app_creates(
             "backpressure.pool.usage": 0.0,
         }
         instrumentor.uninstrument()
-        assert counts(metrics, "127.0.0.1:6379/3") == {}
+        assert counts_of(metrics, "127.0.0.1:6379/3") == {}
         assert "get_connection" not in client.connection_pool.__dict__
     finally:
         client.close()
