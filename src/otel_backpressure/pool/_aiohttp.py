@@ -50,6 +50,7 @@ from otel_backpressure.pool._http import (
     ServerKey,
     load_of,
 )
+from otel_backpressure.pool._source import PoolReading
 
 __all__ = ["AiohttpPoolSource", "is_aiohttp_connector"]
 
@@ -85,8 +86,23 @@ class AiohttpPoolSource(HttpPoolSource):
         return "aiohttp"
 
     @staticmethod
-    def peek(target: object) -> None:
-        return None
+    def peek(target: object) -> PoolReading | None:
+        """The whole connector's counts (for ``pool_health()`` of one nobody instrumented)."""
+        connector = AiohttpPoolSource.resolve(target)
+        if connector is None:
+            return None
+        idle = sum(
+            1 for conns in list(connector._conns.values()) for proto, _ in list(conns)
+            if proto.is_connected()
+        )  # fmt: skip
+        waiters = list(connector._waiters.values())
+        return PoolReading(
+            used=len(connector._acquired),
+            idle=idle,
+            pending=sum(1 for queue in waiters for waiter in list(queue) if not waiter.done()),
+            timeouts=0,
+            max=connector._limit or None,
+        )
 
     def __init__(self, connector: Any, **kwargs: Any) -> None:
         # lent or idle connection -> its server key, until its transport closes

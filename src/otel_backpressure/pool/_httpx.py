@@ -51,6 +51,7 @@ from otel_backpressure.pool._http import (
     ServerKey,
     load_of,
 )
+from otel_backpressure.pool._source import PoolReading
 
 __all__ = ["HttpxPoolSource", "is_httpcore_pool"]
 
@@ -107,8 +108,21 @@ class HttpxPoolSource(HttpPoolSource):
         return "httpx"
 
     @staticmethod
-    def peek(target: object) -> None:
-        return None
+    def peek(target: object) -> PoolReading | None:
+        """The whole pool's counts (for ``pool_health()`` of a pool nobody instrumented)."""
+        pool = HttpxPoolSource.resolve(target)
+        if pool is None:
+            return None
+        connections = [c for c in list(_connections_of(pool)) if not c.is_closed()]
+        idle = sum(1 for c in connections if c.is_idle())
+        limit = pool._max_connections
+        return PoolReading(
+            used=len(connections) - idle,
+            idle=idle,
+            pending=sum(1 for r in list(pool._requests) if r.connection is None),
+            timeouts=0,
+            max=limit if 0 < limit < _UNBOUNDED else None,
+        )
 
     def __init__(self, pool: Any, **kwargs: Any) -> None:
         # id(request) -> arrived at, for requests in handle_request now
@@ -124,9 +138,7 @@ class HttpxPoolSource(HttpPoolSource):
 
     def read(self) -> HttpReading:
         pool = self._live_pool()
-        connections = getattr(pool, "_connections", None)
-        if connections is None:
-            connections = pool._pool  # httpcore < 1.0.3
+        connections = _connections_of(pool)
         loads = self._new_reading()
         active_total = 0
         for connection in list(connections):
@@ -292,6 +304,13 @@ class HttpxPoolSource(HttpPoolSource):
                 _, made, key = opened.pop(ident)
                 for recorder in recorders:
                     recorder.add(recorder.duration, key, now - made)
+
+
+def _connections_of(pool: Any) -> list[Any]:
+    connections = getattr(pool, "_connections", None)
+    if connections is None:
+        connections = pool._pool  # httpcore < 1.0.3
+    return list(connections)
 
 
 def _connection_origin(connection: Any) -> Any:

@@ -118,3 +118,23 @@ async def test_instrumentor_catches_sessions_the_app_creates(
         assert "_create_connection" not in session.connector.__dict__  # type: ignore[union-attr]
     finally:
         await session.close()
+
+
+async def test_pool_health_of_a_session_nobody_instrumented(server: HoldServer) -> None:
+    session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1))
+    try:
+        calls = [asyncio.ensure_future(fetch(session, server.url + "/hold")) for _ in range(2)]
+        await asyncio.to_thread(server.arrived, 1)
+        for _ in range(5_000):  # until the second request waits for the one connection
+            if otel_backpressure.pool_health(session)["pending"] == 1:
+                break
+            await asyncio.sleep(0.001)
+        health = otel_backpressure.pool_health(session)
+        assert (health["in_use"], health["pending"], health["total_capacity"]) == (1, 1, 1)
+        assert health["status"] == "critical"
+        server.release(1)
+        await asyncio.to_thread(server.arrived, 2)
+        server.release(1)
+        assert await asyncio.gather(*calls) == [200, 200]
+    finally:
+        await session.close()

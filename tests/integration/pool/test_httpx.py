@@ -245,3 +245,19 @@ def test_pools_calling_one_server_add_up(server: HoldServer, metrics: MetricsCap
             handle.uninstrument()
         small.close()
         large.close()
+
+
+def test_pool_health_of_a_client_nobody_instrumented(server: HoldServer) -> None:
+    client = httpx.Client(limits=httpx.Limits(max_connections=3))
+    try:
+        holder = threading.Thread(target=client.get, args=(server.url + "/hold",))
+        holder.start()
+        server.arrived(1)
+        client.get(server.url + "/")
+        health = otel_backpressure.pool_health(client)
+        assert (health["pool_name"], health["in_use"], health["available"]) == (None, 1, 1)
+        assert (health["pending"], health["total_capacity"]) == (0, 3)
+        server.release(1)
+        holder.join()
+    finally:
+        client.close()
