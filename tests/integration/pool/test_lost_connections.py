@@ -261,26 +261,55 @@ async def test_sync_queue_pool_after_invalidate(
     await w.settled((0, 3))
 
 
-async def test_sync_queue_pool_learns_of_a_terminated_backend_on_use(
-    postgres_dsn: str, app_name: str, watch: Watcher
+async def test_sync_queue_pool_sees_terminated_idle_backends(
+    sync_engine: Engine, postgres_dsn: str, watch: Watcher
 ) -> None:
-    # A sync driver cannot know of a server-side close before its next use; a
-    # failed use tells it (and SQLAlchemy invalidates the connection), and
-    # pre-ping makes that use the checkout itself.
-    url = sqlalchemy.make_url(postgres_dsn).set(drivername="postgresql+psycopg")
+    # psycopg learns of it only at its next use; the reading peeks at the
+    # idle sockets for the server's FATAL message
+    w = watch(sync_engine, postgres_dsn)
+    with sync_engine.connect(), sync_engine.connect(), sync_engine.connect():
+        pass
+    await w.settled((0, 3))
+    await w.terminate(2)
+    await w.settled((0, 1))
+    health = otel_backpressure.pool_health(sync_engine)
+    assert (health["available"], health["in_use"]) == (1, 0)
+
+
+async def test_sync_queue_pool_idle_connection_with_a_notification_is_open(
+    sync_engine: Engine, postgres_dsn: str, watch: Watcher
+) -> None:
+    w = watch(sync_engine, postgres_dsn)
+    with sync_engine.connect() as connection:
+        connection.execute(text("LISTEN bp_lost_test"))
+        connection.commit()
+    await w.settled((0, 1))
+    admin = await w._admin()
+    try:
+        await admin.execute("NOTIFY bp_lost_test, 'hello'")
+    finally:
+        await admin.close()
+    await w.settled((0, 1))  # the notification waits in the socket: still open
+    with sync_engine.connect() as connection:
+        assert connection.execute(text("SELECT 1")).scalar() == 1
+
+
+async def test_sync_queue_pool_after_a_restart(
+    private_server: PrivatePostgres, app_name: str, watch: Watcher
+) -> None:
+    url = sqlalchemy.make_url(private_server.dsn).set(drivername="postgresql+psycopg")
     engine = create_engine(
         url, pool_size=2, pool_pre_ping=True, connect_args={"application_name": app_name}
     )
-    w = watch(engine, postgres_dsn)
+    w = watch(engine, private_server.dsn)
     try:
         with engine.connect(), engine.connect():
             pass
         await w.settled((0, 2))
-        await w.terminate(2)
+        private_server.restart()
+        await w.settled((0, 0))
         with engine.connect() as connection:  # pre-ping fails, a new connection
             assert connection.execute(text("SELECT 1")).scalar() == 1
-        with engine.connect(), engine.connect():  # the other one is found dead too
-            pass
-        await w.settled((0, 2))
+        await w.settled((0, 1))
     finally:
         engine.dispose()
