@@ -11,7 +11,12 @@ interval needs a floor a loop can afford to wake up at.
 
 from __future__ import annotations
 
-__all__ = ["check_seconds", "check_whole"]
+from typing import Final
+
+__all__ = ["MAX_COUNT", "check_seconds", "check_whole"]
+
+# requests (a rate, a burst, a cost): a bound only so that nothing is huge
+MAX_COUNT: Final = 10**12
 
 
 def _is_number(value: object) -> bool:

@@ -24,6 +24,7 @@ from typing import NamedTuple
 from opentelemetry.metrics import MeterProvider, NoOpMeterProvider
 
 from otel_backpressure.ratelimit import gcra
+from otel_backpressure.ratelimit._checks import MAX_COUNT, check_whole
 from otel_backpressure.ratelimit._fields import RateLimitFields
 from otel_backpressure.ratelimit.gcra import NS_PER_SECOND
 from otel_backpressure.ratelimit.memory import MemoryStore
@@ -181,9 +182,8 @@ class RateLimiter:
                 # only tuples can be trusted not to change; a few route sets at most
                 if type(policies) is tuple and len(self._resolved) < 256:
                     self._resolved[id(policies)] = (policies, chosen)
-        if cost != 1:
-            if isinstance(cost, bool) or not isinstance(cost, int) or cost < 1:
-                raise ValueError(f"cost must be a positive int, got {cost!r}")
+        if cost != 1 or type(cost) is not int:
+            check_whole("cost", cost, 1, MAX_COUNT)
             for policy in chosen.policies:
                 if cost > policy.burst:
                     raise ValueError(
@@ -228,7 +228,7 @@ class RateLimiter:
                 f"hit_sync needs a MemoryStore; this limiter's store is "
                 f"{type(self._store).__name__}, use `await limiter.hit(...)`"
             )
-        if policies is None and cost == 1 and type(key) is str:
+        if policies is None and cost == 1 and type(cost) is int and type(key) is str:
             chosen = self._default_set  # the common call, with nothing to check
         else:
             chosen = self._arguments(key, policies, cost)

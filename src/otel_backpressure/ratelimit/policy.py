@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any, Final, NamedTuple
 
-from otel_backpressure.ratelimit._checks import check_seconds, check_whole
+from otel_backpressure.ratelimit._checks import MAX_COUNT, check_seconds, check_whole
 from otel_backpressure.ratelimit.gcra import NS_PER_SECOND
 
 __all__ = ["MAX_PERIOD", "MAX_TOLERANCE", "Decision", "Policy"]
@@ -22,8 +22,6 @@ MAX_PERIOD: Final = 366 * 86_400.0
 # the longest a full burst may take to refill (burst * period / rate), seconds:
 # far inside 2**53 µs (285 years), where the Redis script's doubles stay exact
 MAX_TOLERANCE: Final = 100 * 365 * 86_400.0
-# rate and burst are counted in requests; a bound only so that nothing is huge
-_MAX_COUNT: Final = 10**12
 
 
 class Policy:
@@ -71,9 +69,9 @@ class Policy:
                 f"name must be a non-empty string of printable ASCII "
                 f"(it is sent in the RateLimit header fields), got {name!r}"
             )
-        rate = check_whole("rate", rate, 1, _MAX_COUNT)
+        rate = check_whole("rate", rate, 1, MAX_COUNT)
         period = check_seconds("period", period, 1e-9, MAX_PERIOD)
-        burst = rate if burst is None else check_whole("burst", burst, 1, _MAX_COUNT)
+        burst = rate if burst is None else check_whole("burst", burst, 1, MAX_COUNT)
         period_ns = round(period * NS_PER_SECOND)
         if period_ns < rate:
             raise ValueError(

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import math
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -127,6 +129,29 @@ def test_bad_calls_name_the_argument(
     limiter = limiter_for(clock, capture)
     with pytest.raises(error, match=match):
         call(limiter)  # type: ignore[operator]
+
+
+@pytest.mark.parametrize("cost", [1, 2])  # PER_SECOND's burst is 2
+def test_cost_is_accepted_up_to_the_burst(
+    clock: FakeClock, capture: MetricsCapture, cost: int
+) -> None:
+    assert limiter_for(clock, capture).hit_sync("k", cost=cost).remaining == 2 - cost
+
+
+@pytest.mark.parametrize(
+    ("cost", "error"),
+    [
+        *[(v, ValueError) for v in (0, -1, 3, 10**300, 1.0, 1.5, math.inf, math.nan, 1e300, -0.0)],
+        *[(v, TypeError) for v in ("1", True, None)],
+    ],
+)
+def test_cost_is_refused_past_its_bounds(
+    clock: FakeClock, capture: MetricsCapture, cost: object, error: type[Exception]
+) -> None:
+    limiter = limiter_for(clock, capture)
+    with pytest.raises(error, match=r"^cost"):
+        limiter.hit_sync("k", cost=cost)  # type: ignore[arg-type]
+    assert limiter.hit_sync("k").remaining == 1  # nothing was consumed
 
 
 def test_bad_construction_names_the_argument(clock: FakeClock) -> None:
