@@ -16,6 +16,7 @@ SUITES: dict[str, str] = {
     "redis_outage": "Rate limiting off after a Redis stall or restart ends (private redis-server)",
     "pool_kinds": "psycopg_pool, redis-py, httpx, aiohttp: bare vs this package vs contrib",
     "runtime": "Event loop and thread pools: a busy loop and to_thread.run_sync, bare vs measured",
+    "startup": "Start-up under opentelemetry-instrument: enabled vs disabled, ms added",
     # END suites
 }
 

@@ -115,8 +115,10 @@ class AsyncpgPoolSource(RecorderSlots):
         self._pool = pool
         self._starts: dict[int, float] = {}  # id(connection holder) -> acquired at
         self._original_class = type(pool)
-        self._original_connect = pool._connect
-        pool._connect = self._timed_connect(pool._connect)
+        # asyncpg < 0.30 has no _connect to time: create_time is not measured there
+        self._original_connect = getattr(pool, "_connect", None)
+        if self._original_connect is not None:
+            pool._connect = self._timed_connect(self._original_connect)
         pool.__class__ = _instrumented(type(pool), self)
 
     @property
@@ -132,7 +134,8 @@ class AsyncpgPoolSource(RecorderSlots):
         pool = self._pool
         if type(pool).__dict__.get("_backpressure_source") is self:
             pool.__class__ = self._original_class
-            pool._connect = self._original_connect
+            if self._original_connect is not None:
+                pool._connect = self._original_connect
 
     def __repr__(self) -> str:
         return (

@@ -30,7 +30,7 @@ Provoke = Callable[[str], Awaitable[None]]
 
 
 def _engine_url(dsn: str) -> str:
-    url = sa.make_url(dsn).set(drivername="postgresql+asyncpg")
+    url = sa.engine.make_url(dsn).set(drivername="postgresql+asyncpg")
     return url.render_as_string(hide_password=False)
 
 
@@ -63,12 +63,12 @@ async def statement_timeout(dsn: str) -> None:
 
 
 async def unknown_database(dsn: str) -> None:
-    url = sa.make_url(dsn).set(database=f"errors_missing_{uuid.uuid4().hex[:8]}")
+    url = sa.engine.make_url(dsn).set(database=f"errors_missing_{uuid.uuid4().hex[:8]}")
     await asyncpg.connect(url.render_as_string(hide_password=False))
 
 
 async def unknown_role(dsn: str) -> None:
-    url = sa.make_url(dsn).set(username=f"errors_nobody_{uuid.uuid4().hex[:8]}")
+    url = sa.engine.make_url(dsn).set(username=f"errors_nobody_{uuid.uuid4().hex[:8]}")
     await asyncpg.connect(url.render_as_string(hide_password=False))
 
 

@@ -39,7 +39,7 @@ SECRETS = (PASSWORD, PARAMETER, SQL_MARKER)
 
 
 def _with_password(dsn: str, *, port: int | None = None, database: str | None = None) -> str:
-    url = sa.make_url(dsn).set(password=PASSWORD)
+    url = sa.engine.make_url(dsn).set(password=PASSWORD)
     if port is not None:
         url = url.set(port=port)
     if database is not None:
@@ -57,7 +57,7 @@ async def asyncpg_failing_query(dsn: str) -> None:
 
 
 async def sqlalchemy_failing_query(dsn: str) -> None:
-    url = sa.make_url(_with_password(dsn)).set(drivername="postgresql+asyncpg")
+    url = sa.engine.make_url(_with_password(dsn)).set(drivername="postgresql+asyncpg")
     engine = create_async_engine(url)
     try:
         async with engine.connect() as connection:

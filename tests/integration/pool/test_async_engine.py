@@ -154,7 +154,7 @@ async def test_dispose_keeps_the_series(engine: AsyncEngine, metrics: MetricsCap
 
 
 async def test_default_name_has_no_password(postgres_dsn: str, metrics: MetricsCapture) -> None:
-    url = sqlalchemy.make_url(postgres_dsn).set(
+    url = sqlalchemy.engine.make_url(postgres_dsn).set(
         drivername="postgresql+asyncpg", password="never-exported"
     )
     engine = create_async_engine(url)

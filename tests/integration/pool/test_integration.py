@@ -42,7 +42,7 @@ async def test_every_spelling_is_instrumented_exactly_once(
     async_engine = create_async_engine(_asyncpg_url(postgres_dsn))
     pool = await asyncpg.create_pool(postgres_dsn, min_size=0, max_size=1)
     try:
-        address = sqlalchemy.make_url(postgres_dsn)
+        address = sqlalchemy.engine.make_url(postgres_dsn)
         database = f"{address.host}:{address.port}/{address.database}"
         assert pool_names(metrics) == sorted(
             [

@@ -107,7 +107,7 @@ def watch(app_name: str, metrics: MetricsCapture) -> Iterator[Watcher]:
 
 
 def _async_engine(dsn: str, app_name: str, **kwargs: Any) -> AsyncEngine:
-    url = sqlalchemy.make_url(dsn).set(drivername="postgresql+asyncpg")
+    url = sqlalchemy.engine.make_url(dsn).set(drivername="postgresql+asyncpg")
     return create_async_engine(
         url, connect_args={"server_settings": {"application_name": app_name}}, **kwargs
     )
@@ -235,7 +235,7 @@ async def test_asyncpg_pool_after_lost_connections(
 
 @pytest.fixture
 def sync_engine(postgres_dsn: str, app_name: str) -> Iterator[Engine]:
-    url = sqlalchemy.make_url(postgres_dsn).set(drivername="postgresql+psycopg")
+    url = sqlalchemy.engine.make_url(postgres_dsn).set(drivername="postgresql+psycopg")
     engine = create_engine(
         url, pool_size=3, max_overflow=0, connect_args={"application_name": app_name}
     )
@@ -297,7 +297,7 @@ async def test_sync_queue_pool_idle_connection_with_a_notification_is_open(
 async def test_sync_queue_pool_after_a_restart(
     private_server: PrivatePostgres, app_name: str, watch: Watcher
 ) -> None:
-    url = sqlalchemy.make_url(private_server.dsn).set(drivername="postgresql+psycopg")
+    url = sqlalchemy.engine.make_url(private_server.dsn).set(drivername="postgresql+psycopg")
     engine = create_engine(
         url, pool_size=2, pool_pre_ping=True, connect_args={"application_name": app_name}
     )
