@@ -8,6 +8,8 @@ the parts.
 from __future__ import annotations
 
 import builtins
+import importlib
+import sys
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from typing import Any, Final
 
@@ -104,3 +106,28 @@ def newest_builtin(cls: type) -> type | None:
         return None
     builtin = getattr(builtins, name, None)
     return builtin if isinstance(builtin, type) and builtin is not cls else None
+
+
+def lazy_exports(
+    package: str, exports: dict[str, str]
+) -> tuple[Callable[[str], Any], Callable[[], list[str]]]:
+    """A package's ``__getattr__`` and ``__dir__`` (PEP 562) for re-exports made on first use.
+
+    ``exports`` maps each public name to the module that defines it. Loading the
+    instrumentor then imports only the modules the instrumentor needs, not every
+    module every part re-exports. Raises AttributeError for any other name.
+    """
+    namespace = sys.modules[package].__dict__
+
+    def __getattr__(name: str) -> Any:
+        module = exports.get(name)
+        if module is None:
+            raise AttributeError(f"module {package!r} has no attribute {name!r}")
+        value = getattr(importlib.import_module(module), name)
+        namespace[name] = value  # the next lookup is an ordinary attribute
+        return value
+
+    def __dir__() -> list[str]:
+        return sorted({*namespace, *exports})
+
+    return __getattr__, __dir__

@@ -16,24 +16,44 @@ public names are re-exported here and by ``otel_backpressure``::
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from otel_backpressure.pool._asyncpg import AsyncpgPoolSource
-from otel_backpressure.pool._health import PoolHealth, PoolHealthSnapshot, pool_health
-from otel_backpressure.pool._integration import PoolIntegration
-from otel_backpressure.pool._metrics import FAMILIES, MetricFamily, PoolMetrics
-from otel_backpressure.pool._registry import (
-    REGISTRY,
-    SOURCES,
-    PoolInstrumentation,
-    PoolRegistry,
-    SourceKind,
-    instrument,
-)
-from otel_backpressure.pool._source import PoolReading, PoolSource, RecorderSlots, TimingRecorder
+from otel_backpressure._shared import lazy_exports
 
 if TYPE_CHECKING:
-    from otel_backpressure.pool._sqlalchemy import SQLAlchemyPoolSource
+    from otel_backpressure.pool._asyncpg import (
+        AsyncpgPoolSource,
+    )
+    from otel_backpressure.pool._health import (
+        PoolHealth,
+        PoolHealthSnapshot,
+        pool_health,
+    )
+    from otel_backpressure.pool._integration import (
+        PoolIntegration,
+    )
+    from otel_backpressure.pool._metrics import (
+        FAMILIES,
+        MetricFamily,
+        PoolMetrics,
+    )
+    from otel_backpressure.pool._registry import (
+        REGISTRY,
+        SOURCES,
+        PoolInstrumentation,
+        PoolRegistry,
+        SourceKind,
+        instrument,
+    )
+    from otel_backpressure.pool._source import (
+        PoolReading,
+        PoolSource,
+        RecorderSlots,
+        TimingRecorder,
+    )
+    from otel_backpressure.pool._sqlalchemy import (
+        SQLAlchemyPoolSource,
+    )
 
 __all__ = [
     "FAMILIES",
@@ -57,12 +77,29 @@ __all__ = [
     "pool_health",
 ]
 
+# Imported when first used (PEP 562): loading the instrumentor must not import
+# every module of every part; see otel_backpressure/__init__.py.
+_LAZY: dict[str, str] = {
+    "AsyncpgPoolSource": "otel_backpressure.pool._asyncpg",
+    "FAMILIES": "otel_backpressure.pool._metrics",
+    "MetricFamily": "otel_backpressure.pool._metrics",
+    "PoolHealth": "otel_backpressure.pool._health",
+    "PoolHealthSnapshot": "otel_backpressure.pool._health",
+    "PoolInstrumentation": "otel_backpressure.pool._registry",
+    "PoolIntegration": "otel_backpressure.pool._integration",
+    "PoolMetrics": "otel_backpressure.pool._metrics",
+    "PoolReading": "otel_backpressure.pool._source",
+    "PoolRegistry": "otel_backpressure.pool._registry",
+    "PoolSource": "otel_backpressure.pool._source",
+    "REGISTRY": "otel_backpressure.pool._registry",
+    "RecorderSlots": "otel_backpressure.pool._source",
+    "SOURCES": "otel_backpressure.pool._registry",
+    "SQLAlchemyPoolSource": "otel_backpressure.pool._sqlalchemy",
+    "SourceKind": "otel_backpressure.pool._registry",
+    "TimingRecorder": "otel_backpressure.pool._source",
+    "instrument": "otel_backpressure.pool._registry",
+    "pool_health": "otel_backpressure.pool._health",
+}
 
-def __getattr__(name: str) -> Any:
-    # The SQLAlchemy source imports SQLAlchemy: only when asked for, so that
-    # importing this package costs an application without SQLAlchemy nothing.
-    if name == "SQLAlchemyPoolSource":
-        from otel_backpressure.pool._sqlalchemy import SQLAlchemyPoolSource
 
-        return SQLAlchemyPoolSource
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY)

@@ -42,7 +42,7 @@ class _Internals(NamedTuple):
     histogram: type[Any]
     drop: type[Any]
     explicit: type[Any]
-    hash_attributes: Callable[[Mapping[str, Any]], Any] | None  # newer SDKs key by a hash
+    hash_attributes: Callable[[Mapping[str, Any]], Any] | None  # SDK 1.4x keys by a hash
 
 
 @functools.cache
@@ -123,18 +123,21 @@ class HistogramSink:
                 keys = match._view._attribute_keys
                 if keys is not None:
                     attributes = {k: v for k, v in attributes.items() if k in keys}
+                # the aggregation table's key: a hash of the attributes in newer SDKs,
+                # their items before; the record() of the batch's first value has
+                # just created the entry (a collection in between may have dropped
+                # it: then record() every value)
+                key = (
+                    internals.hash_attributes(attributes)
+                    if internals.hash_attributes is not None
+                    else frozenset(attributes.items())
+                )
+                get_or_create = getattr(match, "_get_or_create_aggregation", None)
                 with match._lock:
-                    if internals.hash_attributes is not None:
-                        aggregation = match._get_or_create_aggregation(
-                            internals.hash_attributes(attributes), attributes
-                        )
+                    if get_or_create is not None:
+                        aggregation = get_or_create(key, attributes)
                     else:
-                        # older SDKs (1.30-1.3x): keyed by the attribute items; the record() of the
-                        # batch's first value has just created it (a collection in
-                        # between may not have kept it: then record() every value)
-                        aggregation = match._attributes_aggregation.get(
-                            frozenset(attributes.items())
-                        )
+                        aggregation = match._attributes_aggregation.get(key)
                 if aggregation is None:
                     return None
                 if isinstance(aggregation, internals.drop):

@@ -17,11 +17,27 @@ metering.
 
 from __future__ import annotations
 
-from otel_backpressure.ratelimit.limiter import RateLimiter
-from otel_backpressure.ratelimit.memory import MemoryStore
-from otel_backpressure.ratelimit.middleware import RateLimitMiddleware
-from otel_backpressure.ratelimit.policy import Decision, Policy
-from otel_backpressure.ratelimit.redis import RedisStore
+from typing import TYPE_CHECKING
+
+from otel_backpressure._shared import lazy_exports
+
+if TYPE_CHECKING:
+    from otel_backpressure.ratelimit.limiter import (
+        RateLimiter,
+    )
+    from otel_backpressure.ratelimit.memory import (
+        MemoryStore,
+    )
+    from otel_backpressure.ratelimit.middleware import (
+        RateLimitMiddleware,
+    )
+    from otel_backpressure.ratelimit.policy import (
+        Decision,
+        Policy,
+    )
+    from otel_backpressure.ratelimit.redis import (
+        RedisStore,
+    )
 
 __all__ = [
     "Decision",
@@ -31,3 +47,17 @@ __all__ = [
     "RateLimiter",
     "RedisStore",
 ]
+
+# Imported when first used (PEP 562): loading the instrumentor must not import
+# every module of every part; see otel_backpressure/__init__.py.
+_LAZY: dict[str, str] = {
+    "Decision": "otel_backpressure.ratelimit.policy",
+    "MemoryStore": "otel_backpressure.ratelimit.memory",
+    "Policy": "otel_backpressure.ratelimit.policy",
+    "RateLimitMiddleware": "otel_backpressure.ratelimit.middleware",
+    "RateLimiter": "otel_backpressure.ratelimit.limiter",
+    "RedisStore": "otel_backpressure.ratelimit.redis",
+}
+
+
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY)

@@ -20,19 +20,31 @@ Example::
 
 from __future__ import annotations
 
-from otel_backpressure.runtime._api import (
-    ThreadPoolInstrumentation,
-    instrument_thread_pool,
-    is_thread_pool,
-    thread_pool_reading,
-)
-from otel_backpressure.runtime._integration import (
-    MONITORS,
-    EventLoopIntegration,
-    ThreadPoolIntegration,
-)
-from otel_backpressure.runtime._loop import LOOP_NAME, MAX_LOOP_NAMES
-from otel_backpressure.runtime._metrics import DELAY_BOUNDARIES, POOL_NAME, WAIT_BOUNDARIES
+from typing import TYPE_CHECKING
+
+from otel_backpressure._shared import lazy_exports
+
+if TYPE_CHECKING:
+    from otel_backpressure.runtime._api import (
+        ThreadPoolInstrumentation,
+        instrument_thread_pool,
+        is_thread_pool,
+        thread_pool_reading,
+    )
+    from otel_backpressure.runtime._integration import (
+        MONITORS,
+        EventLoopIntegration,
+        ThreadPoolIntegration,
+    )
+    from otel_backpressure.runtime._loop import (
+        LOOP_NAME,
+        MAX_LOOP_NAMES,
+    )
+    from otel_backpressure.runtime._metrics import (
+        DELAY_BOUNDARIES,
+        POOL_NAME,
+        WAIT_BOUNDARIES,
+    )
 
 __all__ = [
     "DELAY_BOUNDARIES",
@@ -48,3 +60,23 @@ __all__ = [
     "is_thread_pool",
     "thread_pool_reading",
 ]
+
+# Imported when first used (PEP 562): loading the instrumentor must not import
+# every module of every part; see otel_backpressure/__init__.py.
+_LAZY: dict[str, str] = {
+    "DELAY_BOUNDARIES": "otel_backpressure.runtime._metrics",
+    "EventLoopIntegration": "otel_backpressure.runtime._integration",
+    "LOOP_NAME": "otel_backpressure.runtime._loop",
+    "MAX_LOOP_NAMES": "otel_backpressure.runtime._loop",
+    "MONITORS": "otel_backpressure.runtime._integration",
+    "POOL_NAME": "otel_backpressure.runtime._metrics",
+    "ThreadPoolInstrumentation": "otel_backpressure.runtime._api",
+    "ThreadPoolIntegration": "otel_backpressure.runtime._integration",
+    "WAIT_BOUNDARIES": "otel_backpressure.runtime._metrics",
+    "instrument_thread_pool": "otel_backpressure.runtime._api",
+    "is_thread_pool": "otel_backpressure.runtime._api",
+    "thread_pool_reading": "otel_backpressure.runtime._api",
+}
+
+
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY)
