@@ -34,7 +34,7 @@ from typing import Any, ClassVar
 
 from otel_backpressure.pool._checkout import HookedPoolSource
 from otel_backpressure.pool._naming import libpq_server, server_name
-from otel_backpressure.pool._source import PoolReading
+from otel_backpressure.pool._source import PoolReading, server_ended
 
 __all__ = ["PsycopgPoolSource", "is_psycopg_pool", "read_psycopg"]
 
@@ -56,11 +56,28 @@ def _waiting(pool: Any, stats: dict[str, int]) -> int:
     return sum(1 for client in list(waiting) if client.conn is None and client.error is None)
 
 
+def _ended(pool: Any) -> int:
+    """How many of the pool's idle connections are closed or ended by the server."""
+    idle = getattr(pool, "_pool", None)  # psycopg_pool's deque of idle connections
+    if idle is None:
+        return 0
+    for _ in range(3):  # the pool's own threads may change the deque while it is copied
+        try:
+            connections = list(idle)
+        except RuntimeError:
+            continue
+        return sum(1 for c in connections if c.closed or server_ended(c))
+    return 0
+
+
 def read_psycopg(pool: Any, *, timeouts: int) -> PoolReading:
     """What ``pool.get_stats()`` says now; ``timeouts`` as counted by the source."""
     stats = pool.get_stats()
-    size = stats.get("pool_size", 0)
-    idle = stats.get("pool_available", 0)
+    # idle connections the server ended (pg_terminate_backend, a restart) are
+    # not open: psycopg_pool learns of them only when it hands one out
+    lost = _ended(pool)
+    size = max(0, stats.get("pool_size", 0) - lost)
+    idle = max(0, stats.get("pool_available", 0) - lost)
     minimum = stats.get("pool_min", pool.min_size)
     maximum = stats.get("pool_max", pool.max_size)
     return PoolReading(

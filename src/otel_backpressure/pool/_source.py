@@ -14,6 +14,7 @@ Example::
 
 from __future__ import annotations
 
+import socket
 import weakref
 from collections import deque
 from collections.abc import Callable
@@ -25,6 +26,7 @@ __all__ = [
     "PoolSource",
     "RecorderSlots",
     "TimingRecorder",
+    "server_ended",
     "weak_pool",
 ]
 
@@ -218,3 +220,42 @@ def weak_pool(pool: _T, source: Any, on_gone: Callable[[Any], None] | None) -> w
             on_gone(collected)
 
     return weakref.ref(pool, gone)
+
+
+# a libpq connection's socket, when its idle connection has something to read:
+# the server's ErrorResponse ("E", sent when it terminates the backend) or EOF
+_ENDED: Final = (b"", b"E")
+_PEEK: Final = socket.MSG_PEEK | getattr(socket, "MSG_DONTWAIT", 0)
+
+
+def server_ended(connection: Any) -> bool:
+    """Whether the server has ended an *idle* psycopg/psycopg2 connection.
+
+    A sync driver learns of a terminated backend (``pg_terminate_backend``, a
+    restart) only when next used; until then the server's last words wait in
+    the socket: its FATAL ErrorResponse, then EOF. One non-blocking
+    ``recv(MSG_PEEK)`` per idle connection per collection reads the first byte
+    without taking it or touching the driver's state. Other messages an idle
+    connection may receive (NOTICE, NOTIFY, ParameterStatus) mean it is open,
+    as does a TLS connection (its bytes are records, never an ``E``). Only for
+    connections nobody has checked out: a connection in use may be reading a
+    query's error.
+    """
+    module = type(connection).__module__
+    if not module.startswith("psycopg"):
+        return False
+    try:  # psycopg 3: connection.pgconn.socket; psycopg2: connection.fileno()
+        pgconn = getattr(connection, "pgconn", None)
+        fileno = pgconn.socket if pgconn is not None else connection.fileno()
+        probe = socket.socket(fileno=fileno)
+    except Exception:
+        return False
+    try:
+        first = probe.recv(1, _PEEK)
+    except (BlockingIOError, InterruptedError):
+        return False  # nothing to read: open
+    except OSError:
+        return True  # reset by the server
+    finally:
+        probe.detach()  # the descriptor stays the driver's
+    return first in _ENDED

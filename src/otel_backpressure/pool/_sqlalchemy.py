@@ -25,11 +25,10 @@ from __future__ import annotations
 
 import itertools
 import logging
-import socket
 import time
 import weakref
 from collections.abc import Callable
-from typing import Any, ClassVar, Final
+from typing import Any, ClassVar
 
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
@@ -49,6 +48,7 @@ from otel_backpressure.pool._source import (
     PoolReading,
     PoolSource,
     RecorderSlots,
+    server_ended,
     weak_pool,
 )
 
@@ -93,44 +93,10 @@ def is_open(record: Any) -> bool:
     return not (closed is True or (type(closed) is int and closed != 0))
 
 
-# a libpq connection's socket, when its idle connection has something to read:
-# the server's ErrorResponse ("E", sent when it terminates the backend) or EOF
-_ENDED: Final = (b"", b"E")
-_PEEK: Final = socket.MSG_PEEK | getattr(socket, "MSG_DONTWAIT", 0)
-
-
 def ended_by_server(record: Any) -> bool:
-    """Whether the server has ended an *idle* psycopg/psycopg2 connection.
-
-    A sync driver learns of a terminated backend (``pg_terminate_backend``, a
-    restart) only when next used; until then the server's last words wait in
-    the socket: its FATAL ErrorResponse, then EOF. One non-blocking
-    ``recv(MSG_PEEK)`` per idle connection per collection reads the first byte
-    without taking it or touching the driver's state. Other messages an idle
-    connection may receive (NOTICE, NOTIFY, ParameterStatus) mean it is open,
-    as does a TLS connection (its bytes are records, never an ``E``). Only for
-    connections nobody has checked out: a connection in use may be reading a
-    query's error.
-    """
-    connection = record.dbapi_connection
-    module = type(connection).__module__
-    if not module.startswith("psycopg"):
-        return False
-    try:  # psycopg 3: connection.pgconn.socket; psycopg2: connection.fileno()
-        pgconn = getattr(connection, "pgconn", None)
-        fileno = pgconn.socket if pgconn is not None else connection.fileno()
-        probe = socket.socket(fileno=fileno)
-    except Exception:
-        return False
-    try:
-        first = probe.recv(1, _PEEK)
-    except (BlockingIOError, InterruptedError):
-        return False  # nothing to read: open
-    except OSError:
-        return True  # reset by the server
-    finally:
-        probe.detach()  # the descriptor stays the driver's
-    return first in _ENDED
+    """Whether the server has ended an idle record's psycopg/psycopg2 connection
+    (``server_ended()``); only for records nobody has checked out."""
+    return server_ended(record.dbapi_connection)
 
 
 def _queued(pool: QueuePool) -> list[Any] | None:

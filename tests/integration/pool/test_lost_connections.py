@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import asyncpg
+import psycopg_pool
 import pytest
 import sqlalchemy
 from sqlalchemy import create_engine, text
@@ -313,3 +314,29 @@ async def test_sync_queue_pool_after_a_restart(
         await w.settled((0, 1))
     finally:
         engine.dispose()
+
+
+@pytest.mark.parametrize("restart", [False, True], ids=["terminate", "restart"])
+async def test_psycopg_pool_after_lost_connections(
+    restart: bool,
+    postgres_dsn: str,
+    private_server: PrivatePostgres,
+    app_name: str,
+    watch: Watcher,
+) -> None:
+    dsn = private_server.dsn if restart else postgres_dsn
+    pool = psycopg_pool.ConnectionPool(
+        dsn, min_size=3, kwargs={"application_name": app_name}, open=False
+    )
+    pool.open(wait=True)
+    w = watch(pool, dsn)
+    try:
+        await w.settled((0, 3))
+        if restart:
+            private_server.restart()
+            await w.settled((0, 0))
+        else:
+            await w.terminate(2)
+            await w.settled((0, 1))
+    finally:
+        pool.close()
