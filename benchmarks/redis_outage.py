@@ -12,7 +12,9 @@ For each run: *off after recovery* is from the moment the server answers a
 ``PING`` again to the end of the last request failed open (0 when none was
 failed open after it answered); *failed* counts requests that raised (the
 store must never raise); *flaps* counts requests failed open that ended
-after the first request Redis decided again had ended. Median and worst over the runs.
+after the first request Redis decided again had ended; *opened* is the most
+times the breaker opened in one run (one outage should open it once).
+Median and worst over the runs.
 
 Run: ``python -m benchmarks redis_outage`` (about two minutes).
 """
@@ -42,6 +44,8 @@ class Run:
     # (start, end, failed open) per request
     requests: list[tuple[float, float, bool]] = field(default_factory=list)
     failed: int = 0
+    # times the breaker opened: one outage should be one
+    opened: int = 0
 
     def off_after_recovery(self) -> float:
         ends = [end for _, end, open_ in self.requests if open_ and end > self.answered_at]
@@ -109,6 +113,7 @@ async def _one_run(server: Server, outage: float | None) -> Run:
     await asyncio.sleep(AFTER)
     stop.set()
     await traffic
+    run.opened = store.breaker.outages
     await store.aclose()
     await asyncio.to_thread(_flush, server.port)
     return run
@@ -119,7 +124,7 @@ def _flush(port: int) -> None:
         client.flushall()
 
 
-def table() -> list[tuple[str, float, float, int, int, int]]:
+def table() -> list[tuple[str, float, float, int, int, int, int]]:
     rows = []
     for label, outage in (
         ("stall 0.5 s", 0.5),
@@ -140,6 +145,7 @@ def table() -> list[tuple[str, float, float, int, int, int]]:
                 sum(run.failed for run in runs),
                 sum(run.flaps() for run in runs),
                 sum(len(run.requests) for run in runs),
+                max(run.opened for run in runs),
             )
         )
     return rows
@@ -149,10 +155,13 @@ def main() -> None:
     print(f"Rate limiting off after Redis answers again ({RUNS} runs each, ~{RATE} req/s)")
     print(
         f"{'outage':<14} {'off median s':>12} {'off worst s':>12} {'failed':>7} "
-        f"{'flaps':>6} {'requests':>9}"
+        f"{'flaps':>6} {'requests':>9} {'opened':>7}"
     )
-    for label, median, worst, failed, flaps, total in table():
-        print(f"{label:<14} {median:>12.2f} {worst:>12.2f} {failed:>7} {flaps:>6} {total:>9}")
+    for label, median, worst, failed, flaps, total, opened in table():
+        print(
+            f"{label:<14} {median:>12.2f} {worst:>12.2f} {failed:>7} {flaps:>6} {total:>9} "
+            f"{opened:>7}"
+        )
 
 
 if __name__ == "__main__":
