@@ -34,6 +34,7 @@ Example::
 from __future__ import annotations
 
 import logging
+import socket
 import sys
 from typing import Any, ClassVar, Final
 
@@ -46,6 +47,7 @@ _logger = logging.getLogger(__name__)
 
 # redis-py before 6 stores "unbounded" as 2**31.
 _UNBOUNDED: Final = 2**31
+_PEEK: Final = socket.MSG_PEEK | getattr(socket, "MSG_DONTWAIT", 0)
 _POOL_MODULES: Final = ("redis.connection", "redis.asyncio.connection")
 
 
@@ -73,6 +75,40 @@ def _connected(connection: Any) -> bool:
     return getattr(connection, "_writer", None) is not None  # asyncio, before is_connected
 
 
+def _open_idle(connection: Any) -> bool:
+    """Whether an idle (checked-in) connection is still open.
+
+    redis-py learns that the server closed a connection (``CLIENT KILL``, its
+    ``timeout`` setting, a restart) only when it next uses it. Until then the
+    socket holds the server's EOF: one non-blocking ``recv(MSG_PEEK)`` reads it
+    without taking anything (a RESP3 push waiting there means open). An
+    asyncio connection's stream reader has already seen the EOF.
+    """
+    if not _connected(connection):
+        return False
+    reader = getattr(connection, "_reader", None)
+    if reader is not None and hasattr(reader, "at_eof"):  # redis.asyncio
+        return not bool(reader.at_eof())
+    sock = getattr(connection, "_sock", None)
+    if sock is None:
+        return True
+    try:
+        # a socket object of our own on the same descriptor: redis-py's has a
+        # timeout, under which Python waits for data before any recv
+        probe = socket.socket(fileno=sock.fileno())
+    except (OSError, ValueError):
+        return False  # closed under us
+    try:
+        first = probe.recv(1, _PEEK)
+    except (BlockingIOError, InterruptedError):
+        return True  # nothing to read: open
+    except OSError:
+        return False  # reset by the server
+    finally:
+        probe.detach()  # the descriptor stays redis-py's
+    return first != b""
+
+
 def _waiters(pool: Any) -> int:
     """Callers blocked for a connection now (0 for a pool that never waits)."""
     queue = getattr(pool, "pool", None)
@@ -92,11 +128,11 @@ def read_redis(pool: Any, *, timeouts: int) -> PoolReading:
     queue = getattr(pool, "pool", None)
     if queue is not None and hasattr(queue, "queue") and hasattr(pool, "_connections"):
         parked = [c for c in list(queue.queue) if c is not None]
-        idle = sum(1 for c in parked if _connected(c))
+        idle = sum(1 for c in parked if _open_idle(c))
         parked_ids = {id(c) for c in parked}
         used = sum(1 for c in list(pool._connections) if id(c) not in parked_ids and _connected(c))
     else:
-        idle = sum(1 for c in list(pool._available_connections) if _connected(c))
+        idle = sum(1 for c in list(pool._available_connections) if _open_idle(c))
         used = sum(1 for c in list(pool._in_use_connections) if _connected(c))
     limit = pool.max_connections
     bounded = isinstance(limit, int) and 0 < limit < _UNBOUNDED

@@ -229,3 +229,38 @@ def test_timings_off_hooks_only_what_counts_timeouts(
         plain.disconnect()
         blocking.disconnect()
     assert "get_connection" not in blocking.__dict__
+
+
+@pytest.mark.parametrize("flavour", ["sync", "asyncio"])
+async def test_idle_connections_the_server_closed_stop_counting(
+    redis_url: str, client_name: str, admin: redis.Redis, metrics: MetricsCapture, flavour: str
+) -> None:
+    """CLIENT KILL of an idle connection: redis-py learns it at next use, the count at once."""
+    if flavour == "sync":
+        pool: Any = redis.ConnectionPool.from_url(redis_url, client_name=client_name)
+        held = [pool.get_connection(), pool.get_connection()]
+        for connection in held:
+            pool.release(connection)
+    else:
+        pool = redis.asyncio.ConnectionPool.from_url(redis_url, client_name=client_name)
+        held = [await pool.get_connection(), await pool.get_connection()]
+        for connection in held:
+            await pool.release(connection)
+    handle = otel_backpressure.instrument(pool, meter_provider=metrics.meter_provider)
+    series = {NAME: handle.pool_name, "db.client.connection.state": "idle"}
+    try:
+        assert metrics.value("db.client.connection.count", series) == 2
+        assert open_on_server(admin, client_name) == 2
+        (victim,) = [c["id"] for c in admin.client_list() if c.get("name") == client_name][:1]
+        admin.client_kill_filter(_id=victim)
+        assert open_on_server(admin, client_name) == 1
+        await wait_for(
+            lambda: metrics.value("db.client.connection.count", series) == 1,
+            "the killed connection to stop counting",
+        )
+    finally:
+        handle.uninstrument()
+        if flavour == "sync":
+            pool.disconnect()
+        else:
+            await pool.disconnect()
