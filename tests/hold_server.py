@@ -33,7 +33,7 @@ IDLE = "http.client.open_connections{http.connection.state=idle}"
 
 
 class HoldServer:
-    def __init__(self) -> None:
+    def __init__(self, keep_alive: float = 5.0) -> None:
         self._condition = threading.Condition()
         self._arrived = 0
         self._held: deque[asyncio.Future[None]] = deque()
@@ -45,6 +45,7 @@ class HoldServer:
             log_level="warning",
             lifespan="off",
             interface="asgi3",
+            timeout_keep_alive=keep_alive,  # seconds before it closes an idle connection
         )
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, daemon=True)

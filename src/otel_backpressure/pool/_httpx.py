@@ -115,10 +115,11 @@ class HttpxPoolSource(HttpPoolSource):
             return None
         connections = [c for c in list(_connections_of(pool)) if not c.is_closed()]
         idle = sum(1 for c in connections if c.is_idle())
+        closed = sum(1 for c in connections if c.is_idle() and _server_closed(c))
         limit = pool._max_connections
         return PoolReading(
             used=len(connections) - idle,
-            idle=idle,
+            idle=idle - closed,
             pending=sum(1 for r in list(pool._requests) if r.connection is None),
             timeouts=0,
             max=limit if 0 < limit < _UNBOUNDED else None,
@@ -146,7 +147,8 @@ class HttpxPoolSource(HttpPoolSource):
                 continue
             load = load_of(loads, self._key(_connection_origin(connection)))
             if connection.is_idle():
-                load.idle += 1
+                if not _server_closed(connection):
+                    load.idle += 1
             else:
                 load.active += 1
                 active_total += 1
@@ -304,6 +306,22 @@ class HttpxPoolSource(HttpPoolSource):
                 _, made, key = opened.pop(ident)
                 for recorder in recorders:
                     recorder.add(recorder.duration, key, now - made)
+
+
+def _server_closed(connection: Any) -> bool:
+    """Whether the server closed this *idle* HTTP/1.1 connection (httpcore has not looked yet).
+
+    httpcore's own rule (``HTTP11Connection.has_expired``): an idle connection
+    whose socket is readable can only be about to read the server's EOF. It
+    looks only when it next hands out a connection; the count should not wait.
+    """
+    inner = getattr(connection, "_connection", None)
+    if inner is None or not type(inner).__name__.endswith("HTTP11Connection"):
+        return False  # not connected yet, or HTTP/2 (whose server may send frames)
+    try:
+        return bool(inner._network_stream.get_extra_info("is_readable"))
+    except Exception:
+        return False
 
 
 def _connections_of(pool: Any) -> list[Any]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from unittest.mock import ANY
 
 import aiohttp
 import pytest
@@ -138,3 +139,22 @@ async def test_pool_health_of_a_session_nobody_instrumented(server: HoldServer) 
         assert await asyncio.gather(*calls) == [200, 200]
     finally:
         await session.close()
+
+
+async def test_idle_connections_the_server_closed_stop_counting(metrics: MetricsCapture) -> None:
+    """The server closes idle connections after its keep-alive timeout; the event loop sees
+    it at once and the connection stops counting (and its lifetime is recorded)."""
+    with HoldServer(keep_alive=0.2) as closing:
+        session = aiohttp.ClientSession()
+        handle = otel_backpressure.instrument(session, meter_provider=metrics.meter_provider)
+        try:
+            assert await fetch(session, closing.url + "/") == 200
+            assert state(metrics, closing)[IDLE] == 1
+            await settled(
+                metrics,
+                closing,
+                {**counts(0, 0, 0, limit=100), "http.client.connection.duration": (1, ANY)},
+            )
+        finally:
+            handle.uninstrument()
+            await session.close()

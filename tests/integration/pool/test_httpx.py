@@ -11,7 +11,7 @@ import pytest
 
 import contract
 import otel_backpressure
-from hold_server import HoldServer, counts, settled, settled_async, state
+from hold_server import IDLE, HoldServer, counts, settled, settled_async, state
 from otel_backpressure import BackpressureInstrumentor
 from otel_backpressure.testing import FakeClock, MetricsCapture
 
@@ -261,3 +261,19 @@ def test_pool_health_of_a_client_nobody_instrumented(server: HoldServer) -> None
         holder.join()
     finally:
         client.close()
+
+
+def test_idle_connections_the_server_closed_stop_counting(metrics: MetricsCapture) -> None:
+    """The server closes idle connections after its keep-alive timeout; httpcore learns it
+    when it next hands out a connection, the count at the next collection."""
+    with HoldServer(keep_alive=0.2) as closing:
+        client = httpx.Client()
+        handle = otel_backpressure.instrument(client, meter_provider=metrics.meter_provider)
+        try:
+            assert client.get(closing.url + "/").status_code == 200
+            assert state(metrics, closing)[IDLE] == 1
+            settled(metrics, closing, counts(0, 0, 0, limit=100))
+            assert len(client._transport._pool.connections) == 1  # type: ignore[attr-defined]
+        finally:
+            handle.uninstrument()
+            client.close()
