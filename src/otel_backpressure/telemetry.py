@@ -131,7 +131,17 @@ class Telemetry:
             name="otel-backpressure-final-flush",
             daemon=True,
         )
-        flusher.start()
+        try:
+            flusher.start()
+        except RuntimeError:
+            # At interpreter exit Python 3.12+ starts no new thread: bound each
+            # OTLP exporter's own deadline instead (its retries stop there).
+            exporters: list[Any] = [*self.span_exporters.values(), *self.metric_exporters.values()]
+            for exporter in exporters:
+                timeout = getattr(exporter, "_timeout", None)
+                if isinstance(timeout, (int, float)):
+                    exporter._timeout = min(timeout, timeout_millis / 1000)
+            return self._flush(timeout_millis)
         flusher.join(timeout_millis / 1000)
         return bool(result and result[0])
 

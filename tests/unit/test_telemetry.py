@@ -356,8 +356,9 @@ with trace.get_tracer("t").start_as_current_span("work"):
 
 def test_a_short_script_exits_without_waiting_out_the_exporter_timeout() -> None:
     """Nothing listens at the endpoint and each export may retry for 10 minutes
-    (``OTEL_EXPORTER_OTLP_TIMEOUT=600``): the exit flush gives up after its 1 s
-    bound, stops the exporters' retries and says so, instead of the SDK's wait."""
+    (``OTEL_EXPORTER_OTLP_TIMEOUT=600``): the exit flush is bounded to 1 s (by a
+    flushing thread it stops waiting for, or on Python 3.12+, where no thread
+    starts at exit, by the exporters' own deadline), instead of the SDK's wait."""
     with socket.socket() as probe:  # a port where nothing listens
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -375,4 +376,6 @@ def test_a_short_script_exits_without_waiting_out_the_exporter_timeout() -> None
         check=False,
     )
     assert result.returncode == 0, result.stderr
-    assert "Telemetry was not delivered within 1000 ms at shutdown" in result.stderr
+    assert "Exception ignored in atexit" not in result.stderr, result.stderr
+    if sys.version_info < (3, 12):  # the flushing thread gave up and said so
+        assert "Telemetry was not delivered within 1000 ms at shutdown" in result.stderr
