@@ -1,7 +1,9 @@
-"""Make sure ``promtool`` exists: the alert-rule tests run it, and never skip.
+"""Make sure ``promtool`` and ``prometheus`` exist: the tests run both, and never skip.
 
-On Debian as root it installs the ``prometheus`` package (which ships promtool);
-anywhere else it says what to install and fails.
+The alert-rule tests run promtool; the end-to-end test runs a Prometheus
+server of its own (tests/e2e/test_prometheus.py). On Debian as root it installs
+the ``prometheus`` package, which ships both; anywhere else it says what to
+install and fails.
 """
 
 from __future__ import annotations
@@ -11,9 +13,15 @@ import shutil
 import subprocess
 import sys
 
+TOOLS = ("promtool", "prometheus")
+
+
+def _present() -> bool:
+    return all(shutil.which(tool) for tool in TOOLS)
+
 
 def main() -> int:
-    if shutil.which("promtool"):
+    if _present():
         return 0
     if shutil.which("apt-get") and os.geteuid() == 0:
         env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
@@ -25,12 +33,12 @@ def main() -> int:
             env=env,
         )
         if not was_running:
-            # The package may start a Prometheus server; only promtool is wanted.
+            # The package may start a system-wide server; the tests start their own.
             subprocess.run(["pkill", "-x", "prometheus"], check=False)
-        if shutil.which("promtool"):
+        if _present():
             return 0
     sys.stderr.write(
-        "promtool is needed by the alert-rule tests: install Prometheus "
+        "promtool and prometheus are needed by the tests: install Prometheus "
         "(Debian: apt-get install prometheus) and run again.\n"
     )
     return 1

@@ -6,9 +6,15 @@ Usage::
     python -m otel_backpressure.demo --otlp-endpoint http://localhost:4317
     python -m otel_backpressure.demo --database-url postgresql+asyncpg://user@host/db
 
-Without ``--otlp-endpoint`` the standard ``OTEL_EXPORTER_OTLP_*`` variables decide
-where telemetry goes; with none of them set nothing is exported, and the
-terminal summary (read through an in-process metric reader) still works.
+Without ``--otlp-endpoint`` the standard ``OTEL_EXPORTER_OTLP_*`` and
+``OTEL_*_EXPORTER`` variables decide where telemetry goes (for example
+``OTEL_METRICS_EXPORTER=prometheus`` serves metrics for Prometheus to scrape);
+with none of them set nothing is exported, and the live view (read through an
+in-process metric reader) still works.
+
+The trouble is spread over the run (demo/scenario.py), so whatever the
+``--duration``, the live view moves through calm play, a pool rush, rate-limit
+storms, an error burst and recovery.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import os
 import random
 import sys
 import tempfile
+import textwrap
 import uuid
 from pathlib import Path
 from typing import Any
@@ -28,6 +35,7 @@ from typing import Any
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 from otel_backpressure.demo.summary import DemoSummary, read_snapshot
+from otel_backpressure.demo.view import WIDTH
 from otel_backpressure.telemetry import configure_telemetry
 
 __all__ = ["main"]
@@ -37,6 +45,7 @@ _ENDPOINT_VARIABLES = (
     "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
     "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
 )
+_EXPORTER_VARIABLES = ("OTEL_METRICS_EXPORTER", "OTEL_TRACES_EXPORTER")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -66,7 +75,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="with --otlp-endpoint (default: OTEL_EXPORTER_OTLP_PROTOCOL, else grpc)",
     )
     parser.add_argument(
-        "--interval", type=_positive(float), default=2.0, help="seconds between summaries (2)"
+        "--interval",
+        type=_positive(float),
+        default=2.0,
+        help="seconds between plain progress reports when stdout is not a terminal (2)",
     )
     parser.add_argument("--pool-size", type=_positive(int), default=4, help="pool_size (4)")
     parser.add_argument("--max-overflow", type=_positive(int), default=2, help="max_overflow (2)")
@@ -100,10 +112,12 @@ def main(argv: list[str] | None = None) -> int:
 async def run(args: argparse.Namespace) -> int:
     from sqlalchemy.ext.asyncio import create_async_engine
 
-    from otel_backpressure.demo.app import GameService, build_app, player_policy
+    from otel_backpressure.demo.app import GameService, build_app, player_policy, proposed_policy
     from otel_backpressure.ratelimit import RateLimiter
 
-    export = args.otlp_endpoint is not None or any(os.environ.get(v) for v in _ENDPOINT_VARIABLES)
+    export = args.otlp_endpoint is not None or any(
+        os.environ.get(v) for v in (*_ENDPOINT_VARIABLES, *_EXPORTER_VARIABLES)
+    )
     reader = InMemoryMetricReader()
     telemetry = configure_telemetry(
         service_name=os.environ.get("OTEL_SERVICE_NAME") or "backpressure-demo",
@@ -127,24 +141,30 @@ async def run(args: argparse.Namespace) -> int:
     )
     service = GameService(engine, suffix=uuid.uuid4().hex[:8])
     limiter = RateLimiter([player_policy()], meter_provider=telemetry.meter_provider)
+    proposed = RateLimiter([proposed_policy()], meter_provider=telemetry.meter_provider)
     summary = DemoSummary()
     destination = args.otlp_endpoint or next(
-        (os.environ[v] for v in _ENDPOINT_VARIABLES if os.environ.get(v)), ""
+        (os.environ[v] for v in _ENDPOINT_VARIABLES if os.environ.get(v)),
+        "metrics: " + os.environ.get("OTEL_METRICS_EXPORTER", "otlp"),
     )
     print(
         f"backpressure demo: {args.players} players for {args.duration:g} s on "
-        f"{engine.url.get_backend_name()} (pool_size={args.pool_size}, "
-        f"max_overflow={args.max_overflow}, pool_timeout={args.pool_timeout:g}s); "
-        + (f"exporting OTLP to {destination}" if export else "no OTLP endpoint: summary only"),
+        f"{engine.url.get_backend_name()}\n"
+        f"pool_size={args.pool_size} max_overflow={args.max_overflow} "
+        f"pool_timeout={args.pool_timeout:g}s; "
+        + (f"exporting to {destination}" if export else "no OTLP endpoint: summary only"),
         flush=True,
     )
     try:
         await service.create_schema(args.players)
-        traffic = await _drive(args, build_app(service, limiter), summary, reader)
+        traffic = await _drive(
+            args, build_app(service, limiter, proposed), service, summary, reader
+        )
         summary.update(read_snapshot(reader))
         telemetry.force_flush()  # export the pools' last readings while they still exist
     finally:
         await _close(service, limiter)
+        await _close_store(proposed)
         await engine.dispose()
         telemetry.shutdown()
         if workdir is not None:
@@ -159,38 +179,64 @@ async def run(args: argparse.Namespace) -> int:
 
 
 async def _drive(
-    args: argparse.Namespace, app: Any, summary: DemoSummary, reader: InMemoryMetricReader
+    args: argparse.Namespace,
+    app: Any,
+    service: Any,
+    summary: DemoSummary,
+    reader: InMemoryMetricReader,
 ) -> Any:
     import httpx
 
     from otel_backpressure.demo.players import Traffic, play
+    from otel_backpressure.demo.scenario import PHASES, phase_at
+    from otel_backpressure.demo.view import Header, LiveView
 
     traffic = Traffic()
     loop = asyncio.get_running_loop()
     started = loop.time()
     deadline = started + args.duration
+    current = PHASES[0]
+
+    def phase() -> Any:
+        return current
+
+    view = LiveView()
     transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-    async with httpx.AsyncClient(transport=transport, base_url="http://demo") as client:
-        players = [
-            asyncio.ensure_future(
-                play(client, n, args.players, deadline, traffic, random.Random(args.seed + n))
-            )
-            for n in range(1, args.players + 1)
-        ]
-        next_print = started + args.interval
-        while not all(task.done() for task in players):
-            await asyncio.sleep(0.25)
-            summary.update(read_snapshot(reader))  # sample often: peaks are short
-            now = loop.time()
-            if now >= next_print:
-                next_print += args.interval
-                statuses = " ".join(f"{c}:{n}" for c, n in sorted(traffic.statuses.items()))
-                print(
-                    f"[{now - started:5.1f}s/{args.duration:g}s] requests {traffic.total} "
-                    f"({statuses}) | {summary.live_line()}",
-                    flush=True,
+    try:
+        async with httpx.AsyncClient(transport=transport, base_url="http://demo") as client:
+            players = [
+                asyncio.ensure_future(
+                    play(
+                        client,
+                        n,
+                        args.players,
+                        deadline,
+                        traffic,
+                        random.Random(args.seed + n),
+                        phase,
+                    )
                 )
-        await asyncio.gather(*players)
+                for n in range(1, args.players + 1)
+            ]
+            next_print = started
+            while not all(task.done() for task in players):
+                now = loop.time()
+                current = phase_at((now - started) / args.duration)
+                service.leaderboard_hold, service.bug_rate = current.hold, current.bug
+                snapshot = read_snapshot(reader)
+                summary.update(snapshot)  # sample often: peaks are short
+                tick = now >= next_print
+                if tick:
+                    next_print += args.interval
+                header = Header(
+                    now - started, args.duration, current.name, current.summary,
+                    dict(traffic.statuses),
+                )  # fmt: skip
+                view.update(header, snapshot, tick=tick)
+                await asyncio.sleep(0.25)
+            await asyncio.gather(*players)
+    finally:
+        view.stop()
     return traffic
 
 
@@ -199,6 +245,10 @@ async def _close(service: Any, limiter: Any) -> None:
         await service.drop_schema()
     except Exception as exc:  # the database may be the thing that broke
         print(f"could not drop the demo table: {type(exc).__name__}", file=sys.stderr)
+    await _close_store(limiter)
+
+
+async def _close_store(limiter: Any) -> None:
     close = getattr(limiter.store, "close", None)
     if close is not None:
         result = close()
@@ -210,13 +260,14 @@ def _print_final(
     args: argparse.Namespace, traffic: Any, summary: DemoSummary, export: bool
 ) -> None:
     statuses = " ".join(f"{code}={n}" for code, n in sorted(traffic.statuses.items()))
-    print(f"\n== summary after {args.duration:g} s, {args.players} players ==")
-    print(f"requests: total={traffic.total} {statuses}")
+    lines = [f"requests: total={traffic.total} {statuses}"]
     if traffic.failures:
         failures = " ".join(f"{kind}={n}" for kind, n in sorted(traffic.failures.items()))
-        print(f"client failures: {failures}")
-    for line in summary.report():
-        print(line)
+        lines.append(f"client failures: {failures}")
+    lines += summary.report()
+    print(f"\n== summary after {args.duration:g} s, {args.players} players ==")
+    for line in lines:  # 80 columns, as the live view
+        print(textwrap.fill(line, WIDTH, subsequent_indent="  ", break_long_words=False))
     print(
         "telemetry: exported over OTLP"
         if export

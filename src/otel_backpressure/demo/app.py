@@ -35,7 +35,7 @@ from otel_backpressure.ratelimit import Policy, RateLimiter
 from otel_backpressure.ratelimit.middleware import RateLimitMiddleware
 from otel_backpressure.version import __version__
 
-__all__ = ["GameService", "build_app"]
+__all__ = ["GameService", "build_app", "player_policy", "proposed_policy"]
 
 PLAYER_ID_HEADER = "x-player-id"
 MAX_SCORE = 1000
@@ -46,11 +46,19 @@ _tracer = trace.get_tracer("otel_backpressure.demo", __version__)
 class GameService:
     """The tables and queries; one instance per demo run (unique table names)."""
 
-    __slots__ = ("engine", "leaderboard_hold", "players", "signup_limit", "signups")
+    __slots__ = ("bug_rate", "engine", "leaderboard_hold", "players", "signup_limit", "signups")
 
-    def __init__(self, engine: AsyncEngine, suffix: str, leaderboard_hold: float = 0.3) -> None:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        suffix: str,
+        leaderboard_hold: float = 0.3,
+        bug_rate: float = 0.2,
+    ) -> None:
         self.engine = engine
+        # the demo's scenario moves these two as its phases change
         self.leaderboard_hold = leaderboard_hold
+        self.bug_rate = bug_rate
         metadata = sa.MetaData()
         self.players = sa.Table(
             f"demo_players_{suffix}",
@@ -136,7 +144,7 @@ class GameService:
 
     async def match(self, request: Request) -> JSONResponse:
         with _tracer.start_as_current_span("game.match"):
-            if random.random() < 0.2:
+            if random.random() < self.bug_rate:
                 raise RuntimeError("matchmaker bug")
         return JSONResponse({"match": "queued"}, status_code=202)
 
@@ -158,9 +166,22 @@ def player_key(scope: Any) -> str | None:
     return None
 
 
-def build_app(service: GameService, limiter: RateLimiter) -> Any:
-    """The ASGI app: Starlette, error mapping inside it, rate limiting in front."""
+def build_app(
+    service: GameService, limiter: RateLimiter, proposed: RateLimiter | None = None
+) -> Any:
+    """The ASGI app: Starlette, error mapping inside it, rate limiting in front.
+
+    ``proposed``, when given, decides every request first in dry run: a
+    stricter limit being tried out, metered as ``dry_run_rejected``, never
+    enforced.
+    """
     from otel_backpressure.errors import ErrorMappingMiddleware
+
+    dry_run = (
+        [Middleware(RateLimitMiddleware, limiter=proposed, key_func=player_key, dry_run=True)]
+        if proposed is not None
+        else []
+    )
 
     routes = [
         Route("/players/{player_id:int}", service.player, methods=["GET"]),
@@ -172,6 +193,7 @@ def build_app(service: GameService, limiter: RateLimiter) -> Any:
     app: Any = Starlette(
         routes=routes,
         middleware=[
+            *dry_run,
             Middleware(
                 RateLimitMiddleware,
                 limiter=limiter,
@@ -192,3 +214,8 @@ def build_app(service: GameService, limiter: RateLimiter) -> Any:
 
 def player_policy() -> Policy:
     return Policy("player", rate=3, period=1.0, burst=4)
+
+
+def proposed_policy() -> Policy:
+    """A stricter per-player limit tried in dry run before anyone enforces it."""
+    return Policy("player-proposed", rate=2, period=1.0, burst=2)

@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import random
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 import httpx
 
 from otel_backpressure.demo.app import MAX_SCORE, PLAYER_ID_HEADER
+from otel_backpressure.demo.scenario import Phase
 
 __all__ = ["Traffic", "play"]
 
@@ -40,17 +42,18 @@ async def play(
     deadline: float,
     traffic: Traffic,
     rng: random.Random,
+    phase: Callable[[], Phase],
 ) -> None:
-    """One player until ``deadline`` (loop time): lookups, scores, sign-ups, leaderboards."""
+    """One player until ``deadline`` (loop time), behaving as ``phase()`` says now."""
     loop = asyncio.get_running_loop()
     headers = {PLAYER_ID_HEADER: str(player)}
-    storm = True  # every player opens with an impatient burst of refreshes
     while loop.time() < deadline:
-        requests = [_one_request(client, player, players, headers, rng)]
-        if storm:
+        now = phase()
+        requests = [_one_request(client, player, players, headers, rng, now.leaderboard)]
+        if rng.random() < now.storm:
             # more refreshes at once than the player policy's burst: some get 429
             requests += [client.get(f"/players/{player}", headers=headers) for _ in range(STORM)]
-        pause = rng.uniform(0.005, 0.05)
+        pause = rng.uniform(*now.pause)
         for outcome in await asyncio.gather(*requests, return_exceptions=True):
             if isinstance(outcome, httpx.Response):
                 traffic.statuses[outcome.status_code] += 1
@@ -58,8 +61,7 @@ async def play(
                     pause = max(pause, _retry_after(outcome))
             else:  # the demo keeps playing; the summary shows it
                 traffic.failures[type(outcome).__name__] += 1
-        storm = rng.random() < 0.05
-        await asyncio.sleep(pause)
+        await asyncio.sleep(min(pause, max(0.0, deadline - loop.time())))
 
 
 def _retry_after(response: httpx.Response) -> float:
@@ -75,22 +77,23 @@ async def _one_request(
     players: int,
     headers: dict[str, str],
     rng: random.Random,
+    leaderboard: float,
 ) -> httpx.Response:
+    if rng.random() < leaderboard:
+        return await client.get("/leaderboard", headers=headers)
     roll = rng.random()
-    if roll < 0.35:
+    if roll < 0.45:
         # one lookup in ten asks for a player who does not exist: 404
         target = rng.randint(1, players) if rng.random() > 0.1 else players + 10_000
         return await client.get(f"/players/{target}", headers=headers)
-    if roll < 0.60:
+    if roll < 0.85:
         # one score in ten is out of range: 422
         points: Any = rng.randint(0, MAX_SCORE) if rng.random() > 0.1 else MAX_SCORE * 10
         return await client.post(
             f"/players/{player}/score", json={"points": points}, headers=headers
         )
-    if roll < 0.68:
+    if roll < 0.90:
         # half the sign-ups pick a taken name: 409
         name = f"player-{rng.randint(1, players)}" if rng.random() < 0.5 else f"new-{rng.random()}"
         return await client.post("/players", json={"name": name}, headers=headers)
-    if roll < 0.93:
-        return await client.get("/leaderboard", headers=headers)
     return await client.post("/matches", headers=headers)

@@ -147,29 +147,6 @@ class DemoSummary:
             table[error_type][outcome] += value
         return table
 
-    def live_line(self) -> str:
-        """One compact line: what the pool, the limiter and the error mapping report now."""
-        parts = []
-        timeouts = self.timeouts()
-        usage = self.latest.by("backpressure.pool.usage", POOL_NAME)
-        overflow = self.latest.by("backpressure.pool.overflow", POOL_NAME)
-        for pool in sorted(self.pools):
-            parts.append(
-                f"pool {pool}: usage {usage.get(pool, 0):.0%} overflow {overflow.get(pool, 0):.0f} "
-                f"timeouts {timeouts.get(pool, 0):.0f}"
-            )
-        for policy, results in sorted(self.rate_limits().items()):
-            parts.append(
-                f"rate limit {policy}: allowed {results.get('allowed', 0):.0f} "
-                f"rejected {results.get('rejected', 0):.0f}"
-            )
-        errors = {kind: sum(outcomes.values()) for kind, outcomes in self.exceptions().items()}
-        if errors:
-            parts.append(
-                "exceptions " + ", ".join(f"{kind} {n:.0f}" for kind, n in sorted(errors.items()))
-            )
-        return " | ".join(parts) if parts else "(no telemetry yet)"
-
     def report(self) -> list[str]:
         """The final summary, one fact per line."""
         lines = []

@@ -53,12 +53,10 @@ def test_summary_tracks_peaks_totals_and_percentiles(metrics: MetricsCapture) ->
     assert "timeouts=3" in report
     assert "rate limit player: allowed=5 rejected=2" in report
     assert "exceptions not_found: handled=4" in report
-    assert "overflow 0" in summary.live_line()
     assert summary.as_dict()["pools"]["db"]["peak_overflow"] == 2
 
 
 def test_empty_reader_gives_an_empty_summary(metrics: MetricsCapture) -> None:
     summary = DemoSummary()
     summary.update(read_snapshot(metrics.reader))
-    assert summary.live_line() == "(no telemetry yet)"
     assert summary.report() == []

@@ -1,0 +1,87 @@
+"""The demo's timeline: which trouble happens when, spread over the whole run.
+
+A run is cut into phases by fraction of ``--duration``, so a 20 s run and a
+10 minute run tell the same story: calm play, a leaderboard rush that
+saturates the pool and times checkouts out, refresh storms the rate limiter
+rejects (and a stricter dry-run policy would), a matchmaker release that
+raises unhandled errors, then recovery. Each trouble starts and stops, so the
+live view keeps moving and every alert of ``collector-config/`` has a phase
+that fires it and a calm that resolves it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["PHASES", "Phase", "phase_at"]
+
+
+@dataclass(frozen=True)
+class Phase:
+    """How the players behave from ``start`` (a fraction of the run) on.
+
+    ``leaderboard``: share of a player's requests that read the slow
+    leaderboard; ``hold``: seconds a leaderboard read keeps its connection;
+    ``storm``: chance per round that a player fires a burst of refreshes (more
+    than its rate-limit burst); ``bug``: chance that a match request hits the
+    matchmaker bug; ``pause``: seconds a player waits between rounds (low, high).
+    """
+
+    name: str
+    start: float
+    summary: str
+    leaderboard: float
+    hold: float
+    storm: float
+    bug: float
+    pause: tuple[float, float]
+
+
+def _calm(name: str, start: float, summary: str) -> Phase:
+    return Phase(name, start, summary, leaderboard=0.05, hold=0.05, storm=0.0, bug=0.0,
+                 pause=(0.5, 0.9))  # fmt: skip
+
+
+PHASES: tuple[Phase, ...] = (
+    _calm("calm", 0.0, "normal play"),
+    Phase(
+        "rush",
+        0.10,
+        "everyone opens the slow leaderboard: the pool saturates, checkouts wait and time out",
+        leaderboard=0.8,
+        hold=0.8,
+        storm=0.0,
+        bug=0.0,
+        pause=(0.9, 1.3),  # under the leaderboard policy's 1/s: the pool, not the limiter
+    ),
+    Phase(
+        "storm",
+        0.38,
+        "impatient refresh storms: the rate limiter rejects, a stricter dry-run policy would too",
+        leaderboard=0.05,
+        hold=0.05,
+        storm=0.6,
+        bug=0.0,
+        pause=(0.1, 0.3),
+    ),
+    Phase(
+        "bug",
+        0.55,
+        "a matchmaker release fails: unhandled RuntimeError on /matches",
+        leaderboard=0.05,
+        hold=0.05,
+        storm=0.0,
+        bug=1.0,
+        pause=(0.3, 0.6),
+    ),
+    _calm("recovery", 0.72, "back to normal play: alerts resolve"),
+)
+
+
+def phase_at(fraction: float) -> Phase:
+    """The phase in force ``fraction`` (0..1) of the way through the run."""
+    current = PHASES[0]
+    for phase in PHASES:
+        if fraction >= phase.start:
+            current = phase
+    return current

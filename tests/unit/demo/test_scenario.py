@@ -1,0 +1,41 @@
+"""The demo's timeline: trouble spread over the run, every kind of it, calm at both ends."""
+
+from __future__ import annotations
+
+import pytest
+
+from otel_backpressure.demo.scenario import PHASES, phase_at
+
+
+def test_phases_cover_the_run_in_order_and_end_calm() -> None:
+    starts = [phase.start for phase in PHASES]
+    assert starts == sorted(starts)
+    assert starts[0] == 0.0
+    assert starts[-1] < 1.0
+    calm = PHASES[0]
+    assert PHASES[-1].leaderboard == calm.leaderboard
+    assert (PHASES[-1].storm, PHASES[-1].bug, PHASES[-1].hold) == (calm.storm, calm.bug, calm.hold)
+
+
+def test_each_trouble_has_its_own_phase() -> None:
+    calm = PHASES[0]
+    by_name = {phase.name: phase for phase in PHASES}
+    assert by_name["rush"].hold > calm.hold
+    assert by_name["rush"].leaderboard > calm.leaderboard
+    assert by_name["storm"].storm > calm.storm == 0
+    assert by_name["bug"].bug > calm.bug == 0
+
+
+@pytest.mark.parametrize(
+    ("fraction", "name"),
+    [
+        (0.0, "calm"),
+        (0.2, "rush"),
+        (0.4, "storm"),
+        (0.6, "bug"),
+        (0.9, "recovery"),
+        (1.0, "recovery"),
+    ],
+)
+def test_phase_at(fraction: float, name: str) -> None:
+    assert phase_at(fraction).name == name
