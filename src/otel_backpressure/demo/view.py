@@ -27,6 +27,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TextIO
 
+from opentelemetry.sdk.metrics.export import HistogramDataPoint
+
 from otel_backpressure.demo.summary import (
     ERROR_TYPE,
     OUTCOME,
@@ -34,7 +36,11 @@ from otel_backpressure.demo.summary import (
     POOL_NAME,
     RESULT,
     Snapshot,
+    quantile,
 )
+
+LOOP_NAME = "backpressure.event_loop.name"
+THREAD_POOL_NAME = "backpressure.thread_pool.name"
 
 __all__ = ["SECTIONS", "WIDTH", "Header", "LiveView", "Row", "Section", "plain_lines"]
 
@@ -125,11 +131,77 @@ def error_rows(snapshot: Snapshot) -> list[Row]:
     ]
 
 
+def _p99(snapshot: Snapshot, name: str, key: str) -> dict[str, float]:
+    """The 99th percentile (a bucket bound) of histogram ``name`` per value of ``key``."""
+    return {
+        str(attributes.get(key, "?")): quantile(point, 0.99)
+        for attributes, point in snapshot.points(name)
+        if isinstance(point, HistogramDataPoint)
+    }
+
+
+def loop_rows(snapshot: Snapshot) -> list[Row]:
+    """Per event loop: busy share since the last collection, and scheduling delay (p99)."""
+    busy = snapshot.by("backpressure.event_loop.utilization", LOOP_NAME)
+    delay = _p99(snapshot, "backpressure.event_loop.delay", LOOP_NAME)
+    return [
+        Row(
+            loop,
+            (
+                f"{busy.get(loop, 0):.0%} {_bar(busy.get(loop, 0))}",
+                f"{delay[loop]:g}s" if loop in delay else "-",
+            ),
+        )
+        for loop in sorted(set(busy) | set(delay))
+    ]
+
+
+def thread_pool_rows(snapshot: Snapshot) -> list[Row]:
+    """Per thread pool: threads busy of the most, calls queued, wait for a thread (p99)."""
+    used = snapshot.by("backpressure.thread_pool.used", THREAD_POOL_NAME)
+    most = snapshot.by("backpressure.thread_pool.max", THREAD_POOL_NAME)
+    queued = snapshot.by("backpressure.thread_pool.queue.length", THREAD_POOL_NAME)
+    wait = _p99(snapshot, "backpressure.thread_pool.wait_time", THREAD_POOL_NAME)
+    rows = []
+    for pool in sorted(set(used) | set(most)):
+        busy, ceiling = used.get(pool, 0.0), most.get(pool, 0.0)
+        usage = f"{busy:.0f}/{ceiling:.0f} {_bar(busy / ceiling if ceiling else 0.0)}"
+        waited = f"{wait[pool]:g}s" if pool in wait else "-"
+        rows.append(Row(pool, (usage, _count(queued.get(pool, 0)), waited)))
+    return rows
+
+
+def http_pool_rows(snapshot: Snapshot) -> list[Row]:
+    """Per HTTP server: connections active and idle, requests timed out waiting for one."""
+    active = snapshot.by(
+        "http.client.open_connections", "server.address", **{"http.connection.state": "active"}
+    )
+    idle = snapshot.by(
+        "http.client.open_connections", "server.address", **{"http.connection.state": "idle"}
+    )
+    timeouts = snapshot.by("backpressure.http.client.pool.timeouts", "server.address")
+    return [
+        Row(
+            server,
+            (
+                _count(active.get(server, 0)),
+                _count(idle.get(server, 0)),
+                _count(timeouts.get(server, 0)),
+            ),
+        )
+        for server in sorted(set(active) | set(idle) | set(timeouts))
+    ]
+
+
 #: The view's sections, in order. Append to add rows (see the module docstring).
+#: Redis pools report the database pool metrics, so they are rows of "pools".
 SECTIONS: list[Section] = [
     Section("pools", ("used/max", "pending", "timeouts"), pool_rows),
+    Section("HTTP pools", ("active", "idle", "timeouts"), http_pool_rows),
     Section("rate limits", ("allowed", "rejected", "dry run rej."), rate_limit_rows),
     Section("errors", ("handled", "unhandled"), error_rows),
+    Section("event loop", ("busy", "delay p99"), loop_rows),
+    Section("thread pools", ("used/max", "queued", "wait p99"), thread_pool_rows),
 ]
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from typing import Any
 
 from opentelemetry.metrics import CallbackOptions, Observation
 from rich.console import Console
@@ -55,10 +56,11 @@ HEADER = Header(12.25, 120, "rush", "the pool saturates " * 8, {200: 10_000, 503
 
 def test_sections_turn_readings_into_rows(metrics: MetricsCapture) -> None:
     snapshot = record_everything(metrics)
-    pools, limits, errors = (section.rows(snapshot) for section in SECTIONS)
-    assert pools == [Row(LONG_POOL, ("5/6 █████·", "12", "1,234,567"))]
-    assert limits == [Row("player", ("50", "7", "3"))]
-    assert errors == [Row("RuntimeError", ("0", "2")), Row("not_found", ("4", "0"))]
+    rows = {section.title: section.rows(snapshot) for section in SECTIONS}
+    assert rows["pools"] == [Row(LONG_POOL, ("5/6 █████·", "12", "1,234,567"))]
+    assert rows["rate limits"] == [Row("player", ("50", "7", "3"))]
+    assert rows["errors"] == [Row("RuntimeError", ("0", "2")), Row("not_found", ("4", "0"))]
+    assert rows["event loop"] == rows["thread pools"] == rows["HTTP pools"] == []
 
 
 def test_plain_lines_fit_80_columns_and_name_every_cell(metrics: MetricsCapture) -> None:
@@ -103,3 +105,35 @@ def test_not_a_terminal_prints_plain_lines_on_ticks_and_phase_changes(
     assert printed[0].startswith("-- phase rush: the pool saturates")
     assert printed[1:] == plain_lines(HEADER, snapshot, SECTIONS)
     assert all(len(line) <= WIDTH for line in printed)
+
+
+def test_event_loop_thread_pool_and_http_rows(metrics: MetricsCapture) -> None:
+    meter = metrics.meter_provider.get_meter("test")
+    loop = {"backpressure.event_loop.name": "MainThread"}
+    threads = {"backpressure.thread_pool.name": "asyncio-default"}
+    server = {"server.address": "api.example.com", "server.port": 443, "url.scheme": "https"}
+
+    def gauge(name: str, *readings: tuple[float, dict[str, Any]]) -> None:
+        observations = [Observation(value, attributes) for value, attributes in readings]
+        meter.create_observable_gauge(name, [lambda options: observations])
+
+    gauge("backpressure.event_loop.utilization", (0.5, loop))
+    delay = meter.create_histogram(
+        "backpressure.event_loop.delay", explicit_bucket_boundaries_advisory=[0.001, 0.01, 0.1]
+    )
+    for seconds in (0.0005,) * 98 + (0.05, 0.05):
+        delay.record(seconds, loop)
+    gauge("backpressure.thread_pool.used", (3, threads))
+    gauge("backpressure.thread_pool.max", (12, threads))
+    gauge("backpressure.thread_pool.queue.length", (0, threads))
+    gauge(
+        "http.client.open_connections",
+        (2, {**server, "http.connection.state": "active"}),
+        (8, {**server, "http.connection.state": "idle"}),
+    )
+    snapshot = read_snapshot(metrics.reader)
+    rows = {section.title: section.rows(snapshot) for section in SECTIONS}
+    assert rows["event loop"] == [Row("MainThread", ("50% ███···", "0.1s"))]
+    assert rows["thread pools"] == [Row("asyncio-default", ("3/12 ██····", "0", "-"))]
+    assert rows["HTTP pools"] == [Row("api.example.com", ("2", "8", "0"))]
+    assert rows["pools"] == rows["rate limits"] == rows["errors"] == []
