@@ -26,7 +26,7 @@ def run_demo(tmp_path: Path, *arguments: str) -> tuple[str, dict[str, Any]]:
             "-m",
             "otel_backpressure.demo",
             "--duration",
-            "3",
+            "8",  # long enough for every phase of the scenario to show
             "--interval",
             "1",
             "--summary-json",
@@ -59,7 +59,7 @@ def assert_backpressure_happened(stdout: str, summary: dict[str, Any]) -> None:
     assert summary["requests"].get("503", 0) >= 1
     assert summary["client_failures"] == {}
     # the terminal shows the same facts
-    assert re.search(r"^\[\s*\d+\.\ds/3s\] requests \d+", stdout, re.MULTILINE), stdout
+    assert re.search(r"^\[\s*\d+\.\ds/8s\] requests \d+", stdout, re.MULTILINE), stdout
     assert re.search(r"peak_overflow=[1-9]", stdout), stdout
     assert re.search(r"timeouts=[1-9]", stdout), stdout
     assert re.search(r"rate limit (player|leaderboard): allowed=\d+ .*rejected=[1-9]", stdout)

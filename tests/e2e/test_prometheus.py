@@ -59,7 +59,7 @@ ALERTS = ROOT / "collector-config" / "prometheus" / "alerts.yml"
 DASHBOARD = ROOT / "collector-config" / "grafana" / "dashboards" / "backpressure.json"
 SERVICE = "backpressure-demo"
 SCALE = 30  # 15 s scrapes -> 0.5 s; a 10m window -> 20 s; for: 5m -> 10 s
-DURATION = 150  # seconds of demo: rush 42 s, storm and bug 25 s each, recovery 42 s
+DURATION = 180  # seconds of demo: rush 50 s, storm and bug 31 s each, recovery 50 s
 
 # Which phase of the demo's scenario must trigger each alert, and for what.
 POLICY = "backpressure_rate_limit_policy"
