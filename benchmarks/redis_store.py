@@ -180,7 +180,7 @@ async def _client_breakdown(url: str) -> list[tuple[str, float]]:
     suffixes, tail = store._script_args((policy,))
     keys, args = [f"{store.prefix}{{client-1}}{suffixes[0]}"], [b"", 1, *tail]
     reply = await store._script(keys, args)
-    verdict = store._unavailable((policy,), "warm-up")
+    verdict = store._unavailable((policy,), "warm-up", store.breaker)
     chosen = limiter._arguments("client-1", None, 1)
     breaker = store.breaker
 
