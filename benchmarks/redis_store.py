@@ -180,22 +180,16 @@ async def _client_breakdown(url: str) -> list[tuple[str, float]]:
     suffixes, tail = store._script_args((policy,))
     keys, args = [f"{store.prefix}{{client-1}}{suffixes[0]}"], [b"", 1, *tail]
     reply = await store._script(keys, args)
-    verdict = store._unavailable((policy,), "warm-up", store.breaker)
-    chosen = limiter._arguments("client-1", None, 1)
     breaker = store.breaker
 
     def build() -> object:
         tagged = f"{store.prefix}{{client-1}}"
         return [tagged + suffix for suffix in suffixes], [b"", 1, *tail]
 
-    def meter() -> object:
-        return limiter._finish(verdict, limiter._arguments("client-1", None, 1), False)
-
     def admit() -> None:
         breaker.succeeded(breaker.admit())
 
     rows = [
-        ("limiter: argument checks + metering", _per_call_us(meter)),
         ("store: keys and script arguments", _per_call_us(build)),
         ("store: breaker", _per_call_us(admit)),
         ("store: reply parsing", _per_call_us(lambda: store_verdict(reply))),
@@ -214,7 +208,6 @@ async def _client_breakdown(url: str) -> list[tuple[str, float]]:
         }
     )
     rows += totals.items()
-    del chosen
     await store.aclose()
     return rows
 
