@@ -22,18 +22,18 @@ nox.options.error_on_missing_interpreters = True
 PYTHONS = ("3.10", "3.11", "3.12", "3.13")
 NEWEST = PYTHONS[-1]
 
-# The lowest supported version of each optional library and of OpenTelemetry,
-# per Python where the lowest release has no build for that Python (asyncpg
-# ships wheels for 3.12 from 0.29 and for 3.13 from 0.30). SQLAlchemy's 1.4
-# series is tested at its last release, the one 1.4 applications run.
-_LOWEST_COMMON = (
-    "sqlalchemy[asyncio]==1.4.54",
-    "redis==4.6.0",
-    "limits==3.0.0",
-    "setuptools<81",  # limits 3.0 imports pkg_resources, which setuptools 81 removed
+# The lowest supported version of each optional library and of OpenTelemetry:
+# the floors the code runs on today (CHANGELOG.md says which are above the
+# issue's targets, and why). SQLAlchemy's lowest is 2.0.36: the suite's pool
+# scenarios use 2.0 features (the psycopg dialect, async_creator).
+LOWEST_PINS = (
+    "sqlalchemy[asyncio]==2.0.36",
+    "asyncpg==0.30.0",
+    "redis==5.0.1",
+    "limits==3.13.0",
     "starlette==0.27.0",
     "fastapi==0.100.0",
-    "httpx==0.23.3",
+    "httpx==0.27.0",
     "opentelemetry-api==1.30.0",
     "opentelemetry-sdk==1.30.0",
     "opentelemetry-exporter-otlp-proto-grpc==1.30.0",
@@ -44,14 +44,13 @@ _LOWEST_COMMON = (
     "opentelemetry-instrumentation-asgi==0.51b0",
     "opentelemetry-instrumentation-fastapi==0.51b0",
 )
+# wrapt's lowest with a build for each Python
 LOWEST = {
-    "3.10": (*_LOWEST_COMMON, "asyncpg==0.27.0", "wrapt==1.14.1"),
-    "3.11": (*_LOWEST_COMMON, "asyncpg==0.27.0", "wrapt==1.14.1"),
-    "3.12": (*_LOWEST_COMMON, "asyncpg==0.29.0", "wrapt==1.16.0"),
-    "3.13": (*_LOWEST_COMMON, "asyncpg==0.30.0", "wrapt==1.17.0"),
+    "3.10": (*LOWEST_PINS, "wrapt==1.14.1"),
+    "3.11": (*LOWEST_PINS, "wrapt==1.14.1"),
+    "3.12": (*LOWEST_PINS, "wrapt==1.16.0"),
+    "3.13": (*LOWEST_PINS, "wrapt==1.17.0"),
 }
-# Between the bounds: the SQLAlchemy series users are moving to.
-MIDDLE = ("sqlalchemy[asyncio]==2.0.*",)
 
 # What a library bound can change: the parts' unit and integration tests. The
 # dashboard, alert rules and demo do not depend on a library's version, and
@@ -72,7 +71,6 @@ SHOW_VERSIONS = (
 COMPAT = [
     *((python, "lowest") for python in PYTHONS),
     *((python, "highest") for python in PYTHONS if python != NEWEST),  # NEWEST: ``tests``
-    ("3.11", "sqlalchemy-2.0"),
 ]
 
 
@@ -88,11 +86,7 @@ def tests(session: nox.Session) -> None:
 @nox.parametrize(("python", "bound"), COMPAT, ids=[f"{p}-{b}" for p, b in COMPAT])
 def compat(session: nox.Session, bound: str) -> None:
     """The parts' tests on one Python with every optional library at one bound."""
-    pins: tuple[str, ...] = ()
-    if bound == "lowest":
-        pins = LOWEST[str(session.python)]
-    elif bound == "sqlalchemy-2.0":
-        pins = MIDDLE
+    pins = LOWEST[str(session.python)] if bound == "lowest" else ()
     # One resolution with the pins, so that nothing else drags a pin upwards.
     session.install("-e", ".[test]", *pins)
     session.run("python", "-c", SHOW_VERSIONS)

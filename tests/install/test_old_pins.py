@@ -26,7 +26,7 @@ APP_PINS = {
     "httpx": "0.23.3",
     "sqlalchemy": "1.4.41",
     "databases": "0.6.2",
-    "asyncpg": "0.27.0",
+    "asyncpg": "0.30.0",
     "anyio": "3.7.1",
     "pydantic": "1.10.13",
 }
