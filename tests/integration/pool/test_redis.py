@@ -38,6 +38,22 @@ def open_on_server(admin: redis.Redis, client_name: str) -> int:
     return sum(1 for client in admin.client_list() if client.get("name") == client_name)
 
 
+def checkout(pool: Any) -> Any:
+    """``pool.get_connection()``; redis-py before 5.3 wants a command name."""
+    try:
+        return pool.get_connection()
+    except TypeError:
+        return pool.get_connection("PING")
+
+
+async def acheckout(pool: Any) -> Any:
+    """``checkout`` for ``redis.asyncio``."""
+    try:
+        return await pool.get_connection()
+    except TypeError:
+        return await pool.get_connection("PING")
+
+
 def state(used: int, idle: int, pending: int = 0, timeouts: int = 0) -> dict[str, Any]:
     return {
         USED: used,
@@ -61,14 +77,12 @@ def test_blocking_pool_through_known_states(
     )
     try:
         assert counts_of(metrics, "blocking") == state(0, 0)
-        first, second = pool.get_connection(), pool.get_connection()
+        first, second = checkout(pool), checkout(pool)
         assert counts_of(metrics, "blocking") == state(2, 0)
         assert open_on_server(admin, client_name) == 2
 
         got: list[Any] = []
-        waiters = [
-            threading.Thread(target=lambda: got.append(pool.get_connection())) for _ in "abc"
-        ]
+        waiters = [threading.Thread(target=lambda: got.append(checkout(pool))) for _ in "abc"]
         for waiter in waiters:
             waiter.start()
         poll(lambda: counts_of(metrics, "blocking") == state(2, 0, pending=3), "three waiters")
@@ -109,10 +123,10 @@ def test_blocking_pool_counts_timeouts(
     handle = otel_backpressure.instrument(pool, meter_provider=metrics.meter_provider)
     series = {NAME: handle.pool_name}
     try:
-        held = pool.get_connection()
+        held = checkout(pool)
         for _ in range(2):
             with pytest.raises(redis.ConnectionError, match="No connection available"):
-                pool.get_connection()
+                checkout(pool)
         assert metrics.value("db.client.connection.timeouts", series) == 2
         assert metrics.value("db.client.connection.pending_requests", series) == 0
         pool.release(held)
@@ -153,10 +167,10 @@ async def test_asyncio_blocking_pool_through_known_states(
     name = handle.pool_name
     try:
         assert name == "127.0.0.1:6379/0"
-        held = [await pool.get_connection(), await pool.get_connection()]
+        held = [await acheckout(pool), await acheckout(pool)]
         assert counts_of(metrics, name) == state(2, 0)
         assert open_on_server(admin, client_name) == 2
-        waiters = [asyncio.ensure_future(pool.get_connection()) for _ in range(3)]
+        waiters = [asyncio.ensure_future(acheckout(pool)) for _ in range(3)]
         await wait_for(lambda: counts_of(metrics, name) == state(2, 0, pending=3), "three waiters")
         await pool.release(held.pop())
         got = [await next(asyncio.as_completed(waiters))]
@@ -184,14 +198,23 @@ def test_instrumentor_catches_pools_the_app_creates(
     client = redis.Redis.from_url(redis_url.rsplit("/", 1)[0] + "/3", client_name=client_name)
     try:
         client.ping()
+        # redis-py 6 bounds a pool at 100 by default; before, "unbounded" was 2**31
+        limit = client.connection_pool.max_connections
+        limits = (
+            {
+                "db.client.connection.max": limit,
+                "db.client.connection.idle.max": limit,
+                "backpressure.pool.usage": 0.0,
+            }
+            if limit < 2**31
+            else {}
+        )
         assert counts_of(metrics, "127.0.0.1:6379/3") == {
             USED: 0,
             IDLE: 1,
             "db.client.connection.pending_requests": 0,
             "db.client.connection.timeouts": 0,
-            "db.client.connection.max": 100,
-            "db.client.connection.idle.max": 100,
-            "backpressure.pool.usage": 0.0,
+            **limits,
         }
         instrumentor.uninstrument()
         assert counts_of(metrics, "127.0.0.1:6379/3") == {}
@@ -216,9 +239,9 @@ def test_timings_off_hooks_only_what_counts_timeouts(
         assert "get_connection" not in plain.__dict__
         assert "release" not in plain.__dict__
         assert "release" not in blocking.__dict__
-        held = blocking.get_connection()
+        held = checkout(blocking)
         with pytest.raises(redis.ConnectionError, match="No connection available"):
-            blocking.get_connection()
+            checkout(blocking)
         blocking.release(held)
         series = {NAME: handles[1].pool_name}
         assert metrics.value("db.client.connection.timeouts", series) == 1
@@ -238,12 +261,12 @@ async def test_idle_connections_the_server_closed_stop_counting(
     """CLIENT KILL of an idle connection: redis-py learns it at next use, the count at once."""
     if flavour == "sync":
         pool: Any = redis.ConnectionPool.from_url(redis_url, client_name=client_name)
-        held = [pool.get_connection(), pool.get_connection()]
+        held = [checkout(pool), checkout(pool)]
         for connection in held:
             pool.release(connection)
     else:
         pool = redis.asyncio.ConnectionPool.from_url(redis_url, client_name=client_name)
-        held = [await pool.get_connection(), await pool.get_connection()]
+        held = [await acheckout(pool), await acheckout(pool)]
         for connection in held:
             await pool.release(connection)
     handle = otel_backpressure.instrument(pool, meter_provider=metrics.meter_provider)
