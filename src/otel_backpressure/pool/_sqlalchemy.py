@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import sys
 import time
 import weakref
 from collections.abc import Callable
@@ -32,7 +33,6 @@ from typing import Any, ClassVar
 
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
-from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import (
     AssertionPool,
     NullPool,
@@ -64,7 +64,11 @@ _MAX_OPEN_CHECKOUTS = 65_536
 
 def resolve_engine(target: object) -> Engine | None:
     """The sync ``Engine`` behind ``target``, or None if it is not an engine."""
-    if isinstance(target, AsyncEngine):
+    # Not imported here: with SQLAlchemy 2.1 and no greenlet, importing
+    # sqlalchemy.ext.asyncio raises, and a sync-only app never needs it. An
+    # AsyncEngine cannot exist unless its module was imported.
+    asyncio_ext = sys.modules.get("sqlalchemy.ext.asyncio")
+    if asyncio_ext is not None and isinstance(target, asyncio_ext.AsyncEngine):
         target = target.sync_engine
     if not isinstance(target, Engine):
         return None
