@@ -13,6 +13,7 @@ import re
 import signal
 import socket
 import subprocess
+import sysconfig
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,6 +26,19 @@ AGENT = Path(rotel.__file__).parent / "rotel-agent"
 
 _ATTRIBUTE = re.compile(r"^-> ([^:]+): (\w+)\((.*)\)$")
 _FIELD = re.compile(r"^(\w[\w ]*?)\s*: (.*)$")
+
+
+def _agent_env() -> dict[str, str]:
+    """The agent's environment: it links this Python's libpython (it can run
+    Python processors), which a pyenv build keeps in its own LIBDIR, outside
+    the loader's default path."""
+    env = {**os.environ, "NO_COLOR": "1"}
+    libdir = sysconfig.get_config_var("LIBDIR")
+    if libdir:
+        env["LD_LIBRARY_PATH"] = os.pathsep.join(
+            part for part in (libdir, env.get("LD_LIBRARY_PATH")) if part
+        )
+    return env
 
 
 def free_port() -> int:
@@ -205,7 +219,7 @@ class Collector:
                 ],
                 stdout=sink,
                 stderr=subprocess.STDOUT,
-                env={**os.environ, "NO_COLOR": "1"},
+                env=_agent_env(),
             )
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
