@@ -74,12 +74,22 @@ TRIGGERED_BY: dict[str, tuple[str, dict[str, str]]] = {
 }
 
 
+# Alerts a phase may trigger as a side effect, depending on the machine: the
+# rush's leaderboard renders fill asyncio's default executor (cpu count + 4
+# threads) on a small machine. If they fire, it is in that phase, and they
+# resolve.
+MAY_FIRE: dict[str, tuple[str, dict[str, str]]] = {
+    "BackpressureThreadPoolSaturated": ("rush", {}),
+}
+
+
 def matches(alert: dict[str, Any]) -> str | None:
-    """The TRIGGERED_BY entry an active alert is, if any."""
+    """The TRIGGERED_BY or MAY_FIRE entry an active alert is, if any."""
     name = alert["labels"]["alertname"]
-    if name not in TRIGGERED_BY:
+    expected = {**TRIGGERED_BY, **MAY_FIRE}
+    if name not in expected:
         return None
-    wanted = TRIGGERED_BY[name][1]
+    wanted = expected[name][1]
     return name if all(alert["labels"].get(k) == v for k, v in wanted.items()) else None
 
 
@@ -337,7 +347,7 @@ def test_dashboard_and_alerts_on_a_real_prometheus(tmp_path: Path, prometheus: P
         "label/otel_scope_version/values", **{"match[]": '{otel_scope_name="otel_backpressure"}'}
     )
     report = [f"phases (s from start): { {p: round(t - started) for p, t in demo.phases.items()} }"]
-    for alert, (phase, _) in TRIGGERED_BY.items():
+    for alert, (phase, _) in {**TRIGGERED_BY, **MAY_FIRE}.items():
         begun = demo.phases.get(phase, ended) - started
         active = first_active.get(alert)
         firing = first_firing.get(alert)
@@ -365,6 +375,9 @@ def test_dashboard_and_alerts_on_a_real_prometheus(tmp_path: Path, prometheus: P
     assert silent == impossible, f"no data for {sorted(silent - impossible)}"
 
     assert not active_in_first_calm, f"active while the demo was calm: {active_in_first_calm}"
+    for alert, (phase, _) in MAY_FIRE.items():
+        if alert in first_active:
+            assert first_active[alert][0] >= demo.phases[phase], f"{alert} before {phase}"
     for alert, (phase, _) in TRIGGERED_BY.items():
         assert alert in first_active, f"{alert} never went pending or firing\n" + "\n".join(report)
         assert first_active[alert][0] >= demo.phases[phase], f"{alert} before {phase}"
@@ -372,5 +385,6 @@ def test_dashboard_and_alerts_on_a_real_prometheus(tmp_path: Path, prometheus: P
         assert alert in first_firing, f"{alert} never fired\n" + "\n".join(report)
     # Nothing else fired at any time: a pending alert that never fired (a small
     # policy's noise, held back by `for:`) is what `for:` is for.
-    assert fired <= set(TRIGGERED_BY), f"fired outside their scenario: {fired - set(TRIGGERED_BY)}"
+    expected = set(TRIGGERED_BY) | set(MAY_FIRE)
+    assert fired <= expected, f"fired outside their scenario: {fired - expected}"
     assert not last_active, f"still active at the end of the recovery: {last_active}"
