@@ -76,6 +76,8 @@ def test_demo_on_sqlite_feeds_a_collector(tmp_path: Path, collector: Collector) 
         "db.client.connection.timeouts",
         "backpressure.rate_limit.requests",
         "backpressure.exceptions",
+        "http.client.open_connections",  # the profile service, over real HTTP
+        "http.client.request.time_in_queue",
     ):
         assert name in received.metrics, sorted(received.metrics)
     assert received.metrics["db.client.connection.timeouts"].total() >= 1
@@ -91,3 +93,10 @@ def test_demo_on_postgresql(tmp_path: Path, postgres_dsn: str) -> None:
     assert_backpressure_happened(stdout, summary)
     assert "no OTLP endpoint: summary only" in stdout
     assert "password" not in stdout
+
+
+@pytest.mark.integration
+def test_demo_shows_its_redis_and_outbound_http_pools(tmp_path: Path, redis_url: str) -> None:
+    stdout, summary = run_demo(tmp_path, "--redis-url", redis_url)
+    assert redis_url.split("//", 1)[1] in summary["pools"], sorted(summary["pools"])
+    assert re.search(r"^  HTTP pools 127\.0\.0\.1: active \d+, idle \d+", stdout, re.MULTILINE)

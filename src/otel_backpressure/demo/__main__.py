@@ -85,6 +85,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--pool-timeout", type=_positive(float), default=0.25, help="pool checkout timeout (0.25 s)"
     )
+    parser.add_argument(
+        "--redis-url",
+        default=os.environ.get("BACKPRESSURE_DEMO_REDIS_URL"),
+        help="cache player profiles in this Redis (a second pool to watch); default: none",
+    )
     parser.add_argument("--seed", type=int, default=7, help="random seed of the players (7)")
     parser.add_argument("--summary-json", type=Path, default=None, help="also write the summary")
     return parser.parse_args(argv)
@@ -113,6 +118,7 @@ async def run(args: argparse.Namespace) -> int:
     from sqlalchemy.ext.asyncio import create_async_engine
 
     from otel_backpressure.demo.app import GameService, build_app, player_policy, proposed_policy
+    from otel_backpressure.demo.outbound import Profiles, ProfileService
     from otel_backpressure.ratelimit import RateLimiter
 
     export = args.otlp_endpoint is not None or any(
@@ -140,6 +146,10 @@ async def run(args: argparse.Namespace) -> int:
         pool_timeout=args.pool_timeout,
     )
     service = GameService(engine, suffix=uuid.uuid4().hex[:8])
+    # the game's upstream over real HTTP, and its clients: made after the
+    # instrumentor is on, which instruments their pools as they are created
+    upstream = ProfileService().__enter__()
+    profiles = Profiles(upstream.url, redis_url=args.redis_url)
     limiter = RateLimiter([player_policy()], meter_provider=telemetry.meter_provider)
     proposed = RateLimiter([proposed_policy()], meter_provider=telemetry.meter_provider)
     summary = DemoSummary()
@@ -158,13 +168,20 @@ async def run(args: argparse.Namespace) -> int:
     try:
         await service.create_schema(args.players)
         traffic = await _drive(
-            args, build_app(service, limiter, proposed), service, summary, reader
+            args,
+            build_app(service, limiter, proposed, profiles),
+            service,
+            summary,
+            reader,
+            upstream,
         )
         summary.update(read_snapshot(reader))
         telemetry.force_flush()  # export the pools' last readings while they still exist
     finally:
         await _close(service, limiter)
         await _close_store(proposed)
+        await profiles.aclose()
+        upstream.__exit__(None, None, None)
         await engine.dispose()
         telemetry.shutdown()
         if workdir is not None:
@@ -184,6 +201,7 @@ async def _drive(
     service: Any,
     summary: DemoSummary,
     reader: InMemoryMetricReader,
+    upstream: Any = None,
 ) -> Any:
     import httpx
 
@@ -223,6 +241,8 @@ async def _drive(
                 now = loop.time()
                 current = phase_at((now - started) / args.duration)
                 service.leaderboard_hold, service.bug_rate = current.hold, current.bug
+                if upstream is not None:
+                    upstream.delay = current.upstream
                 snapshot = read_snapshot(reader)
                 summary.update(snapshot)  # sample often: peaks are short
                 tick = now >= next_print

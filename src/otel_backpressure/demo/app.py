@@ -172,7 +172,10 @@ def player_key(scope: Any) -> str | None:
 
 
 def build_app(
-    service: GameService, limiter: RateLimiter, proposed: RateLimiter | None = None
+    service: GameService,
+    limiter: RateLimiter,
+    proposed: RateLimiter | None = None,
+    profiles: Any = None,
 ) -> Any:
     """The ASGI app: Starlette, error mapping inside it, rate limiting in front.
 
@@ -195,6 +198,8 @@ def build_app(
         Route("/leaderboard", service.leaderboard, methods=["GET"]),
         Route("/matches", service.match, methods=["POST"]),
     ]
+    if profiles is not None:  # outbound.Profiles: an HTTP pool and maybe a Redis pool
+        routes.append(Route("/players/{player_id:int}/profile", profiles.endpoint))
     app: Any = Starlette(
         routes=routes,
         middleware=[

@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 
 from otel_backpressure.demo.app import MAX_SCORE, PLAYER_ID_HEADER
+from otel_backpressure.demo.outbound import PROFILE_SHARE
 from otel_backpressure.demo.scenario import Phase
 
 __all__ = ["Traffic", "play"]
@@ -85,6 +86,8 @@ async def _one_request(
     if roll < 0.45:
         # one lookup in ten asks for a player who does not exist: 404
         target = rng.randint(1, players) if rng.random() > 0.1 else players + 10_000
+        if rng.random() < PROFILE_SHARE:  # the profile, from a service over HTTP
+            return await client.get(f"/players/{target}/profile", headers=headers)
         return await client.get(f"/players/{target}", headers=headers)
     if roll < 0.85:
         # one score in ten is out of range: 422

@@ -24,7 +24,9 @@ class Phase:
     leaderboard; ``hold``: seconds a leaderboard read keeps its connection;
     ``storm``: chance per round that a player fires a burst of refreshes (more
     than its rate-limit burst); ``bug``: chance that a match request hits the
-    matchmaker bug; ``pause``: seconds a player waits between rounds (low, high).
+    matchmaker bug; ``pause``: seconds a player waits between rounds (low, high);
+    ``upstream``: seconds the profile service takes to answer (its HTTP pool of
+    two connections queues past 2 lookups a second at 1 s).
     """
 
     name: str
@@ -35,6 +37,7 @@ class Phase:
     storm: float
     bug: float
     pause: tuple[float, float]
+    upstream: float = 0.02
 
 
 def _calm(name: str, start: float, summary: str) -> Phase:
@@ -57,12 +60,13 @@ PHASES: tuple[Phase, ...] = (
     Phase(
         "storm",
         0.38,
-        "impatient refresh storms: the rate limiter rejects, a stricter dry-run policy would too",
+        "refresh storms (the limiter rejects, a stricter dry run would) and a slow profile service",
         leaderboard=0.05,
         hold=0.05,
         storm=0.6,
         bug=0.0,
         pause=(0.1, 0.3),
+        upstream=1.0,  # and the profile service slows: its HTTP pool saturates, queues, gives up
     ),
     Phase(
         "bug",
@@ -73,6 +77,7 @@ PHASES: tuple[Phase, ...] = (
         storm=0.0,
         bug=1.0,
         pause=(0.3, 0.6),
+        upstream=1.0,  # still slow: the HTTP pool stays saturated through the release
     ),
     _calm("recovery", 0.72, "back to normal play: alerts resolve"),
 )
