@@ -29,6 +29,7 @@ import sys
 import tempfile
 import textwrap
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -203,14 +204,21 @@ async def _drive(
     reader: InMemoryMetricReader,
     upstream: Any = None,
 ) -> Any:
+    import anyio.to_thread
     import httpx
 
+    from otel_backpressure.demo.app import EXECUTOR_WORKERS, THREAD_TOKENS
     from otel_backpressure.demo.players import Traffic, play
     from otel_backpressure.demo.scenario import PHASES, phase_at
     from otel_backpressure.demo.view import Header, LiveView
 
+    # the limiter the sync /export endpoint runs on, smaller than anyio's 40
+    anyio.to_thread.current_default_thread_limiter().total_tokens = THREAD_TOKENS
     traffic = Traffic()
     loop = asyncio.get_running_loop()
+    loop.set_default_executor(
+        ThreadPoolExecutor(max_workers=EXECUTOR_WORKERS, thread_name_prefix="asyncio")
+    )
     started = loop.time()
     deadline = started + args.duration
     current = PHASES[0]

@@ -9,6 +9,12 @@ Routes, and the backpressure each one produces:
 - ``GET /leaderboard``: a slow report that holds its connection, so concurrent
   calls push the pool into overflow and then into checkout timeouts (503).
 - ``POST /matches``: a rare unmapped bug (``RuntimeError``) to show ``unhandled``.
+- ``GET /export``: a report built by sync code, so Starlette runs it on a thread of
+  anyio's default limiter (``THREAD_TOKENS`` tokens in the demo): concurrent exports
+  fill the limiter and queue (``backpressure.thread_pool.*``, ``anyio``).
+- ``GET /stats``: a stats route with a blocking call on the event loop (the classic
+  mistake: a sync call inside ``async def``), so every request waits behind it
+  (``backpressure.event_loop.delay``).
 
 Every request is rate limited per player (``player`` policy) and the
 leaderboard also per ``leaderboard`` policy.
@@ -36,10 +42,26 @@ from otel_backpressure.ratelimit import Policy, RateLimiter
 from otel_backpressure.ratelimit.middleware import RateLimitMiddleware
 from otel_backpressure.version import __version__
 
-__all__ = ["GameService", "build_app", "player_policy", "proposed_policy"]
+__all__ = [
+    "EXECUTOR_WORKERS",
+    "THREAD_TOKENS",
+    "GameService",
+    "build_app",
+    "player_policy",
+    "proposed_policy",
+]
 
 PLAYER_ID_HEADER = "x-player-id"
 MAX_SCORE = 1000
+#: anyio's default thread limiter in the demo (40 by default): a handful of
+#: concurrent exports fill it, as 40 would on a busier service.
+THREAD_TOKENS = 6
+EXPORT_SECONDS = 0.4  # a report export holds its thread this long
+STALL_SECONDS = 0.15  # the stats route blocks the loop this long
+#: asyncio's default executor, where the leaderboard renders: large enough that
+#: the rush fills the connection pool, not the threads (that is the threads
+#: phase's story, on anyio's limiter)
+EXECUTOR_WORKERS = 32
 
 _tracer = trace.get_tracer("otel_backpressure.demo", __version__)
 
@@ -147,6 +169,16 @@ class GameService:
                 )
         return JSONResponse([{"name": r.name, "score": r.score} for r in rows])
 
+    def export(self, request: Request) -> JSONResponse:
+        # sync: Starlette runs it on a thread of anyio's default limiter
+        time.sleep(EXPORT_SECONDS * random.uniform(0.5, 1.5))
+        return JSONResponse({"export": "done"})
+
+    async def stats(self, request: Request) -> JSONResponse:
+        with _tracer.start_as_current_span("game.stats"):
+            time.sleep(STALL_SECONDS)  # noqa: ASYNC251 - the blocking call the demo shows
+        return JSONResponse({"players": "counted"})
+
     async def match(self, request: Request) -> JSONResponse:
         with _tracer.start_as_current_span("game.match"):
             if random.random() < self.bug_rate:
@@ -197,6 +229,8 @@ def build_app(
         Route("/players", service.signup, methods=["POST"]),
         Route("/leaderboard", service.leaderboard, methods=["GET"]),
         Route("/matches", service.match, methods=["POST"]),
+        Route("/export", service.export, methods=["GET"]),
+        Route("/stats", service.stats, methods=["GET"]),
     ]
     if profiles is not None:  # outbound.Profiles: an HTTP pool and maybe a Redis pool
         routes.append(Route("/players/{player_id:int}/profile", profiles.endpoint))

@@ -50,7 +50,7 @@ async def play(
     headers = {PLAYER_ID_HEADER: str(player)}
     while loop.time() < deadline:
         now = phase()
-        requests = [_one_request(client, player, players, headers, rng, now.leaderboard)]
+        requests = [_one_request(client, player, players, headers, rng, now)]
         if rng.random() < now.storm:
             # more refreshes at once than the player policy's burst: some get 429
             requests += [client.get(f"/players/{player}", headers=headers) for _ in range(STORM)]
@@ -78,10 +78,14 @@ async def _one_request(
     players: int,
     headers: dict[str, str],
     rng: random.Random,
-    leaderboard: float,
+    phase: Phase,
 ) -> httpx.Response:
-    if rng.random() < leaderboard:
+    if rng.random() < phase.leaderboard:
         return await client.get("/leaderboard", headers=headers)
+    if rng.random() < phase.export:
+        return await client.get("/export", headers=headers)
+    if rng.random() < phase.stats:
+        return await client.get("/stats", headers=headers)
     roll = rng.random()
     if roll < 0.45:
         # one lookup in ten asks for a player who does not exist: 404

@@ -26,7 +26,10 @@ class Phase:
     than its rate-limit burst); ``bug``: chance that a match request hits the
     matchmaker bug; ``pause``: seconds a player waits between rounds (low, high);
     ``upstream``: seconds the profile service takes to answer (its HTTP pool of
-    two connections queues past 2 lookups a second at 1 s).
+    two connections queues past 2 lookups a second at 1 s);
+    ``export``: share of requests that run the sync report export on a thread
+    of anyio's limiter; ``stats``: share that run the stats route, which blocks
+    the event loop.
     """
 
     name: str
@@ -38,6 +41,8 @@ class Phase:
     bug: float
     pause: tuple[float, float]
     upstream: float = 0.02
+    export: float = 0.0
+    stats: float = 0.0
 
 
 def _calm(name: str, start: float, summary: str) -> Phase:
@@ -79,7 +84,19 @@ PHASES: tuple[Phase, ...] = (
         pause=(0.3, 0.6),
         upstream=1.0,  # still slow: the HTTP pool stays saturated through the release
     ),
-    _calm("recovery", 0.72, "back to normal play: alerts resolve"),
+    Phase(
+        "threads",
+        0.66,
+        "a sync report export fills the thread limiter; a stats route blocks the event loop",
+        leaderboard=0.05,
+        hold=0.05,
+        storm=0.0,
+        bug=0.0,
+        pause=(0.2, 0.4),
+        export=0.5,
+        stats=0.6,
+    ),
+    _calm("recovery", 0.80, "back to normal play: alerts resolve"),
 )
 
 

@@ -24,6 +24,8 @@ def test_each_trouble_has_its_own_phase() -> None:
     assert by_name["rush"].leaderboard > calm.leaderboard
     assert by_name["storm"].storm > calm.storm == 0
     assert by_name["bug"].bug > calm.bug == 0
+    assert by_name["threads"].export > calm.export == 0
+    assert by_name["threads"].stats > calm.stats == 0
 
 
 @pytest.mark.parametrize(
@@ -33,6 +35,7 @@ def test_each_trouble_has_its_own_phase() -> None:
         (0.2, "rush"),
         (0.4, "storm"),
         (0.6, "bug"),
+        (0.7, "threads"),
         (0.9, "recovery"),
         (1.0, "recovery"),
     ],
