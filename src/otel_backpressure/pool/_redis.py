@@ -34,12 +34,11 @@ Example::
 from __future__ import annotations
 
 import logging
-import socket
 import sys
 from typing import Any, ClassVar, Final
 
 from otel_backpressure.pool._checkout import HookedPoolSource
-from otel_backpressure.pool._source import PoolReading
+from otel_backpressure.pool._source import PoolReading, peek_first_byte
 
 __all__ = ["RedisPoolSource", "is_redis_pool", "read_redis"]
 
@@ -47,7 +46,6 @@ _logger = logging.getLogger(__name__)
 
 # redis-py before 6 stores "unbounded" as 2**31.
 _UNBOUNDED: Final = 2**31
-_PEEK: Final = socket.MSG_PEEK | getattr(socket, "MSG_DONTWAIT", 0)
 _POOL_MODULES: Final = ("redis.connection", "redis.asyncio.connection")
 
 
@@ -93,20 +91,10 @@ def _open_idle(connection: Any) -> bool:
     if sock is None:
         return True
     try:
-        # a socket object of our own on the same descriptor: redis-py's has a
-        # timeout, under which Python waits for data before any recv
-        probe = socket.socket(fileno=sock.fileno())
+        fileno = sock.fileno()
     except (OSError, ValueError):
-        return False  # closed under us
-    try:
-        first = probe.recv(1, _PEEK)
-    except (BlockingIOError, InterruptedError):
-        return True  # nothing to read: open
-    except OSError:
-        return False  # reset by the server
-    finally:
-        probe.detach()  # the descriptor stays redis-py's
-    return first != b""
+        return False
+    return fileno >= 0 and peek_first_byte(fileno) != b""  # -1: closed under us
 
 
 def _waiters(pool: Any) -> int:

@@ -22,10 +22,12 @@ from typing import Any, ClassVar, Final, Protocol, TypeVar
 
 __all__ = [
     "MAX_BUFFERED",
+    "NOTHING",
     "PoolReading",
     "PoolSource",
     "RecorderSlots",
     "TimingRecorder",
+    "peek_first_byte",
     "server_ended",
     "weak_pool",
 ]
@@ -247,15 +249,32 @@ def server_ended(connection: Any) -> bool:
     try:  # psycopg 3: connection.pgconn.socket; psycopg2: connection.fileno()
         pgconn = getattr(connection, "pgconn", None)
         fileno = pgconn.socket if pgconn is not None else connection.fileno()
-        probe = socket.socket(fileno=fileno)
     except Exception:
         return False
+    return peek_first_byte(fileno) in _ENDED
+
+
+#: What ``peek_first_byte`` returns when nothing waits to be read.
+NOTHING: Final = b"nothing"
+
+
+def peek_first_byte(fileno: int) -> bytes:
+    """The first byte waiting on socket ``fileno``, left there: ``b""`` for EOF (or a
+    reset), ``NOTHING`` when nothing waits (or ``fileno`` is no socket).
+
+    Through a socket object of its own on the descriptor, with no timeout, so
+    the driver's socket timeout cannot turn the peek into a wait; the
+    descriptor stays the driver's.
+    """
     try:
-        first = probe.recv(1, _PEEK)
+        probe = socket.socket(fileno=fileno)
+    except (OSError, ValueError):
+        return NOTHING
+    try:
+        return probe.recv(1, _PEEK)
     except (BlockingIOError, InterruptedError):
-        return False  # nothing to read: open
+        return NOTHING  # nothing to read: open
     except OSError:
-        return True  # reset by the server
+        return b""  # reset by the server
     finally:
-        probe.detach()  # the descriptor stays the driver's
-    return first in _ENDED
+        probe.detach()
