@@ -220,3 +220,44 @@ def test_default_names_never_carry_credentials(
 ) -> None:
     pool = psycopg_pool.ConnectionPool(conninfo, kwargs=kwargs, open=False)
     assert PsycopgPoolSource.server(pool) == name
+
+
+def test_two_providers_each_get_every_timing(
+    postgres_dsn: str, application_name: str, metrics: MetricsCapture, clock: FakeClock
+) -> None:
+    other = MetricsCapture()
+    pool = psycopg_pool.ConnectionPool(
+        postgres_dsn,
+        min_size=1,
+        max_size=1,
+        kwargs={"application_name": application_name},
+        open=True,
+    )
+    handles = [
+        otel_backpressure.instrument(
+            pool, meter_provider=capture.meter_provider, clock=clock, pool_name="both"
+        )
+        for capture in (metrics, other)
+    ]
+    try:
+        pool.wait()
+        for held_for in (0.25, 0.5):
+            connection = pool.getconn(timeout=5)  # a keyword argument goes through as well
+            clock.advance(held_for)
+            pool.putconn(connection)
+        handles.pop().uninstrument()  # the remaining provider keeps timing on its own
+        connection = pool.getconn()
+        clock.advance(2.0)
+        pool.putconn(connection)
+        first = metrics.snapshot({NAME: "both"})
+        second = other.snapshot({NAME: "both"})
+        # wait_time is 0 (the fake clock stands still during getconn); use_time exact
+        assert first["db.client.connection.wait_time"][:2] == (3, 0)
+        assert first["db.client.connection.use_time"][:2] == (3, 2.75)
+        assert second["db.client.connection.use_time"][:2] == (2, 0.75)
+    finally:
+        for handle in handles:
+            handle.uninstrument()
+        pool.close()
+        other.shutdown()
+    assert "getconn" not in pool.__dict__
