@@ -1,4 +1,4 @@
-"""Hand many buffered durations to an SDK histogram at the cost of a bisect each.
+"""Hand many buffered durations to an SDK histogram at the cost of one sort per batch.
 
 ``Histogram.record()`` costs several microseconds per value (a ``Measurement``,
 the exemplar filter, attribute hashing, locks). Pool timings are buffered on the
@@ -26,8 +26,9 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import operator
 import sys
-from bisect import bisect_left
+from bisect import bisect_right
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -148,18 +149,32 @@ class HistogramSink:
         return found
 
 
+def _bucket_counts(values: Sequence[float], boundaries: Sequence[float]) -> list[int]:
+    """How many ``values`` fall in each bucket: the first whose boundary is >= the value.
+
+    Pool durations mostly fall below the first boundary (1 ms), so one C-level
+    filter pass takes those out and only the rest are sorted and bisected:
+    about four times cheaper than a bisect per value in a Python loop.
+    """
+    if not boundaries:
+        return [len(values)]
+    above = sorted(filter(functools.partial(operator.lt, boundaries[0]), values))
+    first = len(values) - len(above)
+    below = [first + bisect_right(above, boundary) for boundary in boundaries[1:]]
+    return [b - a for a, b in zip([0, first, *below], [first, *below, len(values)], strict=True)]
+
+
 def _merge(aggregations: list[tuple[Any, Any]], values: Sequence[float]) -> None:
     """What ``aggregate()`` does per value, for a batch; the same arithmetic, in order."""
-    if not math.isfinite(math.fsum(values)):  # an inf or nan among them: record() skips those
+    # an inf or nan among them (record() skips those) makes the plain sum non-finite;
+    # so does an overflow of finite values, and then filtering changes nothing
+    if not math.isfinite(sum(values)):
         values = [value for value in values if math.isfinite(value)]
         if not values:
             return
     low, high = min(values), max(values)
     for match, aggregation in aggregations:
-        boundaries = aggregation._boundaries
-        batch = [0] * (len(boundaries) + 1)
-        for value in values:
-            batch[bisect_left(boundaries, value)] += 1
+        batch = _bucket_counts(values, aggregation._boundaries)
         # The view match's lock is held as record() holds it, so a delta
         # collection cannot discard the aggregation halfway through.
         with match._lock, aggregation._lock:
@@ -169,7 +184,7 @@ def _merge(aggregations: list[tuple[Any, Any]], values: Sequence[float]) -> None
             for index, count in enumerate(batch):
                 counts[index] += count
             total = aggregation._sum
-            for value in values:
+            for value in values:  # one by one in arrival order, as record() adds them
                 total += value
             aggregation._sum = total
             if aggregation._record_min_max:

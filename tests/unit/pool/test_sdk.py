@@ -62,7 +62,12 @@ def _summary(point: HistogramDataPoint | None):
     )
 
 
-VALUES = [random.Random(7).uniform(0, 12) for _ in range(500)] + [0.001, 0.005, 10.0, 0.0]
+VALUES = (
+    [random.Random(7).uniform(0, 12) for _ in range(500)]
+    + [0.001, 0.005, 10.0, 0.0]
+    # mostly below the first boundary, as pool durations are
+    + [random.Random(8).expovariate(2000) for _ in range(300)]
+)
 
 
 @pytest.mark.parametrize(
