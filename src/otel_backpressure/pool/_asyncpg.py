@@ -200,7 +200,9 @@ def _instrumented(base: type, source: AsyncpgPoolSource) -> type:
         start = clock()
         try:
             proxy = await base_acquire(self, timeout)
-        except asyncio.TimeoutError:
+        except (asyncio.TimeoutError, TimeoutError):
+            # one class on 3.11+; on 3.10 asyncpg (0.30+) raises the builtin,
+            # which is not asyncio's
             source.timeouts += 1
             raise
         finally:
