@@ -235,17 +235,52 @@ def configure_telemetry(
     runs at start-up, where a wrong exporter setting should stop the deploy.
     Raises ImportError naming the ``otlp`` extra when the SDK is not installed.
     """
+    _require_sdk()
+    _check_arguments(service_name, metric_export_interval, protocol)
+    span_exporters: dict[str, SpanExporter] = {}
+    metric_exporters: dict[str, MetricExporter] = {}
+    if export:
+        span_exporters = _exporters("traces", protocol, endpoint)
+        metric_exporters = _exporters("metrics", protocol, endpoint)
+    full_resource = _resource(service_name, resource)
+    tracer_provider = _tracer_provider(full_resource, span_processors, span_exporters)
+    exporting_readers = _exporting_readers(metric_exporters, metric_export_interval)
+    meter_provider = _meter_provider(full_resource, [*exporting_readers, *metric_readers])
+    if set_global:
+        _set_global(tracer_provider, meter_provider)
+    instrumentor = None
+    if instrument:
+        instrumentor = _instrument(tracer_provider, meter_provider, instrument_options)
+    telemetry = Telemetry(
+        tracer_provider,
+        meter_provider,
+        span_exporters,
+        metric_exporters,
+        exporting_readers,
+        instrumentor,
+    )
+    atexit.register(telemetry.shutdown)
+    _logger.debug("Configured %r", telemetry)
+    return telemetry
+
+
+def _require_sdk() -> None:
+    """Raise ImportError naming the ``otlp`` extra when the SDK is not installed."""
     try:
-        from opentelemetry.sdk.metrics import MeterProvider
-        from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
-        from opentelemetry.sdk.resources import SERVICE_NAME, Resource
-        from opentelemetry.sdk.trace import TracerProvider
-        from opentelemetry.sdk.trace.export import BatchSpanProcessor
+        import opentelemetry.sdk.metrics.export
+        import opentelemetry.sdk.resources
+        import opentelemetry.sdk.trace.export  # noqa: F401
     except ImportError as exc:
         raise ImportError(
             "configure_telemetry needs the OpenTelemetry SDK: install "
             "opentelemetry-instrumentation-backpressure[otlp]"
         ) from exc
+
+
+def _check_arguments(
+    service_name: str | None, metric_export_interval: float | None, protocol: str | None
+) -> None:
+    """Raise ValueError naming the first of configure_telemetry's arguments that is invalid."""
     if metric_export_interval is not None and (
         isinstance(metric_export_interval, bool)
         or not isinstance(metric_export_interval, (int, float))
@@ -260,77 +295,87 @@ def configure_telemetry(
     if service_name is not None and not (isinstance(service_name, str) and service_name):
         raise ValueError(f"service_name must be a non-empty string, got {service_name!r}")
 
-    span_exporters: dict[str, SpanExporter] = {}
-    metric_exporters: dict[str, MetricExporter] = {}
-    if export:
-        span_exporters = _exporters("traces", protocol, endpoint)
-        metric_exporters = _exporters("metrics", protocol, endpoint)
+
+def _resource(service_name: str | None, resource: Resource | None) -> Resource:
+    from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 
     # Resource.create reads OTEL_RESOURCE_ATTRIBUTES and OTEL_SERVICE_NAME;
     # explicit arguments are merged over them.
     full_resource = Resource.create({SERVICE_NAME: service_name} if service_name else {})
     if resource is not None:
         full_resource = full_resource.merge(resource)
+    return full_resource
+
+
+def _tracer_provider(
+    resource: Resource,
+    span_processors: Sequence[SpanProcessor],
+    span_exporters: dict[str, SpanExporter],
+) -> TracerProvider:
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
     # Telemetry.shutdown runs at exit instead of the SDK's own handlers: it bounds the wait.
-    tracer_provider = TracerProvider(resource=full_resource, shutdown_on_exit=False)
+    tracer_provider = TracerProvider(resource=resource, shutdown_on_exit=False)
     for processor in span_processors:
         tracer_provider.add_span_processor(processor)
     for span_exporter in span_exporters.values():
         # bounded queue (OTEL_BSP_MAX_QUEUE_SIZE): spans are dropped, not kept,
         # while the collector is away
         tracer_provider.add_span_processor(BatchSpanProcessor(span_exporter))
+    return tracer_provider
+
+
+def _exporting_readers(
+    metric_exporters: dict[str, MetricExporter], metric_export_interval: float | None
+) -> list[MetricReader]:
+    """One reader per metrics exporter, exporting every ``metric_export_interval`` seconds."""
+    from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
 
     interval_millis = None if metric_export_interval is None else metric_export_interval * 1000
     # A metrics "exporter" entry point may be a pull reader (Prometheus): used as is.
-    exporting_readers = [
+    return [
         exporter
         if isinstance(exporter, MetricReader)
         else PeriodicExportingMetricReader(exporter, export_interval_millis=interval_millis)
         for exporter in metric_exporters.values()
     ]
-    meter_provider = MeterProvider(
-        resource=full_resource,
-        metric_readers=[*exporting_readers, *metric_readers],
-        shutdown_on_exit=False,
+
+
+def _meter_provider(resource: Resource, metric_readers: Sequence[MetricReader]) -> MeterProvider:
+    from opentelemetry.sdk.metrics import MeterProvider
+
+    return MeterProvider(
+        resource=resource, metric_readers=list(metric_readers), shutdown_on_exit=False
     )
 
-    if set_global:
-        if isinstance(trace.get_tracer_provider(), TracerProvider):
-            # The API keeps the first provider set; ours would be silently ignored.
-            _logger.warning(
-                "An SDK TracerProvider is already installed (opentelemetry-instrument?); "
-                "configure_telemetry's providers are not the global ones"
-            )
-        trace.set_tracer_provider(tracer_provider)
-        metrics.set_meter_provider(meter_provider)
 
-    instrumentor = None
-    if instrument:
-        from otel_backpressure.instrumentor import BackpressureInstrumentor
+def _set_global(tracer_provider: TracerProvider, meter_provider: MeterProvider) -> None:
+    from opentelemetry.sdk.trace import TracerProvider
 
-        candidate = BackpressureInstrumentor()
-        if candidate.is_instrumented_by_opentelemetry:
-            # someone else instrumented (e.g. opentelemetry-instrument): theirs to undo
-            _logger.warning("BackpressureInstrumentor is already instrumented; leaving it as is")
-        else:
-            candidate.instrument(
-                tracer_provider=tracer_provider,
-                meter_provider=meter_provider,
-                **instrument_options,
-            )
-            instrumentor = candidate
-    telemetry = Telemetry(
-        tracer_provider,
-        meter_provider,
-        span_exporters,
-        metric_exporters,
-        exporting_readers,
-        instrumentor,
-    )
-    atexit.register(telemetry.shutdown)
-    _logger.debug("Configured %r", telemetry)
-    return telemetry
+    if isinstance(trace.get_tracer_provider(), TracerProvider):
+        # The API keeps the first provider set; ours would be silently ignored.
+        _logger.warning(
+            "An SDK TracerProvider is already installed (opentelemetry-instrument?); "
+            "configure_telemetry's providers are not the global ones"
+        )
+    trace.set_tracer_provider(tracer_provider)
+    metrics.set_meter_provider(meter_provider)
+
+
+def _instrument(
+    tracer_provider: TracerProvider, meter_provider: MeterProvider, options: dict[str, Any]
+) -> Any:
+    """The instrumentor run on these providers, or None when someone else already ran it."""
+    from otel_backpressure.instrumentor import BackpressureInstrumentor
+
+    candidate = BackpressureInstrumentor()
+    if candidate.is_instrumented_by_opentelemetry:
+        # someone else instrumented (e.g. opentelemetry-instrument): theirs to undo
+        _logger.warning("BackpressureInstrumentor is already instrumented; leaving it as is")
+        return None
+    candidate.instrument(tracer_provider=tracer_provider, meter_provider=meter_provider, **options)
+    return candidate
 
 
 def _exporters(signal: str, protocol: str | None, endpoint: str | None) -> dict[str, Any]:
