@@ -33,6 +33,7 @@ from typing import Any, ClassVar, Final
 from opentelemetry.metrics import CallbackOptions, Histogram, MeterProvider, Observation
 
 from otel_backpressure._shared import get_meter
+from otel_backpressure.pool._registrations import RegisteredSources
 from otel_backpressure.pool._sdk import HistogramSink
 from otel_backpressure.pool._source import PoolReading, PoolSource, TimingRecorder, weak_pool
 
@@ -220,15 +221,12 @@ class _Registration:
         self.last: dict[ServerKey, int] = {}  # timeouts at the last reading
 
 
-class HttpClientMetrics:
+class HttpClientMetrics(RegisteredSources[_Registration]):
     """The seven HTTP client pool instruments of one ``MeterProvider`` and the pools they report."""
 
     def __init__(self, meter_provider: MeterProvider) -> None:
+        super().__init__()
         meter = get_meter(meter_provider)
-        self._lock = threading.Lock()
-        # id(source) -> registration; copied on write so callbacks iterate without a lock
-        self._registrations: dict[int, _Registration] = {}
-        self._failed: set[int] = set()
         # timeouts of pools that went away, so the sums stay monotonic
         self._retired: dict[ServerKey, int] = defaultdict(int)
         self._rows: dict[ServerKey, ServerLoad] = {}
@@ -285,41 +283,16 @@ class HttpClientMetrics:
         }
         self._sinks: dict[tuple[str, ServerKey], HistogramSink] = {}
 
-    def add(self, source: PoolSource, *, timings: bool) -> None:
-        """Report ``source`` from the next collection on (idempotent)."""
-        with self._lock:
-            if id(source) in self._registrations:
-                return
-            recorder = HttpRecorder() if timings else None
-            registration = _Registration(source, recorder)
-            registrations = dict(self._registrations)
-            registrations[id(source)] = registration
-            self._registrations = registrations
-        if recorder is not None:
-            recorder.flush = lambda: self._flush_safely(registration)
-            source.add_recorder(recorder)
+    _what = "HTTP pool"
 
-    def remove(self, source: PoolSource) -> None:
-        """Stop reporting ``source``; what it measured and counted still counts. Safe twice."""
-        with self._lock:
-            registrations = dict(self._registrations)
-            registration = registrations.pop(id(source), None)
-            self._registrations = registrations
-            if registration is None:
-                return
-            for key, count in registration.last.items():
-                if count:
-                    self._retired[key] += count
-        self._failed.discard(id(source))
-        if registration.recorder is not None:
-            source.remove_recorder(registration.recorder)
-            self._flush_safely(registration)
+    def _new_registration(self, source: PoolSource, *, timings: bool) -> _Registration:
+        return _Registration(source, HttpRecorder() if timings else None)
 
-    def __contains__(self, source: object) -> bool:
-        return id(source) in self._registrations
-
-    def __len__(self) -> int:
-        return len(self._registrations)
+    def _retire(self, registration: _Registration) -> None:
+        # the pool's timeouts still count, so the sums stay monotonic
+        for key, count in registration.last.items():
+            if count:
+                self._retired[key] += count
 
     def __repr__(self) -> str:
         return f"HttpClientMetrics(pools={len(self._registrations)}, servers={len(self._rows)})"
@@ -362,12 +335,6 @@ class HttpClientMetrics:
                 row.max = load.max + (row.max or 0)
             if load.usage is not None:
                 row.usage = load.usage if row.usage is None else max(row.usage, load.usage)
-
-    def _flush_safely(self, registration: _Registration) -> None:
-        try:
-            self._flush(registration)
-        except Exception:
-            _logger.exception("Cannot record timings of HTTP pool %r", registration.source.name)
 
     def _flush(self, registration: _Registration) -> None:
         recorder = registration.recorder

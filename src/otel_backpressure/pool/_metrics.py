@@ -30,6 +30,7 @@ from opentelemetry.metrics import CallbackOptions, Histogram, MeterProvider, Obs
 
 from otel_backpressure._shared import get_meter
 from otel_backpressure.pool._http import HttpClientMetrics
+from otel_backpressure.pool._registrations import RegisteredSources
 from otel_backpressure.pool._sdk import HistogramSink
 from otel_backpressure.pool._source import PoolReading, PoolSource, TimingRecorder
 
@@ -75,15 +76,12 @@ class _Registration:
         self.idle_attrs = {POOL_NAME: source.name, STATE: "idle"}
 
 
-class PoolMetrics:
+class PoolMetrics(RegisteredSources[_Registration]):
     """The eleven pool instruments of one ``MeterProvider`` and the pools they report."""
 
     def __init__(self, meter_provider: MeterProvider) -> None:
+        super().__init__()
         meter = get_meter(meter_provider)
-        self._lock = threading.Lock()
-        # id(source) -> registration; copied on write so callbacks iterate without a lock
-        self._registrations: dict[int, _Registration] = {}
-        self._failed: set[int] = set()
         self._readings: dict[int, PoolReading] = {}
         # (reading field, instrument kind, name, unit, description); the count
         # callback is created first and runs first in each collection: it reads
@@ -162,41 +160,14 @@ class PoolMetrics:
         }
         self._sinks: dict[tuple[str, str], HistogramSink] = {}
 
-    def add(self, source: PoolSource, *, timings: bool) -> None:
-        """Report ``source`` from the next collection on (idempotent)."""
-        with self._lock:
-            if id(source) in self._registrations:
-                return
-            recorder = TimingRecorder() if timings else None
-            registration = _Registration(source, recorder)
-            registrations = dict(self._registrations)
-            registrations[id(source)] = registration
-            self._registrations = registrations
-        if recorder is not None:
-            recorder.flush = lambda: self._flush_safely(registration)
-            source.add_recorder(recorder)
+    def _new_registration(self, source: PoolSource, *, timings: bool) -> _Registration:
+        return _Registration(source, TimingRecorder() if timings else None)
 
-    def remove(self, source: PoolSource) -> None:
-        """Stop reporting ``source``: its observable series disappear at once."""
-        with self._lock:
-            registrations = dict(self._registrations)
-            registration = registrations.pop(id(source), None)
-            self._registrations = registrations
-        if registration is None:
-            return
-        self._failed.discard(id(source))
-        if registration.recorder is not None:
-            source.remove_recorder(registration.recorder)
-            self._flush_safely(registration)  # what was measured before still counts
-        if all(r.source.name != source.name for r in registrations.values()):
+    def _removed(self, source: PoolSource, remaining: dict[int, _Registration]) -> None:
+        # its observable series disappear at once; the histograms' go with the last of its name
+        if all(r.source.name != source.name for r in remaining.values()):
             for field in ("create", "wait", "use"):
                 self._sinks.pop((field, source.name), None)
-
-    def __contains__(self, source: object) -> bool:
-        return id(source) in self._registrations
-
-    def __len__(self) -> int:
-        return len(self._registrations)
 
     def __repr__(self) -> str:
         names = [r.source.name for r in self._registrations.values()]
@@ -223,12 +194,6 @@ class PoolMetrics:
         self._readings = readings
         for source in gone:
             self.remove(source)
-
-    def _flush_safely(self, registration: _Registration) -> None:
-        try:
-            self._flush(registration)
-        except Exception:
-            _logger.exception("Cannot record timings of pool %r", registration.source.name)
 
     def _flush(self, registration: _Registration) -> None:
         recorder = registration.recorder
