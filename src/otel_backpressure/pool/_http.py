@@ -301,26 +301,15 @@ class HttpClientMetrics(RegisteredSources[_Registration]):
 
     def _read_all(self) -> dict[ServerKey, ServerLoad]:
         rows: dict[ServerKey, ServerLoad] = {}
-        gone: list[PoolSource] = []
-        for key, registration in list(self._registrations.items()):
-            source = registration.source
-            try:
-                if not source.alive:
-                    gone.append(source)
-                    continue
-                reading: object = source.read()  # an HTTP source returns its own kind
-                if not isinstance(reading, HttpReading):
-                    raise TypeError(f"expected an HttpReading, got {type(reading).__name__}")
-                self._merge(rows, reading)
-                registration.last = {k: v.timeouts for k, v in reading.servers.items()}
-                self._failed.discard(key)
-            except Exception:
-                if key not in self._failed:  # log once per pool, not once per collection
-                    self._failed.add(key)
-                    _logger.exception("Cannot read HTTP pool %r; skipping it", source.name)
-            self._flush_safely(registration)
-        for source in gone:
-            self.remove(source)
+
+        def read(key: int, registration: _Registration) -> None:
+            reading: object = registration.source.read()  # an HTTP source returns its own kind
+            if not isinstance(reading, HttpReading):
+                raise TypeError(f"expected an HttpReading, got {type(reading).__name__}")
+            self._merge(rows, reading)
+            registration.last = {k: v.timeouts for k, v in reading.servers.items()}
+
+        self._read_each(read)
         return rows
 
     @staticmethod

@@ -177,23 +177,12 @@ class PoolMetrics(RegisteredSources[_Registration]):
 
     def _read_all(self) -> None:
         readings: dict[int, PoolReading] = {}
-        gone: list[PoolSource] = []
-        for key, registration in list(self._registrations.items()):
-            source = registration.source
-            try:
-                if not source.alive:
-                    gone.append(source)
-                    continue
-                readings[key] = source.read()
-                self._failed.discard(key)
-            except Exception:
-                if key not in self._failed:  # log once per pool, not once per collection
-                    self._failed.add(key)
-                    _logger.exception("Cannot read pool %r; skipping it", source.name)
-            self._flush_safely(registration)
+
+        def read(key: int, registration: _Registration) -> None:
+            readings[key] = registration.source.read()
+
+        self._read_each(read)
         self._readings = readings
-        for source in gone:
-            self.remove(source)
 
     def _flush(self, registration: _Registration) -> None:
         recorder = registration.recorder

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from typing import ClassVar, Generic, Protocol, TypeVar
 
 from otel_backpressure.pool._source import PoolSource, TimingRecorder
@@ -84,6 +85,31 @@ class RegisteredSources(Generic[R]):
 
     def __len__(self) -> int:
         return len(self._registrations)
+
+    def _read_each(self, read: Callable[[int, R], None]) -> None:
+        """Call ``read(key, registration)`` for each live source, then flush its timings.
+
+        A source that fails is skipped for this collection and logged once
+        until it reads again; a source whose pool is gone is removed.
+        """
+        gone: list[PoolSource] = []
+        for key, registration in list(self._registrations.items()):
+            source = registration.source
+            try:
+                if not source.alive:
+                    gone.append(source)
+                    continue
+                read(key, registration)
+                self._failed.discard(key)
+            except Exception:
+                if key not in self._failed:  # log once per pool, not once per collection
+                    self._failed.add(key)
+                    logging.getLogger(type(self).__module__).exception(
+                        "Cannot read %s %r; skipping it", self._what, source.name
+                    )
+            self._flush_safely(registration)
+        for source in gone:
+            self.remove(source)
 
     def _flush_safely(self, registration: R) -> None:
         try:
