@@ -48,6 +48,7 @@ from otel_backpressure.pool._http import (
     HttpPoolSource,
     HttpReading,
     ServerKey,
+    ServerLoad,
     load_of,
 )
 from otel_backpressure.pool._source import PoolReading
@@ -122,9 +123,13 @@ class AiohttpPoolSource(HttpPoolSource):
     def read(self) -> HttpReading:
         connector = self._live_pool()
         loads = self._new_reading()
+        self._count(connector, loads)
         limit: int = connector._limit
-        per_host: int = connector._limit_per_host
-        lent_total = len(connector._acquired)
+        self._bound(connector, loads, limit, connector._limit_per_host)
+        return HttpReading(loads, limit or None)
+
+    def _count(self, connector: Any, loads: dict[ServerKey, ServerLoad]) -> None:
+        """Idle, active and pending connections per server, from the connector's own tables."""
         for connection_key, idle in list(connector._conns.items()):
             load = load_of(loads, self._key(connection_key))
             load.idle += sum(1 for proto, _ in list(idle) if proto.is_connected())
@@ -136,18 +141,23 @@ class AiohttpPoolSource(HttpPoolSource):
         for connection_key, waiters in list(connector._waiters.items()):
             load = load_of(loads, self._key(connection_key))
             load.pending += sum(1 for waiter in list(waiters) if not waiter.done())
+
+    def _bound(
+        self, connector: Any, loads: dict[ServerKey, ServerLoad], limit: int, per_host: int
+    ) -> None:
+        """Each server's max and usage: the tighter of ``limit`` and ``limit_per_host`` binds."""
         limits = [n for n in (limit, per_host) if n]
-        if limits:
-            total_usage = lent_total / limit if limit else 0.0
-            for load in loads.values():
+        if not limits:
+            return
+        total_usage = len(connector._acquired) / limit if limit else 0.0
+        for load in loads.values():
+            load.max = min(limits)
+            load.usage = min(1.0, total_usage)
+        if per_host:
+            for connection_key, lent in list(connector._acquired_per_host.items()):
+                load = load_of(loads, self._key(connection_key))
                 load.max = min(limits)
-                load.usage = min(1.0, total_usage)
-            if per_host:
-                for connection_key, lent in list(connector._acquired_per_host.items()):
-                    load = load_of(loads, self._key(connection_key))
-                    load.max = min(limits)
-                    load.usage = min(1.0, max(load.usage or 0.0, len(lent) / per_host))
-        return HttpReading(loads, limit or None)
+                load.usage = min(1.0, max(load.usage or 0.0, len(lent) / per_host))
 
     # -- hot path: never raise into the connector's caller ------------------------------
 
