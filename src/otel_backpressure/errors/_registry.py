@@ -18,6 +18,7 @@ Example::
 
 from __future__ import annotations
 
+import builtins
 import logging
 import sys
 import threading
@@ -92,6 +93,23 @@ def _path_of(cls: type[BaseException]) -> str:
     return name if "." in name else f"builtins.{name}"
 
 
+def sole_exception(exc: BaseException) -> BaseException:
+    """The one exception inside (nested) exception groups of one, else ``exc`` itself.
+
+    Python 3.11+'s ``BaseExceptionGroup``, or on 3.10 the ``exceptiongroup``
+    backport when something (anyio) has imported it.
+    """
+    group = getattr(builtins, "BaseExceptionGroup", None)
+    if group is None:
+        backport = sys.modules.get("exceptiongroup")
+        group = getattr(backport, "BaseExceptionGroup", None)
+        if group is None:
+            return exc
+    while isinstance(exc, group) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
+
+
 class ErrorRegistry:
     """Maps exception classes to outcomes; safe to share between threads."""
 
@@ -139,12 +157,23 @@ class ErrorRegistry:
     def lookup(self, exc: BaseException | type[BaseException]) -> ErrorOutcome | None:
         """The outcome for an exception (or class), or None when it is unmapped.
 
+        An exception group holding one exception is looked up as that
+        exception first (anyio 4's task groups wrap a lone error that way, and
+        Starlette before 0.38 lets such a group escape a streaming response);
+        the group's own class decides when that exception is unmapped.
+
         The most specific class of the MRO that has a mapping decides; for one
         class, a registration by class beats one by path, which beats the
         class's own ``outcome`` attribute. The MRO is the newest Python's (see
         ``_lineage``), so 3.10's ``asyncio.TimeoutError`` matches a mapping
         for ``TimeoutError`` or ``OSError`` as it does on 3.11+.
         """
+        if not isinstance(exc, type):
+            sole = sole_exception(exc)
+            if sole is not exc:
+                outcome = self.lookup(sole)
+                if outcome is not None:
+                    return outcome
         cls = exc if isinstance(exc, type) else type(exc)
         try:
             cached = self._cache[cls]

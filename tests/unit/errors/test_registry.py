@@ -9,6 +9,7 @@ import re
 import sys
 import types
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from opentelemetry.trace import StatusCode
@@ -156,3 +157,22 @@ def test_exception_groups_match_the_builtin_path_on_every_python() -> None:
 
         group = exceptiongroup.ExceptionGroup("many", [ValueError()])
     assert registry.lookup(group) is BROKEN
+
+
+def _group_classes() -> Any:
+    if sys.version_info >= (3, 11):
+        return builtins.ExceptionGroup
+    import exceptiongroup  # the backport anyio brings on 3.10
+
+    return exceptiongroup.ExceptionGroup
+
+
+def test_a_group_of_one_is_looked_up_as_its_exception() -> None:
+    # anyio 4 task groups (Starlette < 0.38 streaming) wrap a lone error like this
+    group = _group_classes()
+    registry = ErrorRegistry()
+    registry.register(KeyError, GONE)
+    nested = group("outer", [group("inner", [KeyError("k")])])
+    assert registry.lookup(nested) is GONE
+    assert registry.lookup(group("two", [KeyError("a"), KeyError("b")])) is None
+    assert registry.lookup(group("other", [ValueError("v")])) is None
