@@ -33,6 +33,7 @@ LOWEST_PINS = (
     "asyncpg==0.30.0",
     "redis==5.0.1",
     "limits==3.13.0",
+    "coredis<5",  # limits before 5 talks to Redis from asyncio through coredis 4
     "starlette==0.27.0",
     "fastapi==0.100.0",
     "httpx==0.27.0",
