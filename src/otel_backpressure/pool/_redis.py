@@ -111,17 +111,30 @@ def _waiters(pool: Any) -> int:
     return sum(1 for getter in queue._getters if not getter.done())  # asyncio.LifoQueue
 
 
+def _blocking_counts(pool: Any, queue: Any) -> tuple[int, int]:
+    """(used, idle) of a ``BlockingConnectionPool``: its queue parks idle
+    connections and ``None`` placeholders for slots never filled."""
+    parked = [c for c in list(queue.queue) if c is not None]
+    idle = sum(1 for c in parked if _open_idle(c))
+    parked_ids = {id(c) for c in parked}
+    used = sum(1 for c in list(pool._connections) if id(c) not in parked_ids and _connected(c))
+    return used, idle
+
+
+def _plain_counts(pool: Any) -> tuple[int, int]:
+    """(used, idle) of a ``ConnectionPool``: available and in-use lists."""
+    idle = sum(1 for c in list(pool._available_connections) if _open_idle(c))
+    used = sum(1 for c in list(pool._in_use_connections) if _connected(c))
+    return used, idle
+
+
 def read_redis(pool: Any, *, timeouts: int) -> PoolReading:
     """What a redis-py pool's containers say now; ``timeouts`` as counted by the source."""
     queue = getattr(pool, "pool", None)
     if queue is not None and hasattr(queue, "queue") and hasattr(pool, "_connections"):
-        parked = [c for c in list(queue.queue) if c is not None]
-        idle = sum(1 for c in parked if _open_idle(c))
-        parked_ids = {id(c) for c in parked}
-        used = sum(1 for c in list(pool._connections) if id(c) not in parked_ids and _connected(c))
+        used, idle = _blocking_counts(pool, queue)
     else:
-        idle = sum(1 for c in list(pool._available_connections) if _open_idle(c))
-        used = sum(1 for c in list(pool._in_use_connections) if _connected(c))
+        used, idle = _plain_counts(pool)
     limit = pool.max_connections
     bounded = isinstance(limit, int) and 0 < limit < _UNBOUNDED
     return PoolReading(
