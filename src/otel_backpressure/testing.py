@@ -80,26 +80,35 @@ class MetricsCapture:
             frozenset((point.attributes or {}).items()): point for point in metric.data.data_points
         }
 
-    def value(self, name: str, attributes: Attributes) -> float | None:
-        """The value of a counter/gauge point, or None if the series is absent."""
+    def _point(self, name: str, attributes: Attributes) -> Any:
+        """One collection's point of the series ``name{attributes}``, or None."""
         metric = self.collect().get(name)
         if metric is None:
             return None
-        point = self.points(metric).get(frozenset(attributes.items()))
+        return self.points(metric).get(frozenset(attributes.items()))
+
+    def value(self, name: str, attributes: Attributes) -> float | None:
+        """The value of a counter/gauge point, or None if the series is absent.
+
+        Raises TypeError when ``name`` is not a counter or gauge.
+        """
+        point = self._point(name, attributes)
         if point is None:
             return None
-        assert isinstance(point, NumberDataPoint), f"{name} is not a number metric"
+        if not isinstance(point, NumberDataPoint):
+            raise TypeError(f"{name} is not a number metric")
         return point.value
 
     def histogram(self, name: str, attributes: Attributes) -> HistogramDataPoint | None:
-        """The histogram point of one series, or None if absent."""
-        metric = self.collect().get(name)
-        if metric is None:
-            return None
-        point = self.points(metric).get(frozenset(attributes.items()))
+        """The histogram point of one series, or None if absent.
+
+        Raises TypeError when ``name`` is not a histogram.
+        """
+        point = self._point(name, attributes)
         if point is None:
             return None
-        assert isinstance(point, HistogramDataPoint), f"{name} is not a histogram"
+        if not isinstance(point, HistogramDataPoint):
+            raise TypeError(f"{name} is not a histogram")
         return point
 
     def snapshot(self, attributes: Attributes) -> dict[str, Any]:
