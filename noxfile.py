@@ -10,8 +10,6 @@ an application with old pins moves none of them.
 
 from __future__ import annotations
 
-import os
-
 import nox
 
 nox.options.sessions = ["tests", "lint", "typecheck"]
@@ -77,30 +75,12 @@ COMPAT = [
 ]
 
 
-def _libpython_env(session: nox.Session) -> dict[str, str]:
-    """``LD_LIBRARY_PATH`` with the session interpreter's ``libpython``.
-
-    The e2e collector (``rotel``'s agent binary) links against the running
-    Python's shared library; a pyenv build keeps it beside the interpreter, not
-    where the dynamic loader looks.
-    """
-    libdir = session.run(
-        "python",
-        "-c",
-        "import sysconfig; print(sysconfig.get_config_var('LIBDIR') or '')",
-        silent=True,
-    )
-    libdir = str(libdir or "").strip()
-    existing = os.environ.get("LD_LIBRARY_PATH", "")
-    return {"LD_LIBRARY_PATH": os.pathsep.join(p for p in (libdir, existing) if p)}
-
-
 @nox.session
 def tests(session: nox.Session) -> None:
     """The whole suite against the real PostgreSQL, Redis and an OTLP collector."""
     session.install("-e", ".[test,demo]")
     session.run("python", "scripts/ensure_promtool.py")
-    session.run("pytest", *session.posargs, env=_libpython_env(session))
+    session.run("pytest", *session.posargs)
 
 
 @nox.session
