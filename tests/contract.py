@@ -293,7 +293,8 @@ METRICS: Mapping[str, MetricSpec] = MappingProxyType(
             ),
             _spec(
                 "backpressure.http.client.pool.timeouts",
-                (Instrument.COUNTER, Instrument.OBSERVABLE_COUNTER),
+                # DESIGN.md's row says Counter, with no "may be asynchronous"
+                (Instrument.COUNTER,),
                 "{timeout}",
                 (SERVER_ADDRESS, SERVER_PORT, URL_SCHEME),
                 "Requests that gave up waiting for a connection (httpx.PoolTimeout).",
@@ -310,7 +311,7 @@ METRICS: Mapping[str, MetricSpec] = MappingProxyType(
                 (Instrument.OBSERVABLE_GAUGE,),
                 "1",
                 (SERVER_ADDRESS, SERVER_PORT, URL_SCHEME),
-                "Active connections / the limit, 0..1; absent when unbounded.",
+                "Open connections (active + idle) / the limit, 0..1; absent when unbounded.",
             ),
             # The event loop and thread pools (modelled on nodejs.eventloop.* and
             # dotnet.thread_pool.*).

@@ -30,6 +30,8 @@ from otel_backpressure.testing import MetricsCapture
 #: MetricsCapture.snapshot() keys of http.client.open_connections' two states
 ACTIVE = "http.client.open_connections{http.connection.state=active}"
 IDLE = "http.client.open_connections{http.connection.state=idle}"
+#: the synchronous counter: its series outlives the pool (and instrumentation), as a sum must
+TIMEOUTS = "backpressure.http.client.pool.timeouts"
 
 
 class HoldServer:
@@ -126,14 +128,16 @@ def counts(
     active: int, idle: int, pending: int, limit: int = 2, timeouts: int = 0, usage: float = -1
 ) -> dict[str, Any]:
     """The series of one server: connections by state, queued requests, timeouts, limit, usage
-    (``active / limit`` unless given)."""
+    (open connections ``(active + idle) / limit``, at most 1, unless given)."""
     return {
         ACTIVE: active,
         IDLE: idle,
         "backpressure.http.client.pending_requests": pending,
-        "backpressure.http.client.pool.timeouts": timeouts,
+        TIMEOUTS: timeouts,
         "backpressure.http.client.connection.max": limit,
-        "backpressure.http.client.connection.usage": active / limit if usage < 0 else usage,
+        "backpressure.http.client.connection.usage": (
+            min(1.0, (active + idle) / limit) if usage < 0 else usage
+        ),
     }
 
 

@@ -182,15 +182,25 @@ def http_pools() -> list[tuple[Panel, int, int]]:
         (row("Outbound HTTP pools"), 24, 1),
         (
             timeseries(
-                "HTTP pool usage",
+                "HTTP pool saturation",
                 "Active connections / the pool's limit for the server (httpx max_connections, "
-                "aiohttp limit or limit_per_host). At 100% new requests queue.",
+                "aiohttp limit or limit_per_host): at 100% the next request queues (see HTTP "
+                "requests queued; an httpx pool full of other servers' connections queues "
+                "earlier). Open / limit (the usage gauge) counts idle connections too, which "
+                "the next request reuses.",
                 [
                     (
                         f"max by ({by_server}) "
+                        f'(http_client_open_connections{{{SVC}, http_connection_state="active"}} '
+                        "/ ignoring (http_connection_state) "
+                        f"backpressure_http_client_connection_max{{{SVC}}})",
+                        f"{legend} active",
+                    ),
+                    (
+                        f"max by ({by_server}) "
                         f"(backpressure_http_client_connection_usage_ratio{{{SVC}}})",
-                        legend,
-                    )
+                        f"{legend} open",
+                    ),
                 ],
                 unit="percentunit",
                 thresholds=[("green", None), ("orange", 0.85), ("red", 1)],
@@ -218,7 +228,7 @@ def http_pools() -> list[tuple[Panel, int, int]]:
             timeseries(
                 "HTTP pool timeouts",
                 "Requests per second that gave up waiting for a connection "
-                "(httpx.PoolTimeout; aiohttp: the connect timeout while queued).",
+                "(httpx.PoolTimeout; aiohttp: its connect or total timeout while queued).",
                 [
                     (
                         f"sum by ({by_server}) "

@@ -12,9 +12,7 @@ learns from the instance's ``_create_connection`` (aiohttp itself tracks lent
 connections per key only when ``limit_per_host`` is set). Connections made
 before the connector was instrumented are not counted while lent (the
 instrumentor instruments connectors when they are created, so only a late
-``instrument()`` meets them). ``max`` is the tighter of the two limits;
-``usage`` is the fuller of ``len(_acquired) / limit`` and the key's lent
-connections ``/ limit_per_host``.
+``instrument()`` meets them). ``max`` is the tighter of the two limits.
 
 Hooks, as instance attributes removed by ``close()`` (the connector calls
 both through ``self``):
@@ -125,7 +123,12 @@ class AiohttpPoolSource(HttpPoolSource):
         loads = self._new_reading()
         self._count(connector, loads)
         limit: int = connector._limit
-        self._bound(connector, loads, limit, connector._limit_per_host)
+        # the tighter of limit and limit_per_host binds each server (0: no limit)
+        limits = [n for n in (limit, connector._limit_per_host) if n]
+        if limits:
+            bound = min(limits)
+            for load in loads.values():
+                load.max = bound
         return HttpReading(loads, limit or None)
 
     def _count(self, connector: Any, loads: dict[ServerKey, ServerLoad]) -> None:
@@ -141,23 +144,6 @@ class AiohttpPoolSource(HttpPoolSource):
         for connection_key, waiters in list(connector._waiters.items()):
             load = load_of(loads, self._key(connection_key))
             load.pending += sum(1 for waiter in list(waiters) if not waiter.done())
-
-    def _bound(
-        self, connector: Any, loads: dict[ServerKey, ServerLoad], limit: int, per_host: int
-    ) -> None:
-        """Each server's max and usage: the tighter of ``limit`` and ``limit_per_host`` binds."""
-        limits = [n for n in (limit, per_host) if n]
-        if not limits:
-            return
-        total_usage = len(connector._acquired) / limit if limit else 0.0
-        for load in loads.values():
-            load.max = min(limits)
-            load.usage = min(1.0, total_usage)
-        if per_host:
-            for connection_key, lent in list(connector._acquired_per_host.items()):
-                load = load_of(loads, self._key(connection_key))
-                load.max = min(limits)
-                load.usage = min(1.0, max(load.usage or 0.0, len(lent) / per_host))
 
     # -- hot path: never raise into the connector's caller ------------------------------
 

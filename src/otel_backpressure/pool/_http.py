@@ -3,7 +3,8 @@
 Every series carries ``server.address``, ``server.port`` and ``url.scheme``,
 the attributes .NET 8's ``System.Net.Http`` meter and the semantic conventions
 use; there is no pool attribute, so pools that talk to the same server add up
-(``usage`` takes the fullest pool). Each pool names at most ``max_servers``
+(their connections and their limits; one unbounded pool makes the server
+unbounded). Each pool names at most ``max_servers``
 distinct servers (the ``OTEL_PYTHON_BACKPRESSURE_HTTP_CLIENT_MAX_SERVERS``
 setting); servers past that share ``server.address="_OTHER"`` and no port,
 so a client that calls many hosts cannot grow the series without bound.
@@ -12,13 +13,18 @@ A source's ``read()`` returns an ``HttpReading``: one ``ServerLoad`` per server
 key. Counts are read from the pool at collection time; the two histograms
 (``http.client.request.time_in_queue``, ``http.client.connection.duration``)
 are measured on the hot path into an ``HttpRecorder``'s deques and handed to
-the SDK at collection, as for the database pools.
+the SDK at collection, as for the database pools. Pool timeouts go to a
+synchronous ``Counter``, as the contract's row says: a request that timed out
+has already waited its whole pool timeout, so the SDK call costs nothing it
+would feel; each server starts at 0 at the first collection that sees it,
+so ``increase()`` counts its first timeout.
 
 Example::
 
     servers = Servers(max_servers=20)
     key = servers.key("https", "api.example", 443)
-    reading = HttpReading({key: ServerLoad(active=2, idle=1, max=10, usage=0.2)})
+    reading = HttpReading({key: ServerLoad(active=2, idle=1, max=10)})
+    reading.servers[key].usage   # 0.3: open (active + idle) / max
 """
 
 from __future__ import annotations
@@ -109,9 +115,9 @@ class Servers:
 
 
 class ServerLoad:
-    """One server's share of one pool now; ``max``/``usage`` None when the pool is unbounded."""
+    """One server's share of one pool (or of all pools) now; ``max`` None when unbounded."""
 
-    __slots__ = ("active", "idle", "max", "pending", "timeouts", "usage")
+    __slots__ = ("active", "idle", "max", "pending", "timeouts")
 
     def __init__(
         self,
@@ -121,14 +127,27 @@ class ServerLoad:
         pending: int = 0,
         timeouts: int = 0,
         max: int | None = None,
-        usage: float | None = None,
     ) -> None:
         self.active = active
         self.idle = idle
         self.pending = pending
         self.timeouts = timeouts
         self.max = max
-        self.usage = usage
+
+    @property
+    def usage(self) -> float | None:
+        """Open connections (active + idle) / ``max``, at most 1; None when unbounded.
+
+        The contract's ``backpressure.http.client.connection.usage``. Idle
+        connections count: httpx's limit counts them (it closes an idle one to
+        make room for another server's), aiohttp's does not, so past its limit
+        open / max can exceed 1 and is capped. How close the next request is to
+        queueing is ``active / max`` and the pending requests, which dashboards
+        and alerts compute from the other series.
+        """
+        if not self.max:
+            return None
+        return min(1.0, (self.active + self.idle) / self.max)
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, ServerLoad):
@@ -149,10 +168,9 @@ class HttpReading:
     - ``idle``: open connections waiting for one.
     - ``pending``: requests waiting for a connection now.
     - ``timeouts``: requests that gave up waiting for a connection so far (monotonic).
-    - ``max``: the most connections the pool opens to that server.
-    - ``usage``: how close a new request to that server is to queueing, 0..1:
-      active connections over the limit that binds it (the pool's, or the
-      per-host one where the library has it, whichever is fuller).
+    - ``max``: the most connections the pool lends for that server at once (the
+      pool's limit, or the per-host one where the library has it and it is
+      tighter); None when unbounded.
     """
 
     __slots__ = ("limit", "servers")
@@ -212,25 +230,27 @@ def _drain(values: deque[tuple[ServerKey, float]]) -> dict[ServerKey, list[float
 
 
 class _Registration:
-    __slots__ = ("flush_lock", "last", "recorder", "source")
+    __slots__ = ("flush_lock", "recorder", "source")
 
     def __init__(self, source: PoolSource, recorder: HttpRecorder | None) -> None:
         self.source = source
         self.recorder = recorder
         self.flush_lock = threading.Lock()
-        self.last: dict[ServerKey, int] = {}  # timeouts at the last reading
 
 
 class HttpClientMetrics(RegisteredSources[_Registration]):
-    """The seven HTTP client pool instruments of one ``MeterProvider`` and the pools they report."""
+    """The seven HTTP client pool instruments of one ``MeterProvider`` and the pools they report.
+
+    Read at collection: open connections, pending requests, max and usage;
+    recorded as they happen: the two histograms (buffered) and the timeouts.
+    """
 
     def __init__(self, meter_provider: MeterProvider) -> None:
         super().__init__()
         meter = get_meter(meter_provider)
-        # timeouts of pools that went away, so the sums stay monotonic
-        self._retired: dict[ServerKey, int] = defaultdict(int)
         self._rows: dict[ServerKey, ServerLoad] = {}
         self._attributes: dict[ServerKey, dict[str, Any]] = {}
+        self._counted: set[ServerKey] = set()  # servers whose timeouts series exists
         meter.create_observable_up_down_counter(
             "http.client.open_connections",
             callbacks=[self._open],
@@ -255,9 +275,8 @@ class HttpClientMetrics(RegisteredSources[_Registration]):
             meter.create_observable_up_down_counter(
                 name, callbacks=[callback], unit=unit, description=description
             )
-        meter.create_observable_counter(
+        self._timeouts = meter.create_counter(
             "backpressure.http.client.pool.timeouts",
-            callbacks=[self._timeouts],
             unit="{timeout}",
             description="Requests that gave up waiting for a connection from the pool.",
         )
@@ -265,7 +284,7 @@ class HttpClientMetrics(RegisteredSources[_Registration]):
             "backpressure.http.client.connection.usage",
             callbacks=[self._usage],
             unit="1",
-            description="Active connections / the limit that binds the server (0..1).",
+            description="Open connections / the pool's limit for the server (0..1).",
         )
         self._histograms: dict[str, Histogram] = {
             "queue": meter.create_histogram(
@@ -288,11 +307,19 @@ class HttpClientMetrics(RegisteredSources[_Registration]):
     def _new_registration(self, source: PoolSource, *, timings: bool) -> _Registration:
         return _Registration(source, HttpRecorder() if timings else None)
 
-    def _retire(self, registration: _Registration) -> None:
-        # the pool's timeouts still count, so the sums stay monotonic
-        for key, count in registration.last.items():
-            if count:
-                self._retired[key] += count
+    def add(self, source: PoolSource, *, timings: bool) -> None:
+        """Report ``source`` from the next collection on, and count its timeouts (idempotent)."""
+        super().add(source, timings=timings)
+        if isinstance(source, HttpPoolSource):
+            source.add_timeout_counter(self._timed_out)
+
+    def _removed(self, source: PoolSource, remaining: dict[int, _Registration]) -> None:
+        if isinstance(source, HttpPoolSource):
+            source.remove_timeout_counter(self._timed_out)
+
+    def _timed_out(self, server: ServerKey) -> None:
+        """One request to ``server`` gave up waiting for a connection (the pool's thread)."""
+        self._timeouts.add(1, self._attributes_of(server))
 
     def __repr__(self) -> str:
         return f"HttpClientMetrics(pools={len(self._registrations)}, servers={len(self._rows)})"
@@ -307,23 +334,23 @@ class HttpClientMetrics(RegisteredSources[_Registration]):
             if not isinstance(reading, HttpReading):
                 raise TypeError(f"expected an HttpReading, got {type(reading).__name__}")
             self._merge(rows, reading)
-            registration.last = {k: v.timeouts for k, v in reading.servers.items()}
 
         self._read_each(read)
         return rows
 
     @staticmethod
     def _merge(rows: dict[ServerKey, ServerLoad], reading: HttpReading) -> None:
+        """Add one pool's loads to ``rows``: limits add up, and one unbounded pool to a
+        server makes the server unbounded (no max, no usage)."""
         for server, load in reading.servers.items():
-            row = load_of(rows, server)
+            row = rows.get(server)
+            if row is None:
+                row = rows[server] = ServerLoad(max=load.max)
+            elif row.max is not None:
+                row.max = None if load.max is None else row.max + load.max
             row.active += load.active
             row.idle += load.idle
             row.pending += load.pending
-            row.timeouts += load.timeouts
-            if load.max is not None:
-                row.max = load.max + (row.max or 0)
-            if load.usage is not None:
-                row.usage = load.usage if row.usage is None else max(row.usage, load.usage)
 
     def _flush(self, registration: _Registration) -> None:
         recorder = registration.recorder
@@ -359,6 +386,9 @@ class HttpClientMetrics(RegisteredSources[_Registration]):
         observations = []
         for server, row in self._rows.items():
             attributes = self._attributes_of(server)
+            if server not in self._counted:  # its timeouts series starts at 0
+                self._counted.add(server)
+                self._timeouts.add(0, attributes)
             observations.append(
                 Observation(row.active, {**attributes, "http.connection.state": "active"})
             )
@@ -382,12 +412,6 @@ class HttpClientMetrics(RegisteredSources[_Registration]):
 
     def _usage(self, options: CallbackOptions) -> Iterable[Observation]:
         return self._observe("usage")
-
-    def _timeouts(self, options: CallbackOptions) -> Iterable[Observation]:
-        totals = {server: row.timeouts for server, row in self._rows.items()}
-        for server, count in list(self._retired.items()):  # pools gone: still counted
-            totals[server] = totals.get(server, 0) + count
-        return [Observation(n, self._attributes_of(server)) for server, n in totals.items()]
 
 
 def max_servers_setting() -> int:
@@ -416,6 +440,7 @@ class HttpPoolSource:
         "name",
         "recorders",
         "servers",
+        "timeout_counters",
     )
 
     def __init__(
@@ -431,6 +456,8 @@ class HttpPoolSource:
             raise ValueError(f"pool {name!r} is already instrumented")
         self.name = name
         self.recorders: tuple[HttpRecorder, ...] = ()
+        # one per provider reporting this pool: called with the server key of each timeout
+        self.timeout_counters: tuple[Callable[[ServerKey], None], ...] = ()
         self.servers = Servers(max_servers if max_servers is not None else max_servers_setting())
         self._clock = clock
         self._timeouts: dict[ServerKey, int] = {}
@@ -461,6 +488,15 @@ class HttpPoolSource:
     def _timed_out(self, key: ServerKey) -> None:
         with self._timeouts_lock:  # a rare path: the lock costs nothing that matters
             self._timeouts[key] = self._timeouts.get(key, 0) + 1
+        for count in self.timeout_counters:
+            count(key)
+
+    def add_timeout_counter(self, count: Callable[[ServerKey], None]) -> None:
+        if count not in self.timeout_counters:
+            self.timeout_counters = (*self.timeout_counters, count)
+
+    def remove_timeout_counter(self, count: Callable[[ServerKey], None]) -> None:
+        self.timeout_counters = tuple(c for c in self.timeout_counters if c != count)
 
     def add_recorder(self, recorder: TimingRecorder) -> None:
         if isinstance(recorder, HttpRecorder):
@@ -472,6 +508,7 @@ class HttpPoolSource:
     def close(self) -> None:
         """Remove the hooks; safe twice."""
         self.recorders = ()
+        self.timeout_counters = ()
         pool = self._pool()
         if pool is not None:
             for attribute in self.hooked:

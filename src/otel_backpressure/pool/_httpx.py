@@ -141,7 +141,6 @@ class HttpxPoolSource(HttpPoolSource):
         pool = self._live_pool()
         connections = _connections_of(pool)
         loads = self._new_reading()
-        active_total = 0
         for connection in list(connections):
             if connection.is_closed():
                 continue
@@ -151,7 +150,6 @@ class HttpxPoolSource(HttpPoolSource):
                     load.idle += 1
             else:
                 load.active += 1
-                active_total += 1
         for request in list(pool._requests):
             if request.connection is None:
                 load_of(loads, self._key(request.request.url.origin)).pending += 1
@@ -160,7 +158,6 @@ class HttpxPoolSource(HttpPoolSource):
             return HttpReading(loads)
         for load in loads.values():
             load.max = limit
-            load.usage = min(1.0, active_total / limit)
         return HttpReading(loads, limit)
 
     # -- hot path: never raise into the pool's caller -----------------------------------

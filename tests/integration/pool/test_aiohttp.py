@@ -10,7 +10,7 @@ import pytest
 
 import contract
 import otel_backpressure
-from hold_server import IDLE, HoldServer, counts, state
+from hold_server import IDLE, TIMEOUTS, HoldServer, counts, state
 from hold_server import settled_async as settled
 from otel_backpressure import BackpressureInstrumentor
 from otel_backpressure.testing import FakeClock, MetricsCapture
@@ -59,6 +59,7 @@ async def test_connector_queues_past_its_limit(
             metrics,
             server,
             {
+                TIMEOUTS: 0,
                 "http.client.request.time_in_queue": (3, pytest.approx(1.5)),
                 "http.client.connection.duration": (2, pytest.approx(5.0)),
             },
@@ -75,7 +76,7 @@ async def test_limit_per_host_binds_first(server: HoldServer, metrics: MetricsCa
         calls = [asyncio.ensure_future(fetch(session, server.url + "/hold")) for _ in range(2)]
         await asyncio.to_thread(server.arrived, 1)
         # one connection of the pool's four, but the only one this host may have
-        await settled(metrics, server, counts(1, 0, 1, limit=1, usage=1.0))
+        await settled(metrics, server, counts(1, 0, 1, limit=1))
         server.release(1)
         await asyncio.to_thread(server.arrived, 2)
         server.release(1)
@@ -115,7 +116,7 @@ async def test_instrumentor_catches_sessions_the_app_creates(
         assert await fetch(session, server.url + "/") == 200
         assert state(metrics, server) == counts(0, 1, 0, limit=100)
         instrumentor.uninstrument()
-        assert state(metrics, server) == {}
+        assert state(metrics, server) == {TIMEOUTS: 0}  # the read-at-collection series stop
         assert "_create_connection" not in session.connector.__dict__  # type: ignore[union-attr]
     finally:
         await session.close()

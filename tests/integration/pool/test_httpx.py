@@ -11,7 +11,7 @@ import pytest
 
 import contract
 import otel_backpressure
-from hold_server import IDLE, HoldServer, counts, settled, settled_async, state
+from hold_server import IDLE, TIMEOUTS, HoldServer, counts, settled, settled_async, state
 from otel_backpressure import BackpressureInstrumentor
 from otel_backpressure.testing import FakeClock, MetricsCapture
 
@@ -70,11 +70,17 @@ def test_sync_client_queues_past_its_limit(
         client.close()
 
 
-def test_pool_timeouts_are_counted(server: HoldServer, metrics: MetricsCapture) -> None:
+@pytest.mark.parametrize("timings", ["true", "false"])
+def test_pool_timeouts_are_counted(
+    server: HoldServer, metrics: MetricsCapture, monkeypatch: pytest.MonkeyPatch, timings: str
+) -> None:
+    """Counted with the histograms turned off too: the counter does not ride on them."""
+    monkeypatch.setenv("OTEL_PYTHON_BACKPRESSURE_POOL_TIMINGS", timings)
     client = httpx.Client(
         limits=httpx.Limits(max_connections=1), timeout=httpx.Timeout(30, pool=0.05)
     )
     handle = otel_backpressure.instrument(client, meter_provider=metrics.meter_provider)
+    assert handle.timings is (timings == "true")
     try:
         holder = threading.Thread(target=lambda: client.get(server.url + "/hold"))
         holder.start()
@@ -149,7 +155,7 @@ def test_instrumentor_catches_clients_the_app_creates(
         assert client.get(server.url + "/").status_code == 200
         assert state(metrics, server) == counts(0, 1, 0, limit=100)
         instrumentor.uninstrument()
-        assert state(metrics, server) == {}
+        assert state(metrics, server) == {TIMEOUTS: 0}  # the read-at-collection series stop
         assert "handle_request" not in client._transport._pool.__dict__  # type: ignore[attr-defined]
     finally:
         client.close()
@@ -208,8 +214,9 @@ def test_every_series_keeps_the_contract(server: HoldServer, metrics: MetricsCap
 
 
 def test_pools_calling_one_server_add_up(server: HoldServer, metrics: MetricsCapture) -> None:
-    """No pool attribute: counts and limits add up, usage is the fuller pool's, and the
-    timeouts of a pool that is gone stay counted (the sum never goes down)."""
+    """No pool attribute: counts and limits add up (usage is all their open connections over
+    all their limits), and the timeouts of a pool that is gone stay counted (the sum never
+    goes down)."""
     small = httpx.Client(
         limits=httpx.Limits(max_connections=2), timeout=httpx.Timeout(30, pool=0.01)
     )
@@ -226,14 +233,7 @@ def test_pools_calling_one_server_add_up(server: HoldServer, metrics: MetricsCap
         server.arrived(3)
         with pytest.raises(httpx.PoolTimeout):
             small.get(server.url + "/")
-        settled(
-            metrics,
-            server,
-            {
-                **counts(3, 0, 0, limit=6, timeouts=1),
-                "backpressure.http.client.connection.usage": 1.0,
-            },
-        )
+        settled(metrics, server, counts(3, 0, 0, limit=6, timeouts=1))  # usage 3 / 6
         server.release(3)
         for thread in held:
             thread.join()
@@ -277,3 +277,30 @@ def test_idle_connections_the_server_closed_stop_counting(metrics: MetricsCaptur
         finally:
             handle.uninstrument()
             client.close()
+
+
+def test_one_unbounded_pool_makes_the_server_unbounded(
+    server: HoldServer, metrics: MetricsCapture
+) -> None:
+    """A server some pool calls without a limit has no max and no usage: a sum of the other
+    pools' limits would be a bound that does not hold."""
+    bounded = httpx.Client(limits=httpx.Limits(max_connections=2))
+    unbounded = httpx.Client(limits=httpx.Limits(max_connections=None))
+    handles = [
+        otel_backpressure.instrument(client, meter_provider=metrics.meter_provider)
+        for client in (bounded, unbounded)
+    ]
+    try:
+        for client in (bounded, unbounded):
+            assert client.get(server.url + "/").status_code == 200
+        expected = counts(0, 2, 0)
+        del expected["backpressure.http.client.connection.max"]
+        del expected["backpressure.http.client.connection.usage"]
+        assert state(metrics, server) == expected
+        handles[1].uninstrument()
+        assert state(metrics, server) == counts(0, 1, 0)  # usage 1 open / 2
+    finally:
+        for handle in handles:
+            handle.uninstrument()
+        bounded.close()
+        unbounded.close()
