@@ -15,16 +15,20 @@ instrumentor instruments connectors when they are created, so only a late
 ``instrument()`` meets them). ``max`` is the tighter of the two limits.
 
 Hooks, as instance attributes removed by ``close()`` (the connector calls
-both through ``self``):
+them through ``self``, the session calls ``connect`` through its connector):
 
 - ``_create_connection`` notes the new connection's key and open time, and
   shadows the connection's ``connection_lost`` (called once by the transport
   when it closes) to record ``http.client.connection.duration``.
 - ``_wait_for_available_connection`` (aiohttp >= 3.10; what a request awaits
   while queued) records ``http.client.request.time_in_queue`` when the wait
-  ends with a slot, and counts a pool timeout when it ends in cancellation:
-  aiohttp enforces its ``connect``/``total`` timeouts by cancelling the wait,
-  so a request whose timeout (or caller) gave up while queued counts once.
+  ends with a slot, and notes the task when the wait is cancelled.
+- ``connect`` (aiohttp >= 3.10) decides what such a cancellation was. aiohttp
+  enforces its timeouts by cancelling the wait: the ``connect`` timeout
+  surfaces from ``connect`` as ``asyncio.TimeoutError``, the ``total`` one as
+  the cancellation with the request's timer marked expired. Either is a pool
+  timeout, counted once; any other cancellation (the caller's: a task
+  cancelled, ``asyncio.wait_for``, a task group) is not.
 
 Example::
 
@@ -40,6 +44,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
+import weakref
 from typing import Any, ClassVar
 
 from otel_backpressure.pool._http import (
@@ -65,7 +70,11 @@ def is_aiohttp_connector(target: object) -> bool:
 class AiohttpPoolSource(HttpPoolSource):
     """An HTTP ``PoolSource`` over one aiohttp connector."""
 
-    hooked: ClassVar[tuple[str, ...]] = ("_create_connection", "_wait_for_available_connection")
+    hooked: ClassVar[tuple[str, ...]] = (
+        "_create_connection",
+        "_wait_for_available_connection",
+        "connect",
+    )
 
     __slots__ = ("_owners",)
 
@@ -164,17 +173,32 @@ class AiohttpPoolSource(HttpPoolSource):
         if wait is None:
             return  # aiohttp < 3.10: counts only
 
+        # a task whose wait for a slot was cancelled -> that slot's server, until its
+        # connect() says why (weak: a task that never gets there leaves nothing behind)
+        cancelled: weakref.WeakKeyDictionary[asyncio.Task[Any], Any] = weakref.WeakKeyDictionary()
+
         async def hooked_wait(connection_key: Any, *args: Any, **kwargs: Any) -> Any:
             start = clock()
             try:
                 result = await wait(connection_key, *args, **kwargs)
             except asyncio.CancelledError:
-                source._gave_up(connection_key)
+                _note_cancelled(cancelled, connection_key)
                 raise
             source._left_queue(connection_key, start)
             return result
 
+        connect = connector.connect
+
+        async def hooked_connect(request: Any, *args: Any, **kwargs: Any) -> Any:
+            try:
+                return await connect(request, *args, **kwargs)
+            except BaseException as error:
+                if cancelled:  # a wait was cancelled: was it this request's, by its timeout?
+                    source._connect_failed(cancelled, request, error)
+                raise
+
         connector._wait_for_available_connection = hooked_wait
+        connector.connect = hooked_connect
 
     def _opened(self, proto: Any, key: ServerKey) -> None:
         self._owners[proto] = key
@@ -195,9 +219,20 @@ class AiohttpPoolSource(HttpPoolSource):
 
         proto.connection_lost = hooked_connection_lost
 
-    def _gave_up(self, connection_key: Any) -> None:
+    def _connect_failed(
+        self,
+        cancelled: weakref.WeakKeyDictionary[asyncio.Task[Any], Any],
+        request: Any,
+        error: BaseException,
+    ) -> None:
+        """Count a pool timeout if ``request`` was queued and aiohttp's own timeout ended it."""
         try:
-            self._timed_out(self._key(connection_key))
+            task = asyncio.current_task()
+            connection_key = None if task is None else cancelled.pop(task, None)
+            if connection_key is None:
+                return  # it was not waiting for a slot: a connect or DNS failure
+            if isinstance(error, asyncio.TimeoutError) or _timer_expired(request):
+                self._timed_out(self._key(connection_key))
         except Exception:
             _logger.debug("aiohttp queue telemetry failed", exc_info=True)
 
@@ -211,3 +246,19 @@ class AiohttpPoolSource(HttpPoolSource):
                     recorder.add(recorder.queue, key, waited)
         except Exception:
             _logger.debug("aiohttp queue telemetry failed", exc_info=True)
+
+
+def _note_cancelled(
+    cancelled: weakref.WeakKeyDictionary[asyncio.Task[Any], Any], connection_key: Any
+) -> None:
+    try:
+        task = asyncio.current_task()
+        if task is not None:
+            cancelled[task] = connection_key
+    except Exception:
+        _logger.debug("aiohttp queue telemetry failed", exc_info=True)
+
+
+def _timer_expired(request: Any) -> bool:
+    """Whether the request's ``total`` timeout fired (aiohttp's ``TimerContext`` marks it)."""
+    return getattr(getattr(request, "_timer", None), "_cancelled", False) is True

@@ -87,9 +87,10 @@ async def test_limit_per_host_binds_first(server: HoldServer, metrics: MetricsCa
         await session.close()
 
 
-async def test_requests_that_give_up_while_queued_are_counted(
+async def test_requests_whose_own_timeout_ends_them_while_queued_are_pool_timeouts(
     server: HoldServer, metrics: MetricsCapture
 ) -> None:
+    """aiohttp's ``connect`` and ``total`` timeouts, which cover the wait for a slot."""
     session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1))
     handle = otel_backpressure.instrument(session, meter_provider=metrics.meter_provider)
     try:
@@ -98,10 +99,39 @@ async def test_requests_that_give_up_while_queued_are_counted(
         for _ in range(2):
             with pytest.raises(aiohttp.ConnectionTimeoutError):
                 await session.get(server.url + "/", timeout=aiohttp.ClientTimeout(connect=0.05))
-        assert state(metrics, server) == counts(1, 0, 0, limit=1, timeouts=2)
+        with pytest.raises(asyncio.TimeoutError):
+            await session.get(server.url + "/", timeout=aiohttp.ClientTimeout(total=0.05))
+        assert state(metrics, server) == counts(1, 0, 0, limit=1, timeouts=3)
         server.release(1)
         assert await holder == 200
-        assert state(metrics, server) == counts(0, 1, 0, limit=1, timeouts=2)
+        assert state(metrics, server) == counts(0, 1, 0, limit=1, timeouts=3)
+    finally:
+        handle.uninstrument()
+        await session.close()
+
+
+async def test_requests_their_caller_cancels_while_queued_are_not_timeouts(
+    server: HoldServer, metrics: MetricsCapture
+) -> None:
+    """A task cancelled while it waits for a slot (a client that went away, a sibling task
+    that failed, the caller's own ``asyncio.wait_for``) did not time out in the pool."""
+    session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1))
+    handle = otel_backpressure.instrument(session, meter_provider=metrics.meter_provider)
+    try:
+        holder = asyncio.ensure_future(fetch(session, server.url + "/hold"))
+        await asyncio.to_thread(server.arrived, 1)
+        queued = asyncio.ensure_future(fetch(session, server.url + "/"))
+        await settled(metrics, server, counts(1, 0, 1, limit=1))
+        queued.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await queued
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(fetch(session, server.url + "/"), timeout=0.05)
+        assert state(metrics, server) == counts(1, 0, 0, limit=1)
+        server.release(1)
+        assert await holder == 200
+        assert await fetch(session, server.url + "/") == 200  # the slot is free again
+        assert state(metrics, server) == counts(0, 1, 0, limit=1)
     finally:
         handle.uninstrument()
         await session.close()
