@@ -38,9 +38,9 @@ from typing import Any, ClassVar, Final
 
 from opentelemetry.metrics import CallbackOptions, Histogram, MeterProvider, Observation
 
+from otel_backpressure._sdk import HistogramSink
 from otel_backpressure._shared import get_meter
 from otel_backpressure.pool._registrations import RegisteredSources
-from otel_backpressure.pool._sdk import HistogramSink
 from otel_backpressure.pool._source import PoolReading, PoolSource, TimingRecorder, weak_pool
 
 __all__ = [

@@ -28,10 +28,10 @@ from typing import Any, Final, Protocol
 
 from opentelemetry.metrics import CallbackOptions, Histogram, MeterProvider, Observation
 
+from otel_backpressure._sdk import HistogramSink
 from otel_backpressure._shared import get_meter
 from otel_backpressure.pool._http import HttpClientMetrics
 from otel_backpressure.pool._registrations import RegisteredSources
-from otel_backpressure.pool._sdk import HistogramSink
 from otel_backpressure.pool._source import PoolReading, PoolSource, TimingRecorder
 
 __all__ = ["BOUNDARIES", "FAMILIES", "POOL_NAME", "STATE", "MetricFamily", "PoolMetrics"]

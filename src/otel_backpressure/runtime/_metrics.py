@@ -32,8 +32,8 @@ from opentelemetry.metrics import (
     get_meter_provider,
 )
 
+from otel_backpressure._sdk import HistogramSink
 from otel_backpressure._shared import get_meter
-from otel_backpressure.pool._sdk import HistogramSink
 from otel_backpressure.runtime._loop import LOOP_NAME, LoopMonitors
 from otel_backpressure.runtime._threads import MAX_BUFFERED, Source, ThreadPoolReading, WaitBuffer
 

@@ -19,8 +19,8 @@ from opentelemetry.sdk.metrics.view import (
     View,
 )
 
+from otel_backpressure._sdk import HistogramSink
 from otel_backpressure.pool._metrics import BOUNDARIES
-from otel_backpressure.pool._sdk import HistogramSink
 
 ATTRS = {"db.client.connection.pool.name": "db"}
 

@@ -1,12 +1,13 @@
 """Hand many buffered durations to an SDK histogram at the cost of one sort per batch.
 
 ``Histogram.record()`` costs several microseconds per value (a ``Measurement``,
-the exemplar filter, attribute hashing, locks). Pool timings are buffered on the
-hot path and handed over at collection time; doing that through ``record()``
-would only move the cost, not remove it. So for the OpenTelemetry SDK's own
-explicit-bucket aggregation, ``HistogramSink`` adds the values straight into the
-aggregation that ``record()`` would have reached (same lock, same bucket rule,
-same sum/min/max), giving an identical exported point. The first value of each
+the exemplar filter, attribute hashing, locks). The pool, HTTP-pool and runtime
+parts buffer their durations on the hot path and hand them over at collection
+time; doing that through ``record()`` would only move the cost, not remove it.
+So for the OpenTelemetry SDK's own explicit-bucket aggregation,
+``HistogramSink`` adds the values straight into the aggregation that
+``record()`` would have reached (same lock, same bucket rule, same
+sum/min/max), giving an identical exported point. The first value of each
 batch goes through ``record()`` so that the SDK itself creates the series with
 every view, attribute filter and cardinality limit applied.
 
