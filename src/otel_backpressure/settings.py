@@ -38,7 +38,7 @@ import os
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Final, Literal, TypeVar
+from typing import Final, Literal, NamedTuple, TypeVar
 
 __all__ = [
     "PREFIX",
@@ -69,8 +69,11 @@ def _show(number: float) -> str:
     return str(int(number)) if float(number).is_integer() else repr(float(number))
 
 
-@dataclass(frozen=True)
-class Variable:
+# A NamedTuple, not a dataclass: this module is imported whenever the
+# instrumentor loads, and each class the dataclass machinery builds costs that
+# start-up several times as much (see _patching). ``Settings`` stays a frozen
+# dataclass: it is public, and ``dataclasses.replace`` works on it.
+class Variable(NamedTuple):
     """One setting: its environment variable, kind, default, valid range and meaning.
 
     ``kind`` is ``switch`` (bool), ``count`` (int), ``number`` (float) or
@@ -342,7 +345,7 @@ class Settings:
 
 
 VARIABLES: Final[tuple[Variable, ...]] = tuple(
-    dataclasses.replace(spec.metadata[_METADATA_KEY], field=spec.name)
+    spec.metadata[_METADATA_KEY]._replace(field=spec.name)
     for spec in dataclasses.fields(Settings)
     if _METADATA_KEY in spec.metadata
 )

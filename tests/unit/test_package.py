@@ -127,6 +127,50 @@ def test_an_app_importing_no_instrumented_library_imports_none_because_of_us() -
     assert not set(json.loads(imported)) & set(INSTRUMENTED)
 
 
+# What loading the instrumentor imports of this package in an app that uses none
+# of its libraries: the instrumentor, the settings, the patch table and each
+# part's integration module. The rest (the pool registry and metrics, the error
+# registry, hierarchy and span wrappers, the runtime metrics) is imported when
+# the app creates a pool, a span records an exception, a loop starts or a
+# default thread pool is first used. BENCHMARKS.md (startup) has what each
+# costs; a module added to this list is paid for by every process.
+LOADED_AT_START_UP = {
+    "otel_backpressure",
+    "otel_backpressure._patching",
+    "otel_backpressure._shared",
+    "otel_backpressure.errors",
+    "otel_backpressure.errors._integration",
+    "otel_backpressure.errors._metrics",
+    "otel_backpressure.instrumentor",
+    "otel_backpressure.package",
+    "otel_backpressure.pool",
+    "otel_backpressure.pool._integration",
+    "otel_backpressure.pool._kinds",
+    "otel_backpressure.ratelimit",
+    "otel_backpressure.ratelimit.limits",
+    "otel_backpressure.runtime",
+    "otel_backpressure.runtime._integration",
+    "otel_backpressure.runtime._loop",
+    "otel_backpressure.settings",
+    "otel_backpressure.version",
+}
+
+
+def test_loading_the_instrumentor_imports_only_what_it_needs_to_wait() -> None:
+    code = (
+        "import json, sys\n"
+        "from otel_backpressure import BackpressureInstrumentor\n"
+        "assert BackpressureInstrumentor().is_instrumented_by_opentelemetry\n"
+        "print(json.dumps(sorted(n for n in sys.modules if n.startswith('otel_backpressure'))))\n"
+    )
+    # contrib's instrumentations of the same libraries import them; off, as above
+    others = "httpx,httpx2,aiohttp-client,redis,psycopg"
+    loaded = json.loads(
+        run_under_opentelemetry_instrument(code, OTEL_PYTHON_DISABLED_INSTRUMENTATIONS=others)
+    )
+    assert set(loaded) == LOADED_AT_START_UP
+
+
 def test_an_app_that_imports_a_library_gets_it_patched_then() -> None:
     code = (
         "import sys\n"

@@ -342,3 +342,51 @@ def test_under_a_wrapper_that_cannot_be_unpicked_ours_becomes_a_pass_through(
         remove(installation)
     assert module.Thing().call() == ("theirs", "plain")
     assert "pass-through" in caplog.text
+
+
+def test_a_deferred_wrapper_is_built_by_the_first_call_once(module_dir: Path) -> None:
+    write_module(module_dir, "bp_patching_target_g")
+    module = importlib.import_module("bp_patching_target_g")
+    builds: list[InstrumentationContext] = []
+
+    def counting(context: InstrumentationContext) -> Any:
+        builds.append(context)
+        return marking(context)
+
+    installation = apply(
+        (Patch("bp_patching_target_g", "Thing.call", counting, deferred=True),), CONTEXT
+    )
+    try:
+        assert [patch.target for patch in installation.installed] == [
+            "bp_patching_target_g.Thing.call"
+        ]
+        assert builds == [], "built at install"
+        assert module.Thing().call() == ("ours", "plain")
+        assert module.Thing().call() == ("ours", "plain")
+        assert builds == [CONTEXT]
+    finally:
+        remove(installation)
+    assert module.Thing().call() == "plain"
+
+
+def test_a_deferred_wrapper_that_cannot_be_built_calls_straight_through(
+    module_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    write_module(module_dir, "bp_patching_target_h")
+    module = importlib.import_module("bp_patching_target_h")
+
+    def broken(context: InstrumentationContext) -> Any:
+        raise RuntimeError("cannot build")
+
+    installation = apply(
+        (Patch("bp_patching_target_h", "Thing.call", broken, deferred=True),), CONTEXT
+    )
+    try:
+        with caplog.at_level(logging.ERROR, logger="otel_backpressure._patching"):
+            assert module.Thing().call() == "plain"
+            assert module.Thing().call() == "plain"
+        failures = [r for r in caplog.records if "bp_patching_target_h" in r.getMessage()]
+        assert len(failures) == 1, "logged once, not at every call"
+        assert "calls straight through" in failures[0].getMessage()
+    finally:
+        remove(installation)

@@ -110,3 +110,26 @@ def test_every_meter_carries_the_scope_and_version() -> None:
         assert (meter.name, meter.version) == (SCOPE, __version__)
     finally:
         provider.shutdown()
+
+
+@pytest.mark.parametrize(
+    "package",
+    [
+        "otel_backpressure",
+        "otel_backpressure.errors",
+        "otel_backpressure.pool",
+        "otel_backpressure.ratelimit",
+        "otel_backpressure.runtime",
+    ],
+)
+def test_every_public_name_of_a_lazy_package_is_exported_and_defined(package: str) -> None:
+    """Each package's ``__all__`` is what its table imports on first use, and each
+    entry names a module that defines it (the table is not checked by mypy)."""
+    module = importlib.import_module(package)
+    table = vars(module)["_LAZY"]
+    assert set(table) == set(module.__all__) - {"__version__"}
+    for name, defined_in in table.items():
+        assert getattr(importlib.import_module(defined_in), name) is getattr(module, name), name
+    assert set(module.__all__) <= set(dir(module))
+    with pytest.raises(AttributeError):
+        getattr(module, "no_such_name")  # noqa: B009

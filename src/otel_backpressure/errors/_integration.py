@@ -7,6 +7,14 @@ here, once, and no extra mapping is added) and names the meter provider ``backpr
 counts into; the instrumentor installs ``PATCHES``. Disabling restores the
 registry exactly as it was.
 
+Every process ``opentelemetry-instrument`` starts has imported the SDK's
+``Span`` by the time this part is enabled, so its two patches are installed at
+once; their wrappers, and with them the registry, the default mappings and
+the exception hierarchy, are built at the first ``set_status`` or
+``record_exception`` call (``Patch.deferred``), which a span that ends without
+an exception never makes. Loading the instrumentor imports only this module and
+``_metrics``.
+
 Example::
 
     from otel_backpressure.errors._integration import ErrorsIntegration
@@ -16,50 +24,61 @@ Example::
 
 from __future__ import annotations
 
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from otel_backpressure._patching import InstrumentationContext, Patch
-from otel_backpressure.errors._defaults import registry as default_registry
-from otel_backpressure.errors._mappings import parse_mappings
+from otel_backpressure._shared import Wrapper
 from otel_backpressure.errors._metrics import set_default_meter_provider
-from otel_backpressure.errors._outcome import ErrorOutcome
-from otel_backpressure.errors._registry import ErrorRegistry
-from otel_backpressure.errors._spans import (
-    record_exception_wrapper,
-    set_status_wrapper,
-    spans_of,
-)
 from otel_backpressure.settings import PREFIX, report_invalid
+
+if TYPE_CHECKING:
+    from otel_backpressure.errors._outcome import ErrorOutcome
+    from otel_backpressure.errors._registry import ErrorRegistry
 
 __all__ = ["PATCHES", "ErrorsIntegration"]
 
 _MAPPINGS_VARIABLE: Final = PREFIX + "ERROR_MAPPINGS"
 
 
+def _parse(text: str) -> tuple[tuple[str, ErrorOutcome], ...]:
+    if not text.strip():
+        return ()  # the usual case: the parser is not even imported
+    from otel_backpressure.errors._mappings import parse_mappings
+
+    return parse_mappings(text)
+
+
 def _registry_of(context: InstrumentationContext) -> ErrorRegistry:
-    chosen = context.options.get("error_registry", default_registry)
+    """The ``error_registry`` option, or the default registry; ``TypeError`` for anything else."""
+    if "error_registry" not in context.options:
+        from otel_backpressure.errors._defaults import registry
+
+        return registry
+    from otel_backpressure.errors._registry import ErrorRegistry
+
+    chosen = context.options["error_registry"]
     if not isinstance(chosen, ErrorRegistry):
         raise TypeError(f"error_registry must be an ErrorRegistry, got {chosen!r}")
     return chosen
 
 
+def _set_status(context: InstrumentationContext) -> Wrapper:
+    from otel_backpressure.errors._spans import set_status_wrapper, spans_of
+
+    return set_status_wrapper(_registry_of(context), spans_of(context.tracer_provider))
+
+
+def _record_exception(context: InstrumentationContext) -> Wrapper:
+    from otel_backpressure.errors._spans import record_exception_wrapper, spans_of
+
+    return record_exception_wrapper(_registry_of(context), spans_of(context.tracer_provider))
+
+
 # The two SDK calls that mark a span an exception escapes; see _spans. With a
 # tracer_provider, only that provider's spans are mapped.
 PATCHES: Final = (
-    Patch(
-        "opentelemetry.sdk.trace",
-        "Span.set_status",
-        lambda context: set_status_wrapper(
-            _registry_of(context), spans_of(context.tracer_provider)
-        ),
-    ),
-    Patch(
-        "opentelemetry.sdk.trace",
-        "Span.record_exception",
-        lambda context: record_exception_wrapper(
-            _registry_of(context), spans_of(context.tracer_provider)
-        ),
-    ),
+    Patch("opentelemetry.sdk.trace", "Span.set_status", _set_status, deferred=True),
+    Patch("opentelemetry.sdk.trace", "Span.record_exception", _record_exception, deferred=True),
 )
 
 
@@ -69,7 +88,8 @@ class ErrorsIntegration:
     ``instrument(tracer_provider=p)`` maps the spans of ``p`` only (the errors
     part creates no spans; the spans it works on are that provider's); without
     it, every SDK span. A provider that is not the SDK's is refused with a
-    ``TypeError`` naming ``tracer_provider``.
+    ``TypeError`` naming ``tracer_provider``, and an ``error_registry`` that is
+    not an ``ErrorRegistry`` with one naming ``error_registry``.
     """
 
     __slots__ = ("_registered", "_registry")
@@ -78,30 +98,40 @@ class ErrorsIntegration:
     patches: Final = PATCHES
 
     def __init__(self) -> None:
-        self._registry: ErrorRegistry = default_registry
+        self._registry: ErrorRegistry | None = None
         # (path, the mapping it replaced) for every mapping the settings added
         self._registered: list[tuple[str, ErrorOutcome | None]] = []
 
     def enable(self, context: InstrumentationContext) -> None:
-        spans_of(context.tracer_provider)  # refuse a provider whose spans cannot be told apart
-        registry = self._registry = _registry_of(context)
+        if context.tracer_provider is not None:
+            from otel_backpressure.errors._spans import spans_of
+
+            spans_of(context.tracer_provider)  # refuse a provider whose spans cannot be told apart
+        if "error_registry" in context.options:
+            _registry_of(context)  # refuse a wrong one now, not at the first exception
         text = context.settings.error_mappings
         try:
-            mappings = parse_mappings(text)
+            mappings = _parse(text)
         except ValueError as exc:  # the setting's default: no extra mappings
             report_invalid(_MAPPINGS_VARIABLE, text, str(exc))
             mappings = ()
-        for path, outcome in mappings:
-            self._registered.append((path, registry.register(path, outcome)))
+        if mappings:
+            registry = self._registry = _registry_of(context)
+            for path, outcome in mappings:
+                self._registered.append((path, registry.register(path, outcome)))
         set_default_meter_provider(context.meter_provider)
 
     def disable(self) -> None:
+        registry = self._registry
         for path, previous in reversed(self._registered):
+            if registry is None:
+                break
             if previous is None:
-                self._registry.unregister(path)
+                registry.unregister(path)
             else:
-                self._registry.register(path, previous)
+                registry.register(path, previous)
         self._registered = []
+        self._registry = None
         set_default_meter_provider(None)
 
     def __repr__(self) -> str:

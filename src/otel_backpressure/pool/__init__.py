@@ -1,6 +1,7 @@
 """Connection-pool telemetry: one registry of pools, one source per pool kind.
 
 ``_registry`` (``PoolRegistry``, ``instrument()``, and how to add a pool kind),
+``_kinds`` (every pool kind as data, which the instrumentor patches),
 ``_source`` (the ``PoolSource`` protocol and the ``PoolReading`` it returns),
 ``_metrics`` (the instruments and one collection over every live pool),
 ``_health`` (``pool_health()``, ``PoolHealth``), the sources ``_sqlalchemy``
@@ -32,6 +33,10 @@ if TYPE_CHECKING:
     from otel_backpressure.pool._integration import (
         PoolIntegration,
     )
+    from otel_backpressure.pool._kinds import (
+        SOURCES,
+        SourceKind,
+    )
     from otel_backpressure.pool._metrics import (
         FAMILIES,
         MetricFamily,
@@ -39,10 +44,8 @@ if TYPE_CHECKING:
     )
     from otel_backpressure.pool._registry import (
         REGISTRY,
-        SOURCES,
         PoolInstrumentation,
         PoolRegistry,
-        SourceKind,
         instrument,
     )
     from otel_backpressure.pool._source import (
@@ -93,9 +96,9 @@ _LAZY: dict[str, str] = {
     "PoolSource": "otel_backpressure.pool._source",
     "REGISTRY": "otel_backpressure.pool._registry",
     "RecorderSlots": "otel_backpressure.pool._source",
-    "SOURCES": "otel_backpressure.pool._registry",
+    "SOURCES": "otel_backpressure.pool._kinds",
     "SQLAlchemyPoolSource": "otel_backpressure.pool._sqlalchemy",
-    "SourceKind": "otel_backpressure.pool._registry",
+    "SourceKind": "otel_backpressure.pool._kinds",
     "TimingRecorder": "otel_backpressure.pool._source",
     "instrument": "otel_backpressure.pool._registry",
     "pool_health": "otel_backpressure.pool._health",

@@ -17,13 +17,16 @@ from __future__ import annotations
 import logging
 import weakref
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from opentelemetry.metrics import MeterProvider
 
 from otel_backpressure._patching import InstrumentationContext, Patch
 from otel_backpressure._shared import Wrapper
-from otel_backpressure.pool._registry import REGISTRY, SOURCES, PoolInstrumentation, instrument
+from otel_backpressure.pool._kinds import SOURCES
+
+if TYPE_CHECKING:
+    from otel_backpressure.pool._registry import PoolInstrumentation
 
 __all__ = ["PoolIntegration"]
 
@@ -37,6 +40,10 @@ def _engines(engines: object) -> list[Any]:
     if not isinstance(engines, Iterable) or isinstance(engines, (str, bytes)):
         raise TypeError(f"engines must be a list of engines, got {type(engines).__name__}")
     engines = list(engines)
+    if not engines:
+        return engines
+    from otel_backpressure.pool._registry import REGISTRY
+
     for engine in engines:
         if not REGISTRY.accepts(engine):
             raise TypeError(
@@ -90,6 +97,9 @@ class PoolIntegration:
         if context is None:
             return
         try:
+            # imported with the first pool, not when the instrumentor loads
+            from otel_backpressure.pool._registry import instrument
+
             handle = instrument(
                 target,
                 meter_provider=meter_provider or context.meter_provider,

@@ -17,7 +17,7 @@ Example::
 Adding a pool kind
 ------------------
 
-One new source module and one line in ``SOURCES`` below. The module defines a
+One new source module and one line in ``_kinds.SOURCES``. The module defines a
 class implementing ``_source.PoolSource`` (read its docstring), usually a
 ``RecorderSlots`` subclass:
 
@@ -71,20 +71,18 @@ instrumentation, whose event listeners sit on every pool of the class.
 
 from __future__ import annotations
 
-import importlib
 import logging
-import sys
 import threading
 import time
 import weakref
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final, cast, overload
+from typing import TYPE_CHECKING, Any, Final, overload
 
 from opentelemetry.metrics import MeterProvider, get_meter_provider
 
+from otel_backpressure.pool._kinds import SOURCES, SourceKind
 from otel_backpressure.pool._metrics import FAMILIES, MetricFamily
 from otel_backpressure.pool._source import PoolReading, PoolSource, PoolSourceClass
 from otel_backpressure.settings import Settings
@@ -96,74 +94,6 @@ __all__ = ["REGISTRY", "SOURCES", "PoolInstrumentation", "PoolRegistry", "Source
 
 _logger = logging.getLogger(__name__)
 
-
-@dataclass(frozen=True)
-class SourceKind:
-    """One pool kind: the library that makes it, its source, where its pools are created."""
-
-    library: str  # a module in sys.modules once the application uses the library
-    source: str  # "module:Class" of the PoolSource
-    created_at: tuple[str, str]  # (module, "Class.method") the instrumentor patches
-
-    def load(self) -> PoolSourceClass | None:
-        """The source class, or None while the library is not imported."""
-        if self.library not in sys.modules:
-            return None
-        module, _, name = self.source.partition(":")
-        return cast(PoolSourceClass, getattr(importlib.import_module(module), name))
-
-
-#: Every pool kind, one line each.
-SOURCES: Final = (
-    SourceKind(
-        "sqlalchemy",
-        "otel_backpressure.pool._sqlalchemy:SQLAlchemyPoolSource",
-        ("sqlalchemy.engine.base", "Engine.__init__"),
-    ),
-    SourceKind(
-        "asyncpg",
-        "otel_backpressure.pool._asyncpg:AsyncpgPoolSource",
-        ("asyncpg.pool", "Pool.__init__"),
-    ),
-    # psycopg_pool: every pool class (null pools too) runs its base's __init__
-    SourceKind(
-        "psycopg_pool",
-        "otel_backpressure.pool._psycopg:PsycopgPoolSource",
-        ("psycopg_pool.pool", "ConnectionPool.__init__"),
-    ),
-    SourceKind(
-        "psycopg_pool",
-        "otel_backpressure.pool._psycopg:PsycopgPoolSource",
-        ("psycopg_pool.pool_async", "AsyncConnectionPool.__init__"),
-    ),
-    # redis-py: BlockingConnectionPool and the sentinel pools run ConnectionPool.__init__
-    SourceKind(
-        "redis",
-        "otel_backpressure.pool._redis:RedisPoolSource",
-        ("redis.connection", "ConnectionPool.__init__"),
-    ),
-    SourceKind(
-        "redis",
-        "otel_backpressure.pool._redis:RedisPoolSource",
-        ("redis.asyncio.connection", "ConnectionPool.__init__"),
-    ),
-    # httpx: its transports make an httpcore pool (or proxy pool, a subclass)
-    SourceKind(
-        "httpcore",
-        "otel_backpressure.pool._httpx:HttpxPoolSource",
-        ("httpcore._sync.connection_pool", "ConnectionPool.__init__"),
-    ),
-    SourceKind(
-        "httpcore",
-        "otel_backpressure.pool._httpx:HttpxPoolSource",
-        ("httpcore._async.connection_pool", "AsyncConnectionPool.__init__"),
-    ),
-    SourceKind(
-        "aiohttp",
-        "otel_backpressure.pool._aiohttp:AiohttpPoolSource",
-        ("aiohttp.connector", "BaseConnector.__init__"),
-    ),
-)
 
 _KINDS_TEXT = (
     "a SQLAlchemy Engine or AsyncEngine, an asyncpg.Pool, a psycopg_pool pool, "
@@ -499,8 +429,9 @@ def instrument(
     An ``anyio.CapacityLimiter`` or ``ThreadPoolExecutor`` goes to the runtime
     part (``backpressure.thread_pool.*``, named ``pool_name``; docs/runtime.md).
 
-    ``pool_name`` (a non-empty string) defaults to ``address[:port]/database``
-    as the driver resolves them (never credentials), made unique among live
+    ``pool_name`` (a non-empty string) defaults to
+    ``server.address[:server.port]/db.namespace`` as the driver resolves them
+    (never credentials; *Names* in docs/pool.md), made unique among live
     pools with a ``#n`` suffix. ``meter_provider`` defaults to the global one.
     ``timings`` switches the three time histograms (default: the
     ``OTEL_PYTHON_BACKPRESSURE_POOL_TIMINGS`` setting). ``clock`` is a

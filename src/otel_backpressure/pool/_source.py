@@ -154,8 +154,9 @@ class PoolSource(Protocol):
       key the registry files it under: an ``AsyncEngine`` and its
       ``sync_engine`` resolve to the same engine), or None when ``target`` is
       not this kind.
-    - ``server(key)``: the default name's base, ``address[:port]/database`` as
-      the driver resolves it (``_naming`` has the resolvers); never credentials.
+    - ``server(key)``: the default name's base,
+      ``server.address[:server.port]/db.namespace`` as the driver resolves it
+      (``_naming`` has the resolvers); never credentials.
     - ``peek(target)``: a ``PoolReading`` of a pool nobody instrumented (for
       ``pool_health()``), or None when ``target`` is not this kind; counts the
       pool cannot tell without hooks are None.

@@ -24,6 +24,7 @@ from typing import Any
 
 from opentelemetry.metrics import MeterProvider
 
+from otel_backpressure.runtime._integration import ANYIO, DEFAULT_EXECUTOR
 from otel_backpressure.runtime._metrics import ThreadPoolMetrics
 from otel_backpressure.runtime._threads import (
     ExecutorSource,
@@ -164,7 +165,7 @@ def thread_pool_reading(target: Any) -> tuple[str | None, int | None, int | None
     return (source.name if measured else None), used, reading.max, reading.queue
 
 
-_DEFAULT_NAMES = frozenset({"anyio", "asyncio.default_executor"})
+_DEFAULT_NAMES = frozenset({ANYIO, DEFAULT_EXECUTOR})
 
 
 def _default_name(target: Any) -> str:

@@ -24,23 +24,61 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any, Final
+
+from opentelemetry.metrics import MeterProvider
 
 from otel_backpressure._patching import InstrumentationContext, Patch
 from otel_backpressure._shared import Wrapper
-from otel_backpressure.runtime._api import register_default, set_default_metrics
 from otel_backpressure.runtime._loop import LoopMonitors
-from otel_backpressure.runtime._metrics import LoopMetrics, ThreadPoolMetrics
-from otel_backpressure.runtime._threads import ANYIO, DEFAULT_EXECUTOR, time_waits
 
-__all__ = ["MONITORS", "EventLoopIntegration", "ThreadPoolIntegration"]
+if TYPE_CHECKING:
+    from otel_backpressure.runtime._metrics import LoopMetrics
+
+__all__ = ["ANYIO", "DEFAULT_EXECUTOR", "MONITORS", "EventLoopIntegration", "ThreadPoolIntegration"]
 
 _logger = logging.getLogger(__name__)
 
 #: Every monitored loop of the process.
 MONITORS = LoopMonitors()
+
+#: The names the thread-pool part gives the default pools it finds.
+ANYIO: Final = "anyio"
+DEFAULT_EXECUTOR: Final = "asyncio.default_executor"
+
+# The metrics modules (and the thread-pool registry) are imported when first
+# needed, not when the instrumentor loads: the event-loop metrics when the
+# first loop starts being monitored, the thread-pool ones when the first
+# default pool is seen. Until then no instrument exists, which a reader cannot
+# tell from instruments without a measurement.
+
+
+def _loop_metrics(
+    meter_provider: MeterProvider | None,
+) -> tuple[Callable[[], LoopMetrics], Callable[[float, dict[str, str]], None]]:
+    """``(ready, record)`` for ``meter_provider``: ``ready()`` makes its event-loop
+    metrics, once; ``record`` hands them a loop's delay sample."""
+    made: list[LoopMetrics] = []
+
+    def ready() -> LoopMetrics:
+        if not made:
+            from otel_backpressure.runtime._metrics import LoopMetrics
+
+            made.append(LoopMetrics.for_provider(meter_provider, MONITORS))
+        return made[0]
+
+    def record(delay: float, attributes: dict[str, str]) -> None:
+        # every loop is ready()'d before its monitor starts: one sample per resolution
+        made[0].record_delay(delay, attributes)
+
+    return ready, record
+
+
+# ready() of the event-loop part while it is on
+_loop_ready: Callable[[], LoopMetrics] | None = None
 
 
 class EventLoopIntegration:
@@ -59,15 +97,20 @@ class EventLoopIntegration:
         )
 
     def enable(self, context: InstrumentationContext) -> None:
-        metrics = LoopMetrics.for_provider(context.meter_provider, MONITORS)
-        MONITORS.enable(metrics.record_delay, context.settings.event_loop_resolution)
+        global _loop_ready
+        ready, record = _loop_metrics(context.meter_provider)
+        _loop_ready = ready  # first: a loop starting in between is monitored
+        MONITORS.enable(record, context.settings.event_loop_resolution)
         try:
             running = asyncio.get_running_loop()
         except RuntimeError:
             return
+        ready()
         MONITORS.start(running)
 
     def disable(self) -> None:
+        global _loop_ready
+        _loop_ready = None
         MONITORS.disable()
 
     def __repr__(self) -> str:
@@ -80,8 +123,14 @@ def _run_forever(context: InstrumentationContext) -> Wrapper:
     def run_forever(
         wrapped: Callable[..., Any], loop: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
-        if not monitors.enabled or loop.is_running():
+        ready = _loop_ready
+        if ready is None or not monitors.enabled or loop.is_running():
             return wrapped(*args, **kwargs)  # the loop raises "already running" itself
+        try:
+            ready()
+        except Exception:  # telemetry never raises into the host call
+            _logger.exception("Cannot make the event-loop metrics; the loop is not monitored")
+            return wrapped(*args, **kwargs)
         monitor = monitors.start(loop)
         try:
             return wrapped(*args, **kwargs)
@@ -111,13 +160,69 @@ class ThreadPoolIntegration:
         )
 
     def enable(self, context: InstrumentationContext) -> None:
-        set_default_metrics(ThreadPoolMetrics.for_provider(context.meter_provider))
+        global _default_pools
+        _stop_default_pools()
+        _default_pools = _DefaultPools(context.meter_provider)
 
     def disable(self) -> None:
-        set_default_metrics(None)
+        _stop_default_pools()
 
     def __repr__(self) -> str:
         return "ThreadPoolIntegration()"
+
+
+class _DefaultPools:
+    """Reports anyio's default limiter and the loops' default executors to one provider.
+
+    Made when the thread-pool part is enabled; the thread-pool registry and
+    metrics are imported, and the instruments made, when the first default
+    pool is seen (``register``).
+    """
+
+    __slots__ = ("_lock", "_provider", "_register", "_stopped")
+
+    def __init__(self, meter_provider: MeterProvider | None) -> None:
+        self._lock = threading.Lock()
+        self._provider = meter_provider
+        self._register: Callable[[Any, str, asyncio.AbstractEventLoop | None], None] | None = None
+        self._stopped = False
+
+    def register(self, target: Any, name: str, loop: asyncio.AbstractEventLoop | None) -> None:
+        """``_api.register_default(target, name, loop)``; nothing once stopped."""
+        register = self._register or self._start()
+        if register is not None:
+            register(target, name, loop)
+
+    def _start(self) -> Callable[[Any, str, asyncio.AbstractEventLoop | None], None] | None:
+        from otel_backpressure.runtime._api import register_default, set_default_metrics
+        from otel_backpressure.runtime._metrics import ThreadPoolMetrics
+
+        with self._lock:
+            if self._register is None and not self._stopped:
+                set_default_metrics(ThreadPoolMetrics.for_provider(self._provider))
+                self._register = register_default
+            return self._register
+
+    def stop(self) -> None:
+        """Stop reporting the default pools and forget them."""
+        with self._lock:
+            self._stopped = True
+            started, self._register = self._register is not None, None
+        if started:
+            from otel_backpressure.runtime._api import set_default_metrics
+
+            set_default_metrics(None)
+
+
+# The thread-pool part's default pools while it is on.
+_default_pools: _DefaultPools | None = None
+
+
+def _stop_default_pools() -> None:
+    global _default_pools
+    pools, _default_pools = _default_pools, None
+    if pools is not None:
+        pools.stop()
 
 
 def _limiter_init(context: InstrumentationContext) -> Wrapper:
@@ -126,6 +231,8 @@ def _limiter_init(context: InstrumentationContext) -> Wrapper:
     ) -> Any:
         wrapped(*args, **kwargs)
         try:
+            from otel_backpressure.runtime._threads import time_waits
+
             time_waits(limiter)  # just made: no other task can hold it yet
         except Exception:
             _logger.debug("Cannot time the waits of %r", limiter, exc_info=True)
@@ -138,10 +245,11 @@ def _run_var_set(context: InstrumentationContext) -> Wrapper:
         wrapped: Callable[..., Any], run_var: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
         result = wrapped(*args, **kwargs)
-        if getattr(run_var, "_name", None) == "_default_thread_limiter":
+        pools = _default_pools
+        if pools is not None and getattr(run_var, "_name", None) == "_default_thread_limiter":
             try:
                 limiter = args[0] if args else kwargs["value"]
-                register_default(limiter, ANYIO, _running_loop())
+                pools.register(limiter, ANYIO, _running_loop())
             except Exception:
                 _logger.debug("Cannot measure anyio's default thread limiter", exc_info=True)
         return result
@@ -165,6 +273,9 @@ def _run_in_executor(context: InstrumentationContext) -> Wrapper:
 
 
 def _measure_default_executor(loop: Any) -> None:
+    pools = _default_pools
+    if pools is None:
+        return
     if not isinstance(loop, asyncio.BaseEventLoop):
         return  # uvloop keeps its default executor where Python cannot read it
     default = getattr(loop, "_default_executor", None)
@@ -176,7 +287,7 @@ def _measure_default_executor(loop: Any) -> None:
         default = ThreadPoolExecutor(thread_name_prefix="asyncio")
         loop.set_default_executor(default)
     if isinstance(default, ThreadPoolExecutor):
-        register_default(default, DEFAULT_EXECUTOR, loop)
+        pools.register(default, DEFAULT_EXECUTOR, loop)
 
 
 def _running_loop() -> asyncio.AbstractEventLoop | None:

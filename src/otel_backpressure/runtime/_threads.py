@@ -34,8 +34,6 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Final, Union
 
 __all__ = [
-    "ANYIO",
-    "DEFAULT_EXECUTOR",
     "ExecutorSource",
     "LimiterSource",
     "LimiterWaits",
@@ -47,8 +45,6 @@ __all__ = [
     "waits_of",
 ]
 
-ANYIO: Final = "anyio"
-DEFAULT_EXECUTOR: Final = "asyncio.default_executor"
 # A wait deque longer than this is dropped from the front: memory stays bounded
 # however long the exporter waits between collections.
 MAX_BUFFERED: Final = 4096

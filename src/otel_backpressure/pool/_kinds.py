@@ -1,0 +1,94 @@
+"""Every pool kind as data: its library, its source class, where its pools are created.
+
+Kept apart from ``_registry`` so that the instrumentor can patch the
+``created_at`` targets without importing the registry and the metrics: those
+are imported when the application creates its first pool (see ``_integration``).
+How to add a kind is in ``_registry``'s docstring.
+
+Example::
+
+    kind = SOURCES[0]
+    kind.created_at     # ("sqlalchemy.engine.base", "Engine.__init__")
+    kind.load()         # SQLAlchemyPoolSource, or None while SQLAlchemy is not imported
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from typing import TYPE_CHECKING, Final, NamedTuple, cast
+
+if TYPE_CHECKING:
+    from otel_backpressure.pool._source import PoolSourceClass
+
+__all__ = ["SOURCES", "SourceKind"]
+
+
+# A NamedTuple, not a dataclass: this module is imported whenever the
+# instrumentor loads (see _patching).
+class SourceKind(NamedTuple):
+    """One pool kind: the library that makes it, its source, where its pools are created."""
+
+    library: str  # a module in sys.modules once the application uses the library
+    source: str  # "module:Class" of the PoolSource
+    created_at: tuple[str, str]  # (module, "Class.method") the instrumentor patches
+
+    def load(self) -> PoolSourceClass | None:
+        """The source class, or None while the library is not imported."""
+        if self.library not in sys.modules:
+            return None
+        module, _, name = self.source.partition(":")
+        return cast("PoolSourceClass", getattr(importlib.import_module(module), name))
+
+
+#: Every pool kind, one line each.
+SOURCES: Final = (
+    SourceKind(
+        "sqlalchemy",
+        "otel_backpressure.pool._sqlalchemy:SQLAlchemyPoolSource",
+        ("sqlalchemy.engine.base", "Engine.__init__"),
+    ),
+    SourceKind(
+        "asyncpg",
+        "otel_backpressure.pool._asyncpg:AsyncpgPoolSource",
+        ("asyncpg.pool", "Pool.__init__"),
+    ),
+    # psycopg_pool: every pool class (null pools too) runs its base's __init__
+    SourceKind(
+        "psycopg_pool",
+        "otel_backpressure.pool._psycopg:PsycopgPoolSource",
+        ("psycopg_pool.pool", "ConnectionPool.__init__"),
+    ),
+    SourceKind(
+        "psycopg_pool",
+        "otel_backpressure.pool._psycopg:PsycopgPoolSource",
+        ("psycopg_pool.pool_async", "AsyncConnectionPool.__init__"),
+    ),
+    # redis-py: BlockingConnectionPool and the sentinel pools run ConnectionPool.__init__
+    SourceKind(
+        "redis",
+        "otel_backpressure.pool._redis:RedisPoolSource",
+        ("redis.connection", "ConnectionPool.__init__"),
+    ),
+    SourceKind(
+        "redis",
+        "otel_backpressure.pool._redis:RedisPoolSource",
+        ("redis.asyncio.connection", "ConnectionPool.__init__"),
+    ),
+    # httpx: its transports make an httpcore pool (or proxy pool, a subclass)
+    SourceKind(
+        "httpcore",
+        "otel_backpressure.pool._httpx:HttpxPoolSource",
+        ("httpcore._sync.connection_pool", "ConnectionPool.__init__"),
+    ),
+    SourceKind(
+        "httpcore",
+        "otel_backpressure.pool._httpx:HttpxPoolSource",
+        ("httpcore._async.connection_pool", "AsyncConnectionPool.__init__"),
+    ),
+    SourceKind(
+        "aiohttp",
+        "otel_backpressure.pool._aiohttp:AiohttpPoolSource",
+        ("aiohttp.connector", "BaseConnector.__init__"),
+    ),
+)
