@@ -255,12 +255,15 @@ class Installation:
         if requirement is None:
             return True
         if requirement not in self._checked:
-            from opentelemetry.instrumentation.dependencies import get_dependency_conflicts
+            met = _meets(requirement)
+            if not met:  # not met, or not told by the Version line: contrib decides and says why
+                from opentelemetry.instrumentation.dependencies import get_dependency_conflicts
 
-            conflict = get_dependency_conflicts([requirement])
-            if conflict is not None:
-                _logger.warning("Backpressure telemetry skips %s: %s", module, conflict)
-            self._checked[requirement] = conflict is None
+                conflict = get_dependency_conflicts([requirement])
+                if conflict is not None:
+                    _logger.warning("Backpressure telemetry skips %s: %s", module, conflict)
+                met = conflict is None
+            self._checked[requirement] = met
         return self._checked[requirement]
 
     def _install(self, patch: Patch, module: ModuleType) -> None:
@@ -302,6 +305,38 @@ class Installation:
             installed, self._installed = self._installed, []
         for item in reversed(installed):
             _take_off(item)
+
+
+def _meets(requirement: str) -> bool | None:
+    """Whether the installed distribution meets ``requirement`` (``"redis >= 5.0.1"``), or
+    None when its metadata has no plain ``Version`` line to tell.
+
+    What ``importlib.metadata.version()`` reports, without parsing the whole
+    ``METADATA`` file as an email message to get it: that parse, not the
+    lookup, is what the check costs (redis-py's long description made it about
+    half a millisecond), and the instrumentor checks every library it finds
+    imported while the process starts.
+    """
+    from importlib.metadata import PackageNotFoundError, distribution
+
+    from packaging.requirements import InvalidRequirement, Requirement
+    from packaging.version import InvalidVersion
+
+    try:
+        wanted = Requirement(requirement)
+        text = distribution(wanted.name).read_text("METADATA")
+    except (InvalidRequirement, PackageNotFoundError, OSError, ValueError):
+        return None
+    for line in (text or "").split("\n"):
+        if not line.strip():
+            break  # the end of the headers
+        name, colon, value = line.partition(":")
+        if colon and name == "Version" and value.strip():
+            try:
+                return wanted.specifier.contains(value.strip())
+            except InvalidVersion:
+                return None
+    return None
 
 
 def _raw_attribute(owner: Any, name: str) -> Any:

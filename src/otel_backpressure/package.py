@@ -5,9 +5,10 @@ meet, the same string the extra of that name in ``pyproject.toml`` declares
 (``tests/unit/test_package.py`` keeps the two equal). Nothing here is a
 dependency of the package: a part whose library is not installed is skipped
 with one debug line, and a part whose library is installed at a version outside
-its range is skipped with a warning naming both, checked with
-``opentelemetry-instrumentation``'s own ``get_dependency_conflicts`` when the
-application imports the library.
+its range is skipped with a warning naming both, checked when the application
+imports the library (against the ``Version`` line of its metadata; when that
+does not meet the range, ``opentelemetry-instrumentation``'s own
+``get_dependency_conflicts`` decides and words the warning).
 
 The errors part instruments the OpenTelemetry SDK's ``Span``, so the SDK is an
 instrumented library like the others, not a dependency.

@@ -23,6 +23,7 @@ from otel_backpressure._patching import (
     InstrumentationContext,
     Patch,
     _layers,
+    _meets,
     _raw_attribute,
     apply,
     remove,
@@ -390,3 +391,26 @@ def test_a_deferred_wrapper_that_cannot_be_built_calls_straight_through(
         assert "calls straight through" in failures[0].getMessage()
     finally:
         remove(installation)
+
+
+def test_the_version_check_reads_what_importlib_metadata_reports() -> None:
+    """``_meets`` reads the ``Version`` line instead of parsing the whole metadata:
+    for every distribution installed here it agrees with ``version()``."""
+    from importlib.metadata import distributions, version
+
+    from packaging.requirements import Requirement
+    from packaging.version import InvalidVersion, Version
+
+    checked = 0
+    for dist in distributions():
+        name = dist.metadata["Name"]
+        try:
+            installed = Version(version(name))
+        except InvalidVersion:
+            continue
+        for requirement in (f"{name} >= {installed}", f"{name} < {installed}"):
+            expected = Requirement(requirement).specifier.contains(str(installed))
+            assert _meets(requirement) is expected, requirement
+        checked += 1
+    assert checked > 100
+    assert _meets("bp-no-such-distribution >= 1") is None  # contrib's check decides
