@@ -318,7 +318,7 @@ def test_collector_outage_does_not_disturb_the_app_and_memory_stays_bounded(
     assert app.unexpected() == []
 
 
-def test_disabled_instrumentations_variable_turns_the_package_off(
+def test_disabled_instrumentations_variable_removes_what_the_instrumentor_does(
     collector: Collector, start_app: Callable[..., App]
 ) -> None:
     app = start_app("grpc", OTEL_PYTHON_DISABLED_INSTRUMENTATIONS="backpressure")
