@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from otel_backpressure import BackpressureInstrumentor
-from otel_backpressure.testing import MetricsCapture
+from otel_backpressure.testing import FakeClock, MetricsCapture
 
 NAME = "db.client.connection.pool.name"
 # MetricsCapture.snapshot() keys for the two series of db.client.connection.count
@@ -24,6 +24,23 @@ def buckets(**counts: int) -> tuple[int, ...]:
     for key, count in counts.items():
         values[int(key[1:])] = count
     return tuple(values)
+
+
+def slow_connection(clock: FakeClock, seconds: float) -> type[Any]:
+    """An ``asyncpg.Connection`` class whose connections "take" ``seconds`` on the fake clock.
+
+    asyncpg makes the object while it connects, on every version, so the time
+    lands in whatever times the connect: a raw pool's (``connection_class=``)
+    or SQLAlchemy's (``connect_args={"connection_class": ...}``), 1.4 and 2.x.
+    """
+    import asyncpg
+
+    class SlowConnection(asyncpg.Connection):  # type: ignore[misc]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            clock.advance(seconds)
+            super().__init__(*args, **kwargs)
+
+    return SlowConnection
 
 
 async def wait_for(predicate: Callable[[], bool], what: str) -> None:

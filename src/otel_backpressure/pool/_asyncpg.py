@@ -7,10 +7,13 @@ own, made for that pool, that only adds timing around ``_acquire`` and
 ``isinstance`` checks are unchanged, other pools are untouched, and closing the
 source swaps the class back (why not a patch-table row: "Hooks on instances" in
 ``_registry``). Connection creation is timed by wrapping the pool's own
-``connect`` callable. Counts come from ``get_size()``, ``get_idle_size()``,
-``get_min_size()`` and ``get_max_size()`` at collection time; asyncpg counts a
-connection only while it is open (``is_closed()`` false), so a backend the
-server terminated stops counting as soon as the event loop sees the socket close.
+``connect`` callable (asyncpg 0.30+); before 0.30 the pool has none, and the
+subclass times ``_get_new_connection`` up to the pool's ``init`` callback, so
+the figure is the connect alone on every version. Counts come from
+``get_size()``, ``get_idle_size()``, ``get_min_size()`` and ``get_max_size()``
+at collection time; asyncpg counts a connection only while it is open
+(``is_closed()`` false), so a backend the server terminated stops counting as
+soon as the event loop sees the socket close.
 
 Because the pool cannot be referenced weakly, a pool drops out of the metrics
 when it is closed (``Pool.close()``/``terminate()``), not when it is dropped.
@@ -28,10 +31,11 @@ Example::
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, ClassVar
 
 from otel_backpressure.pool._naming import asyncpg_server, server_name
@@ -40,6 +44,20 @@ from otel_backpressure.pool._source import MAX_BUFFERED, PoolReading, PoolSource
 __all__ = ["AsyncpgPoolSource", "is_asyncpg_pool", "read_asyncpg"]
 
 _logger = logging.getLogger(__name__)
+
+# asyncpg < 0.30: when the connection being made by this task's
+# _get_new_connection was connected (the pool's init callback stamps it)
+_connected_at: contextvars.ContextVar[list[float | None]] = contextvars.ContextVar(
+    "otel_backpressure_asyncpg_connected_at"
+)
+
+
+def is_closing(pool: Any) -> bool:
+    """Whether ``pool`` is closed or closing (``Pool.is_closing()`` is asyncpg 0.28+)."""
+    method = getattr(pool, "is_closing", None)
+    if method is not None:
+        return bool(method())
+    return bool(pool._closed or pool._closing)  # what is_closing() reads
 
 
 def is_asyncpg_pool(target: object) -> bool:
@@ -75,6 +93,7 @@ class AsyncpgPoolSource(RecorderSlots):
         "_clock",
         "_original_class",
         "_original_connect",
+        "_original_init",
         "_pool",
         "_starts",
         "name",
@@ -115,15 +134,19 @@ class AsyncpgPoolSource(RecorderSlots):
         self._pool = pool
         self._starts: dict[int, float] = {}  # id(connection holder) -> acquired at
         self._original_class = type(pool)
-        # asyncpg < 0.30 has no _connect to time: create_time is not measured there
+        # asyncpg < 0.30 has no _connect: the subclass times _get_new_connection,
+        # and the init callback says where the connect ended
         self._original_connect = getattr(pool, "_connect", None)
+        self._original_init = pool._init
         if self._original_connect is not None:
             pool._connect = self._timed_connect(self._original_connect)
+        elif self._original_init is not None:
+            pool._init = _stamped_init(self._original_init, clock)
         pool.__class__ = _instrumented(type(pool), self)
 
     @property
     def alive(self) -> bool:
-        return not self._pool.is_closing()
+        return not is_closing(self._pool)
 
     def read(self) -> PoolReading:
         return read_asyncpg(self._pool, pending=self.pending, timeouts=self.timeouts)
@@ -136,6 +159,8 @@ class AsyncpgPoolSource(RecorderSlots):
             pool.__class__ = self._original_class
             if self._original_connect is not None:
                 pool._connect = self._original_connect
+            else:
+                pool._init = self._original_init
 
     def __repr__(self) -> str:
         return (
@@ -152,16 +177,17 @@ class AsyncpgPoolSource(RecorderSlots):
             start = source._clock()
             connection = await connect(*args, **kwargs)
             try:
-                recorders = source.recorders
-                if recorders:
-                    took = source._clock() - start
-                    for recorder in recorders:
-                        recorder.create.append(took)
+                if source.recorders:
+                    source.created(source._clock() - start)
             except Exception:
                 _logger.debug("asyncpg connect telemetry failed", exc_info=True)
             return connection
 
         return timed_connect
+
+    def created(self, took: float) -> None:
+        for recorder in self.recorders:
+            recorder.create.append(took)
 
     def acquired(self, proxy: Any, start: float) -> None:
         now = self._clock()
@@ -184,6 +210,20 @@ class AsyncpgPoolSource(RecorderSlots):
                 recorder.flush()
 
 
+def _stamped_init(
+    init: Callable[[Any], Awaitable[Any]], clock: Callable[[], float]
+) -> Callable[[Any], Awaitable[Any]]:
+    """asyncpg < 0.30: the pool's ``init`` callback, noting first when the connect ended."""
+
+    async def stamped_init(connection: Any) -> Any:
+        box = _connected_at.get(None)
+        if box is not None:
+            box[0] = clock()
+        return await init(connection)
+
+    return stamped_init
+
+
 def _instrumented(base: type, source: AsyncpgPoolSource) -> type:
     """A same-layout subclass of ``base``, for one pool, that times acquire and release.
 
@@ -193,6 +233,7 @@ def _instrumented(base: type, source: AsyncpgPoolSource) -> type:
     """
     base_acquire = base._acquire  # type: ignore[attr-defined]
     base_release = base.release  # type: ignore[attr-defined]
+    base_new_connection = base._get_new_connection  # type: ignore[attr-defined]
     clock = source._clock
 
     async def _acquire(self: Any, timeout: float | None) -> Any:
@@ -220,15 +261,32 @@ def _instrumented(base: type, source: AsyncpgPoolSource) -> type:
             _logger.debug("asyncpg release telemetry failed", exc_info=True)
         return await base_release(self, connection, timeout=timeout)
 
-    return type(
-        base.__name__,
-        (base,),
-        {
-            "__slots__": (),
-            "__module__": base.__module__,
-            "__qualname__": base.__qualname__,
-            "_acquire": _acquire,
-            "release": release,
-            "_backpressure_source": source,
-        },
-    )
+    async def _get_new_connection(self: Any) -> Any:
+        # asyncpg < 0.30 only (0.30+ times the pool's connect callable): the
+        # connect ends where the init callback, if any, begins
+        box: list[float | None] = [None]
+        token = _connected_at.set(box)
+        start = clock()
+        try:
+            connection = await base_new_connection(self)
+        finally:
+            _connected_at.reset(token)
+        try:
+            if source.recorders:
+                end = box[0]
+                source.created((clock() if end is None else end) - start)
+        except Exception:
+            _logger.debug("asyncpg connect telemetry failed", exc_info=True)
+        return connection
+
+    namespace: dict[str, Any] = {
+        "__slots__": (),
+        "__module__": base.__module__,
+        "__qualname__": base.__qualname__,
+        "_acquire": _acquire,
+        "release": release,
+        "_backpressure_source": source,
+    }
+    if source._original_connect is None:
+        namespace["_get_new_connection"] = _get_new_connection
+    return type(base.__name__, (base,), namespace)

@@ -11,18 +11,16 @@ import pytest
 
 import otel_backpressure
 from otel_backpressure.testing import FakeClock, MetricsCapture
-from pool_states import IDLE, NAME, USED, buckets, wait_for
+from pool_states import IDLE, NAME, USED, buckets, slow_connection, wait_for
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
 async def pool(postgres_dsn: str, clock: FakeClock) -> AsyncIterator[asyncpg.Pool]:
-    async def connect(*args: Any, **kwargs: Any) -> Any:
-        clock.advance(0.003)  # every new connection "takes" 3 ms
-        return await asyncpg.connect(*args, **kwargs)
-
-    pool = asyncpg.create_pool(postgres_dsn, min_size=1, max_size=3, connect=connect)
+    pool = asyncpg.create_pool(
+        postgres_dsn, min_size=1, max_size=3, connection_class=slow_connection(clock, 0.003)
+    )
     yield pool
     # close() waits for every connection a failed test still holds: bound it
     try:
@@ -86,8 +84,8 @@ async def test_asyncpg_pool_through_known_states(
         state = metrics.snapshot(series)
         assert (state[USED], state["db.client.connection.pending_requests"]) == (3, 0)
 
-        # the builtin on 3.10 too (asyncpg 0.30+), where asyncio's is another class
-        with pytest.raises(TimeoutError):
+        # 3.10: the builtin from asyncpg 0.30, asyncio's (another class there) before
+        with pytest.raises((TimeoutError, asyncio.TimeoutError)):
             await pool.acquire(timeout=0)  # no time to wait
         state = metrics.snapshot(series)
         assert state["db.client.connection.pending_requests"] == 0
@@ -136,13 +134,20 @@ async def test_closed_pool_drops_out(postgres_dsn: str, metrics: MetricsCapture)
 async def test_uninstrument_silences_and_restores(
     postgres_dsn: str, metrics: MetricsCapture
 ) -> None:
-    pool = await asyncpg.create_pool(postgres_dsn, min_size=0, max_size=2)
+    async def init(connection: Any) -> None:
+        pass
+
+    pool = await asyncpg.create_pool(postgres_dsn, min_size=0, max_size=2, init=init)
     try:
-        connect = pool._connect
+        connect = getattr(pool, "_connect", None)  # asyncpg 0.30+
         handle = otel_backpressure.instrument(pool, meter_provider=metrics.meter_provider)
         assert otel_backpressure.instrument(pool, meter_provider=metrics.meter_provider) is handle
         handle.uninstrument()
-        assert (type(pool), pool._connect) == (asyncpg.Pool, connect)
+        assert (type(pool), getattr(pool, "_connect", None), pool._init) == (
+            asyncpg.Pool,
+            connect,
+            init,
+        )
         assert not any(
             key.startswith("db.client.connection.count")
             for key in metrics.snapshot({NAME: handle.pool_name})
@@ -150,4 +155,36 @@ async def test_uninstrument_silences_and_restores(
         async with pool.acquire() as connection:
             assert await connection.fetchval("SELECT 1") == 1
     finally:
+        await pool.close()
+
+
+async def test_create_time_is_the_connect_without_the_init_callback(
+    postgres_dsn: str, metrics: MetricsCapture, clock: FakeClock
+) -> None:
+    # asyncpg 0.30+ times the pool's connect callable, older versions the pool's
+    # own _get_new_connection up to init: the same figure either way
+    async def init(connection: Any) -> None:
+        clock.advance(1.0)  # the application's own set-up, not the connect
+
+    pool = asyncpg.create_pool(
+        postgres_dsn,
+        min_size=0,
+        max_size=2,
+        init=init,
+        connection_class=slow_connection(clock, 0.003),
+    )
+    handle = otel_backpressure.instrument(
+        pool, meter_provider=metrics.meter_provider, clock=clock, pool_name="init"
+    )
+    try:
+        await pool
+        async with pool.acquire(), pool.acquire():
+            pass
+        assert metrics.snapshot({NAME: "init"})["db.client.connection.create_time"] == (
+            2,
+            pytest.approx(0.006),
+            buckets(b1=2),
+        )
+    finally:
+        handle.uninstrument()
         await pool.close()
