@@ -97,24 +97,36 @@ def _open_idle(connection: Any) -> bool:
     return fileno >= 0 and peek_first_byte(fileno) != b""  # -1: closed under us
 
 
+def _parked(pool: Any) -> Any | None:
+    """What a ``BlockingConnectionPool``'s LIFO queue holds (``queue.LifoQueue``'s
+    ``queue``; ``asyncio.LifoQueue``'s ``_queue``, redis.asyncio before 5.0.1), or
+    None for a pool without one."""
+    queue = getattr(pool, "pool", None)
+    if queue is None:
+        return None
+    items = getattr(queue, "queue", None)
+    return getattr(queue, "_queue", None) if items is None else items
+
+
 def _waiters(pool: Any) -> int:
     """Callers blocked for a connection now (0 for a pool that never waits)."""
-    queue = getattr(pool, "pool", None)
     condition = getattr(pool, "_condition", None)
     if condition is not None:  # redis.asyncio BlockingConnectionPool, redis >= 5.0.1
         return len(condition._waiters)
-    if queue is None or not hasattr(queue, "queue"):
-        return 0
+    queue = getattr(pool, "pool", None)
     not_empty = getattr(queue, "not_empty", None)  # queue.LifoQueue: a threading.Condition
     if not_empty is not None:
         return len(not_empty._waiters)
-    return sum(1 for getter in queue._getters if not getter.done())  # asyncio.LifoQueue
+    getters = getattr(queue, "_getters", None)  # asyncio.LifoQueue
+    if getters is None:
+        return 0
+    return sum(1 for getter in list(getters) if not getter.done())
 
 
-def _blocking_counts(pool: Any, queue: Any) -> tuple[int, int]:
+def _blocking_counts(pool: Any, items: Any) -> tuple[int, int]:
     """(used, idle) of a ``BlockingConnectionPool``: its queue parks idle
     connections and ``None`` placeholders for slots never filled."""
-    parked = [c for c in list(queue.queue) if c is not None]
+    parked = [c for c in list(items) if c is not None]
     idle = sum(1 for c in parked if _open_idle(c))
     parked_ids = {id(c) for c in parked}
     used = sum(1 for c in list(pool._connections) if id(c) not in parked_ids and _connected(c))
@@ -130,9 +142,9 @@ def _plain_counts(pool: Any) -> tuple[int, int]:
 
 def read_redis(pool: Any, *, timeouts: int) -> PoolReading:
     """What a redis-py pool's containers say now; ``timeouts`` as counted by the source."""
-    queue = getattr(pool, "pool", None)
-    if queue is not None and hasattr(queue, "queue") and hasattr(pool, "_connections"):
-        used, idle = _blocking_counts(pool, queue)
+    items = _parked(pool)
+    if items is not None and hasattr(pool, "_connections"):
+        used, idle = _blocking_counts(pool, items)
     else:
         used, idle = _plain_counts(pool)
     limit = pool.max_connections
@@ -184,7 +196,7 @@ class RedisPoolSource(HookedPoolSource):
 
     def _times_out(self, pool: Any) -> bool:
         # only a BlockingConnectionPool waits (a queue or a condition to wait on)
-        return hasattr(pool, "_condition") or hasattr(getattr(pool, "pool", None), "queue")
+        return hasattr(pool, "_condition") or _parked(pool) is not None
 
     def _is_timeout(self, error: Exception) -> bool:
         # BlockingConnectionPool's own words; a failed connect is a ConnectionError too

@@ -402,7 +402,9 @@ class RedisStore:
         if self._drainer is not None and not self._drainer.done():
             await asyncio.wait([self._drainer], timeout=self.timeout)
         if self._owns_client:
-            await self._client.aclose()
+            # aclose() is redis-py 5.0.1+; close() before, deprecated since
+            close = getattr(self._client, "aclose", None) or self._client.close
+            await close()
 
     async def __aenter__(self) -> RedisStore:
         return self

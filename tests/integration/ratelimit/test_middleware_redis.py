@@ -29,6 +29,7 @@ from starlette.routing import Route
 from otel_backpressure.ratelimit import Policy, RateLimiter, RedisStore
 from otel_backpressure.ratelimit.middleware import RateLimitMiddleware
 from otel_backpressure.testing import MetricsCapture
+from redis_compat import aclose
 
 pytestmark = pytest.mark.integration
 
@@ -56,7 +57,7 @@ async def prefix(redis_url: str) -> AsyncIterator[str]:
         if keys:
             await client.delete(*keys)
     finally:
-        await client.aclose()
+        await aclose(client)
 
 
 @pytest.fixture

@@ -16,6 +16,7 @@ from benchmarks._redis_server import free_port
 
 from otel_backpressure.ratelimit import Policy, RateLimiter, RedisStore
 from otel_backpressure.testing import FakeClock, MetricsCapture
+from redis_compat import aclose
 
 pytestmark = pytest.mark.integration
 
@@ -227,7 +228,7 @@ async def test_a_stall_is_one_outage_and_one_probe_resumes_enforcement(
     assert sum(point.value for point in points.values()) == 51
     await store.aclose()
     if not own_client:
-        await client.aclose()
+        await aclose(client)
 
 
 # the abandoned coroutine complains when collected: that is the scenario, not a fault

@@ -19,6 +19,7 @@ from redis.crc import key_slot
 
 from otel_backpressure.ratelimit import Policy, RateLimiter, RedisStore
 from otel_backpressure.testing import FakeClock
+from redis_compat import aclose
 
 pytestmark = pytest.mark.integration
 
@@ -87,7 +88,7 @@ async def test_a_batch_over_many_slots_decides_exactly(cluster: list[PrivateRedi
     # nothing failed open: every decision came from the cluster
     assert store.counts.errors == {}
     assert not store.circuit_open
-    await client.aclose()
+    await aclose(client)
 
 
 async def _while_down(
@@ -131,4 +132,4 @@ async def test_one_node_down_leaves_the_others_enforced_and_does_not_flap(
     outages = {name: b.outages for name, b in store.node_breakers.items()}
     expected = {f"127.0.0.1:{node.port}": 0 for node in cluster}
     assert outages == {**expected, f"127.0.0.1:{down.port}": 1}
-    await client.aclose()
+    await aclose(client)
