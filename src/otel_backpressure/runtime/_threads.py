@@ -11,7 +11,9 @@ A limiter's waits are timed by the two containers anyio's asyncio limiter keeps
 its state in, swapped for subclasses when the limiter is made
 (``time_waits``): the wait queue stamps a task when it starts waiting and
 records the wait when a token is handed to it; the borrower set records a wait
-of 0 for a token taken at once. A wrapper around ``acquire`` measured 3-4 µs
+of 0 for a token taken at once (any borrower the queue did not hand one to:
+before anyio 4.10 a woken waiter takes its token itself, and other tasks may
+take free tokens before it does). A wrapper around ``acquire`` measured 3-4 µs
 per call on this machine (about 11% of a ``to_thread.run_sync`` call's CPU);
 the subclass method costs a few hundred nanoseconds, on the fast path only.
 
@@ -126,16 +128,18 @@ class LimiterWaits:
     middle of that use), the first ``EARLY`` waits are kept for the claimant.
     """
 
-    __slots__ = ("buffers", "early", "granting")
+    __slots__ = ("buffers", "early", "granted")
 
     EARLY: Final = 64
 
     def __init__(self) -> None:
         self.buffers: tuple[WaitBuffer, ...] = ()
         self.early: deque[float] | None = deque(maxlen=self.EARLY)
-        # set by the wait queue when it hands a token over: the borrower set's
-        # next add is that waiter's, whose wait is already recorded
-        self.granting = False
+        # borrowers the wait queue handed a token to, their wait recorded: their
+        # add to the borrower set is not a wait of 0. anyio 4.10+ adds the
+        # borrower as it hands the token over; before, the waiter adds itself
+        # when it wakes, and other tasks may take tokens in between
+        self.granted: set[Any] = set()
 
     def waited(self, seconds: float) -> None:
         early = self.early
@@ -167,11 +171,11 @@ class _Borrowers(set[Any]):
 
     def add(self, borrower: Any) -> None:
         set.add(self, borrower)
-        waits = self.waits
-        if waits.granting:
-            waits.granting = False
+        granted = self.waits.granted
+        if granted and borrower in granted:
+            granted.remove(borrower)
         else:
-            waits.waited(0.0)
+            self.waits.waited(0.0)
 
 
 class _WaitQueue(OrderedDict[Any, Any]):
@@ -192,13 +196,15 @@ class _WaitQueue(OrderedDict[Any, Any]):
         borrower, event = OrderedDict.popitem(self, last)
         since = self._since.pop(borrower, None)
         waits = self.waits
-        waits.granting = True  # anyio adds the borrower next
+        waits.granted.add(borrower)  # anyio adds the borrower to the borrower set next
         if since is not None:
             waits.waited(_perf() - since)
         return borrower, event
 
     def pop(self, borrower: Any, *default: Any) -> Any:
         self._since.pop(borrower, None)  # cancelled while waiting: no token, no wait
+        # anyio < 4.10: cancelled after it was handed a token, before it took it
+        self.waits.granted.discard(borrower)
         return OrderedDict.pop(self, borrower, *default)
 
 

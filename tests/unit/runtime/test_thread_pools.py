@@ -5,8 +5,11 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from importlib.metadata import version
+from types import SimpleNamespace
 
 import anyio
 import pytest
@@ -18,9 +21,26 @@ from otel_backpressure.runtime import (
     WAIT_BOUNDARIES,
     instrument_thread_pool,
 )
+from otel_backpressure.runtime._threads import time_waits
 from otel_backpressure.testing import MetricsCapture
 
 N, K = 3, 2
+
+
+def _limiter(tokens: int) -> anyio.CapacityLimiter:
+    """A limiter made outside any event loop, as apps do at import (anyio 4).
+
+    anyio 3 makes one only from async code (it asks sniffio which library
+    runs), so there it is made in an event loop of its own first; nothing in
+    it belongs to that loop.
+    """
+    if int(version("anyio").split(".", 1)[0]) >= 4:
+        return anyio.CapacityLimiter(tokens)
+
+    async def make() -> anyio.CapacityLimiter:
+        return anyio.CapacityLimiter(tokens)
+
+    return asyncio.run(make())
 
 
 def _state(metrics: MetricsCapture, name: str) -> dict[str, object]:
@@ -50,7 +70,7 @@ async def _until(condition: Callable[[], bool]) -> None:
 def test_a_limiter_with_n_tokens_and_n_plus_k_tasks_is_full_then_idle(
     runtime: BackpressureInstrumentor, metrics: MetricsCapture
 ) -> None:
-    limiter = anyio.CapacityLimiter(N)  # made outside any loop, as apps do at import
+    limiter = _limiter(N)
     handle = instrument(limiter, pool_name="uploads", meter_provider=metrics.meter_provider)
     release = threading.Event()
     seen: dict[str, object] = {}
@@ -99,7 +119,7 @@ def test_a_limiter_with_n_tokens_and_n_plus_k_tasks_is_full_then_idle(
 def test_the_queued_calls_waits_are_at_least_the_time_they_were_seen_queued(
     runtime: BackpressureInstrumentor, metrics: MetricsCapture
 ) -> None:
-    limiter = anyio.CapacityLimiter(1)
+    limiter = _limiter(1)
     instrument_thread_pool(limiter, pool_name="one", meter_provider=metrics.meter_provider)
     release = threading.Event()
     spans: list[float] = []
@@ -230,7 +250,7 @@ def test_instrument_rejects_other_targets_and_empty_names() -> None:
     with pytest.raises(TypeError, match=r"target must be an anyio\.CapacityLimiter"):
         instrument_thread_pool(object())
     with pytest.raises(ValueError, match="pool_name"):
-        instrument_thread_pool(anyio.CapacityLimiter(1), pool_name=" ")
+        instrument_thread_pool(_limiter(1), pool_name=" ")
 
 
 def test_pools_stop_reporting_when_the_part_is_uninstrumented(
@@ -262,3 +282,33 @@ def test_pool_health_of_an_executor_not_measured_does_not_guess_its_busy_threads
         None,
         2,
     )
+
+
+@pytest.mark.parametrize("anyio_adds", ["on_grant", "on_wake"])
+def test_every_token_taken_is_one_wait_whenever_anyio_adds_the_borrower(anyio_adds: str) -> None:
+    # the containers of anyio's asyncio limiter, driven in the order each anyio
+    # version uses: 4.10+ adds a woken waiter to the borrowers as it hands the
+    # token over; before, the waiter adds itself when it runs again, and a task
+    # that came later may take a free token in between
+    limiter = SimpleNamespace(_borrowers=set(), _wait_queue=OrderedDict())
+    waits = time_waits(limiter)
+    assert waits is not None
+    assert waits.early is not None  # no source has claimed them: the waits are kept here
+    borrowers, queue = limiter._borrowers, limiter._wait_queue
+    queue["c"] = queue["d"] = queue["gone"] = object()  # three tasks start waiting
+    for _ in range(3):
+        borrower, _event = queue.popitem(last=False)  # a release hands each a token
+        if anyio_adds == "on_grant":
+            borrowers.add(borrower)
+    queue.pop("gone", None)  # cancelled after its token was handed over
+    if anyio_adds == "on_grant":
+        borrowers.discard("gone")  # anyio 4.10+ takes the token back
+    borrowers.add("later")  # came later, found a free token at once
+    if anyio_adds == "on_wake":
+        borrowers.add("c")
+        borrowers.add("d")
+    borrowers.add("gone")  # acquires again, at once this time
+    recorded = list(waits.early)
+    assert len(recorded) == 5  # c, d and gone waited; later and gone's second try did not
+    assert recorded.count(0.0) == 2
+    assert not waits.granted
