@@ -18,6 +18,19 @@ from otel_backpressure import settings
 from otel_backpressure.testing import FakeClock, MetricsCapture
 
 
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """A ``sqlalchemy2`` test selected on SQLAlchemy 1.4 fails saying why (never a skip)."""
+    if item.get_closest_marker("sqlalchemy2") is not None:
+        import sqlalchemy
+
+        if sqlalchemy.__version__.startswith("1."):
+            pytest.fail(
+                f"about a SQLAlchemy 2.0 feature, run on SQLAlchemy {sqlalchemy.__version__}: "
+                'deselect it with -m "not sqlalchemy2"',
+                pytrace=False,
+            )
+
+
 @pytest.fixture(autouse=True)
 def _settings_report_afresh() -> None:
     """Each test sees bad settings values logged as a fresh process would (once)."""

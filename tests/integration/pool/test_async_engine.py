@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from typing import Any
 
-import asyncpg
 import pytest
 import sqlalchemy
 from sqlalchemy import text
@@ -14,20 +12,17 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 import otel_backpressure
 from otel_backpressure.testing import FakeClock, MetricsCapture
-from pool_states import IDLE, NAME, USED, buckets, wait_for
+from pool_states import IDLE, NAME, USED, buckets, slow_connection, wait_for
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
 async def engine(postgres_dsn: str, clock: FakeClock) -> AsyncIterator[AsyncEngine]:
-    async def connect() -> Any:
-        clock.advance(0.003)  # every new connection "takes" 3 ms
-        return await asyncpg.connect(postgres_dsn)
-
     engine = create_async_engine(
-        "postgresql+asyncpg://",
-        async_creator=connect,
+        sqlalchemy.engine.make_url(postgres_dsn).set(drivername="postgresql+asyncpg"),
+        # every new connection "takes" 3 ms (SQLAlchemy 1.4 and 2.x pass it to asyncpg)
+        connect_args={"connection_class": slow_connection(clock, 0.003)},
         pool_size=2,
         max_overflow=1,
         pool_timeout=30,  # never reached: the test hands the waiter a connection

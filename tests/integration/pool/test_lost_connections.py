@@ -23,6 +23,7 @@ import otel_backpressure
 from otel_backpressure.testing import MetricsCapture
 from pool_states import IDLE, NAME, USED
 from private_postgres import PrivatePostgres, private_postgres
+from sqlalchemy_compat import SYNC_DRIVER
 
 pytestmark = pytest.mark.integration
 
@@ -236,9 +237,13 @@ async def test_asyncpg_pool_after_lost_connections(
 
 @pytest.fixture
 def sync_engine(postgres_dsn: str, app_name: str) -> Iterator[Engine]:
-    url = sqlalchemy.engine.make_url(postgres_dsn).set(drivername="postgresql+psycopg")
+    url = sqlalchemy.engine.make_url(postgres_dsn).set(drivername=SYNC_DRIVER)
     engine = create_engine(
-        url, pool_size=3, max_overflow=0, connect_args={"application_name": app_name}
+        url,
+        pool_size=3,
+        max_overflow=0,
+        connect_args={"application_name": app_name},
+        future=True,  # Connection.commit() on SQLAlchemy 1.4 too
     )
     yield engine
     engine.dispose()
@@ -298,7 +303,7 @@ async def test_sync_queue_pool_idle_connection_with_a_notification_is_open(
 async def test_sync_queue_pool_after_a_restart(
     private_server: PrivatePostgres, app_name: str, watch: Watcher
 ) -> None:
-    url = sqlalchemy.engine.make_url(private_server.dsn).set(drivername="postgresql+psycopg")
+    url = sqlalchemy.engine.make_url(private_server.dsn).set(drivername=SYNC_DRIVER)
     engine = create_engine(
         url, pool_size=2, pool_pre_ping=True, connect_args={"application_name": app_name}
     )

@@ -3,7 +3,8 @@
 Table tests: every form asyncpg and libpq (psycopg) document for host, port
 and database, compared with the drivers' own parsers (asyncpg's
 ``connect_utils``; libpq's ``PQconninfoParse`` through psycopg, with psycopg's
-environment defaults), and through SQLAlchemy's ``create_connect_args``. No
+environment defaults), and through SQLAlchemy's ``create_connect_args`` (psycopg2
+and, on SQLAlchemy 2, psycopg 3). No
 name ever holds a credential, even from a malformed DSN.
 """
 
@@ -29,6 +30,7 @@ from otel_backpressure.pool._naming import (
     server_name,
     url_name,
 )
+from sqlalchemy_compat import requires_sqlalchemy2
 
 ENV_KEYS = ("PGHOST", "PGHOSTADDR", "PGPORT", "PGDATABASE", "PGUSER", "PGSERVICE")
 
@@ -183,12 +185,24 @@ def test_malformed_dsns_never_show_credentials(dsn: str) -> None:
         assert not any(secret in name for secret in SECRETS), (resolve.__name__, name)
 
 
+def _libpq_drivers(*cases: Any) -> list[Any]:
+    """Each case for psycopg2 (SQLAlchemy 1.4 and 2.x) and psycopg 3 (its dialect is 2.0+)."""
+    return [
+        pytest.param(
+            *(c.replace("postgresql+libpq", f"postgresql+{driver}") for c in case),
+            marks=marks,
+        )
+        for case in cases
+        for driver, marks in (("psycopg2", ()), ("psycopg", requires_sqlalchemy2))
+    ]
+
+
 @pytest.mark.parametrize(
     "url",
     [
         "postgresql+asyncpg://alice:Zq1@Xy7@host/db",
         "postgresql+asyncpg://alice:Zq1%40Xy7@host:5433/db",
-        "postgresql+psycopg://alice:Zq1:Xy7@host/db",
+        *_libpq_drivers(("postgresql+libpq://alice:Zq1:Xy7@host/db",)),
     ],
 )
 def test_sqlalchemy_urls_never_show_credentials(url: str) -> None:
@@ -202,17 +216,28 @@ def test_sqlalchemy_urls_never_show_credentials(url: str) -> None:
     ("url", "expected"),
     [
         ("postgresql+asyncpg://postgres@/test?host=127.0.0.1&port=5432", "127.0.0.1:5432/test"),
-        # SQLAlchemy passes the query host to asyncpg over the URL's
-        ("postgresql+asyncpg://u:pw@h1:5433/db?host=h2:5434", "h2:5434/db"),
-        ("postgresql+asyncpg://u@/db?host=h1:5433&host=h2:5434", "h1:5433,h2:5434/db"),
+        # SQLAlchemy 2.0 passes the query host (and port) to asyncpg over the
+        # URL's; 1.4 passes "h2:5434" as a host name, which asyncpg cannot reach
+        pytest.param(
+            "postgresql+asyncpg://u:pw@h1:5433/db?host=h2:5434",
+            "h2:5434/db",
+            marks=requires_sqlalchemy2,
+        ),
+        pytest.param(
+            "postgresql+asyncpg://u@/db?host=h1:5433&host=h2:5434",
+            "h1:5433,h2:5434/db",
+            marks=requires_sqlalchemy2,
+        ),
         ("postgresql+asyncpg://u@[::1]:5433/db", "[::1]:5433/db"),
         (
             "postgresql+asyncpg://u@/db?host=/var/run/postgresql",
             "/var/run/postgresql/.s.PGSQL.5432/db",
         ),
-        ("postgresql+psycopg://u:pw@db.internal/orders", "db.internal:5432/orders"),
-        ("postgresql+psycopg://u@/db?host=h1:5433&host=h2:5434", "h1:5433,h2:5434/db"),
-        ("postgresql+psycopg://u@/db?host=/tmp", "/tmp/.s.PGSQL.5432/db"),
+        *_libpq_drivers(
+            ("postgresql+libpq://u:pw@db.internal/orders", "db.internal:5432/orders"),
+            ("postgresql+libpq://u@/db?host=h1:5433&host=h2:5434", "h1:5433,h2:5434/db"),
+            ("postgresql+libpq://u@/db?host=/tmp", "/tmp/.s.PGSQL.5432/db"),
+        ),
         ("mysql+pymysql://root@/inventory", "localhost/inventory"),
         ("mysql+pymysql://root:pw@[::1]:3307/inventory", "[::1]:3307/inventory"),
         ("sqlite:////var/lib/app/data.sqlite", "data.sqlite"),
