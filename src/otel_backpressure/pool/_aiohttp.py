@@ -20,10 +20,10 @@ them through ``self``, the session calls ``connect`` through its connector):
 - ``_create_connection`` notes the new connection's key and open time, and
   shadows the connection's ``connection_lost`` (called once by the transport
   when it closes) to record ``http.client.connection.duration``.
-- ``_wait_for_available_connection`` (aiohttp >= 3.10; what a request awaits
+- ``_wait_for_available_connection`` (aiohttp >= 3.10.11; what a request awaits
   while queued) records ``http.client.request.time_in_queue`` when the wait
   ends with a slot, and notes the task when the wait is cancelled.
-- ``connect`` (aiohttp >= 3.10) decides what such a cancellation was. aiohttp
+- ``connect`` (aiohttp >= 3.10.11) decides what such a cancellation was. aiohttp
   enforces its timeouts by cancelling the wait: the ``connect`` timeout
   surfaces from ``connect`` as ``asyncio.TimeoutError``, the ``total`` one as
   the cancellation with the request's timer marked expired. Either is a pool
@@ -171,7 +171,7 @@ class AiohttpPoolSource(HttpPoolSource):
         connector._create_connection = hooked_create_connection
         wait = getattr(connector, "_wait_for_available_connection", None)
         if wait is None:
-            return  # aiohttp < 3.10: counts only
+            return  # aiohttp < 3.10.11: counts only
 
         # a task whose wait for a slot was cancelled -> that slot's server, until its
         # connect() says why (weak: a task that never gets there leaves nothing behind)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from importlib.metadata import version
+from typing import Any
 from unittest.mock import ANY
 
 import httpx
@@ -16,6 +18,17 @@ from otel_backpressure import BackpressureInstrumentor
 from otel_backpressure.testing import FakeClock, MetricsCapture
 
 pytestmark = pytest.mark.integration
+
+# httpcore 1.0.3 (httpx 0.26+) has the one method that gives requests
+# connections, which the two histograms need (docs/pool.md): before it, the
+# counts and timeouts only
+TIMED = tuple(int(part) for part in version("httpcore").split(".")[:3]) >= (1, 0, 3)
+HISTOGRAMS = ("http.client.request.time_in_queue", "http.client.connection.duration")
+
+
+def timed(histograms: dict[str, Any]) -> dict[str, Any]:
+    """The histograms' expected series where httpcore lets them be measured, else none."""
+    return histograms if TIMED else {}
 
 
 def test_sync_client_queues_past_its_limit(
@@ -48,7 +61,7 @@ def test_sync_client_queues_past_its_limit(
         server.arrived(5)
         assert state(metrics, server) == {
             **counts(2, 0, 0),
-            "http.client.request.time_in_queue": (1, pytest.approx(0.5)),
+            **timed({"http.client.request.time_in_queue": (1, pytest.approx(0.5))}),
         }
         server.release(2)
         for thread in threads:
@@ -56,14 +69,18 @@ def test_sync_client_queues_past_its_limit(
         assert answers == [200] * 5
         assert state(metrics, server) == {
             **counts(0, 2, 0),
-            "http.client.request.time_in_queue": (3, pytest.approx(1.5)),
+            **timed({"http.client.request.time_in_queue": (3, pytest.approx(1.5))}),
         }
         clock.advance(2.0)
         client.close()  # both connections end, 2.5 s after they opened
         assert state(metrics, server) == {
             **counts(0, 0, 0),
-            "http.client.request.time_in_queue": (3, pytest.approx(1.5)),
-            "http.client.connection.duration": (2, pytest.approx(5.0)),
+            **timed(
+                {
+                    "http.client.request.time_in_queue": (3, pytest.approx(1.5)),
+                    "http.client.connection.duration": (2, pytest.approx(5.0)),
+                }
+            ),
         }
     finally:
         handle.uninstrument()
@@ -119,7 +136,7 @@ async def test_async_client_queues_past_its_limit(
         assert [r.status_code for r in responses] == [200] * 5
         assert state(metrics, server) == {
             **counts(0, 2, 0),
-            "http.client.request.time_in_queue": (3, pytest.approx(0.75)),
+            **timed({"http.client.request.time_in_queue": (3, pytest.approx(0.75))}),
         }
     finally:
         handle.uninstrument()
@@ -196,7 +213,7 @@ def test_every_series_keeps_the_contract(server: HoldServer, metrics: MetricsCap
         queued = threading.Thread(target=lambda: client.get(server.url + "/", timeout=30))
         queued.start()
         waiting = counts(1, 0, 1, limit=1)
-        settled(metrics, server, {**waiting, "http.client.connection.duration": (1, ANY)})
+        settled(metrics, server, {**waiting, **timed({HISTOGRAMS[1]: (1, ANY)})})
         with pytest.raises(httpx.PoolTimeout):
             client.get(server.url + "/")
         server.release(1)
@@ -204,7 +221,9 @@ def test_every_series_keeps_the_contract(server: HoldServer, metrics: MetricsCap
         queued.join()
         collected = metrics.collect()
         assert {name for name in collected if "http" in name} == {
-            name for name in contract.METRICS if "http" in name
+            name
+            for name in contract.METRICS
+            if "http" in name and (TIMED or name not in HISTOGRAMS)
         }
         for metric in collected.values():
             assert contract.violations(metric) == [], metric.name
