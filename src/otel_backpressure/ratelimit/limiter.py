@@ -35,6 +35,10 @@ from otel_backpressure.settings import Settings
 
 __all__ = ["RateLimiter"]
 
+# a Decision from its fields without NamedTuple's Python-level __new__ (as the
+# memory store builds its own)
+_decision = tuple.__new__
+
 
 class _PolicySet(NamedTuple):
     """A policy set resolved once: its store tables (in memory) and metric counts."""
@@ -198,12 +202,15 @@ class RateLimiter:
         counts = (chosen.dry_run if dry_run else chosen.enforced)[deciding]
         with self._lock:
             counts[0 if allowed else 1].value += 1
-        return Decision(
-            allowed,
-            chosen.policies[deciding],
-            remaining,
-            retry_after / NS_PER_SECOND,
-            reset_after / NS_PER_SECOND,
+        return _decision(
+            Decision,
+            (
+                allowed,
+                chosen.policies[deciding],
+                remaining,
+                retry_after / NS_PER_SECOND,
+                reset_after / NS_PER_SECOND,
+            ),
         )
 
     def hit_sync(
@@ -253,7 +260,10 @@ class RateLimiter:
         if memory is not None:
             memory.ensure_cleanup()
             return self.hit_sync(key, policies=policies, cost=cost, dry_run=dry_run)
-        chosen = self._arguments(key, policies, cost)
+        if policies is None and cost == 1 and type(cost) is int and type(key) is str:
+            chosen = self._default_set  # the common call, with nothing to check
+        else:
+            chosen = self._arguments(key, policies, cost)
         redis_store = self._redis
         if redis_store is None:  # unreachable: the constructor accepts only the two stores
             raise TypeError(f"unsupported store {self._store!r}")
