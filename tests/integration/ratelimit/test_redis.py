@@ -99,9 +99,11 @@ async def test_one_slot_per_client_and_keys_that_expire_when_idle(
     burst_ttl = await shared_store.client.pttl(keys[1])
     assert 0 < hourly_ttl <= 90_000 + 2  # idle once the hourly TAT (90 s ahead) passes
     assert 0 < burst_ttl <= 5_000 + 2
-    # another policy set on the same client leaves the hourly state alone
+    # another policy set on the same client leaves the hourly state alone; a lone
+    # policy (the script's path without tables) expires its key the same way
     await limiter.hit("client", policies=[second])
     assert await shared_store.client.pttl(keys[0]) > 10_000
+    assert 5_000 < await shared_store.client.pttl(keys[1]) <= 10_000 + 2
     with pytest.raises(ValueError, match="prefix"):
         RedisStore("redis://127.0.0.1/0", prefix="{app}:")
 
@@ -152,6 +154,21 @@ async def test_a_key_of_another_type_fails_only_its_own_decision(
     assert sum(d.allowed for d in decisions[1:]) == 10  # the batch around it: exact
     assert errors(metrics, "burst", "WRONGTYPE") == 1
     assert not store.circuit_open  # Redis answered: no outage
+    assert store.breaker.outages == 0
+    await store.aclose()
+
+
+async def test_a_key_holding_a_non_number_is_idle_state_and_overwritten(
+    private_redis: PrivateRedis, metrics: MetricsCapture
+) -> None:
+    store = RedisStore(private_redis.url, prefix="garbage:")
+    burst = Policy("burst", rate=2, period=3600, burst=2)
+    limiter = RateLimiter([burst], store=store, meter_provider=metrics.meter_provider)
+    key = store.keys("k", [burst])[0]
+    await store.client.set(key, "not a number")
+    assert (await limiter.hit("k")).remaining == 1  # decided from a fresh state
+    assert int(await store.client.get(key)) > 0
+    assert metrics.collect().get("backpressure.rate_limit.store.errors") is None
     assert store.breaker.outages == 0
     await store.aclose()
 
@@ -365,7 +382,17 @@ def test_bad_arguments_name_the_argument() -> None:
         RedisStore("redis://x", client=object())
     with pytest.raises(ValueError, match="timeout"):
         RedisStore("redis://127.0.0.1/0", timeout=0)
+    # finite but absurd: redis-py and the event loop would overflow on them later
+    with pytest.raises(ValueError, match=r"timeout must be from 0.001 to 3_600 seconds"):
+        RedisStore("redis://127.0.0.1/0", timeout=1e300)
     with pytest.raises(ValueError, match="probe_interval"):
         RedisStore("redis://127.0.0.1/0", probe_interval=float("inf"))
+    with pytest.raises(ValueError, match="probe_interval"):
+        RedisStore("redis://127.0.0.1/0", probe_interval=10**400)
+    with pytest.raises(ValueError, match="timeout"):
+        RedisStore("redis://127.0.0.1/0", timeout=float("nan"))
+    with pytest.raises(TypeError, match="timeout"):
+        RedisStore("redis://127.0.0.1/0", timeout="1")  # type: ignore[arg-type]
+    assert RedisStore("redis://127.0.0.1/0", timeout=3600, probe_interval=0.001).timeout == 3600
     with pytest.raises(TypeError, match="client"):
         RedisStore(client=object())
