@@ -582,7 +582,13 @@ class RedisStore:
             await asyncio.wait([self._drainer], timeout=self.timeout)
         link, self._link = self._link, None
         if link is not None:
-            await link.aclose()
+            if link.loop is asyncio.get_running_loop():
+                await link.aclose()
+            elif link.loop.is_running():  # another thread's loop: closed on it
+                await asyncio.wrap_future(
+                    asyncio.run_coroutine_threadsafe(link.aclose(), link.loop)
+                )
+            # else: its loop is closed (or stopped), and the connection with it
         if self._owns_client:
             # aclose() is redis-py 5.0.1+; close() before, deprecated since
             close = getattr(self._client, "aclose", None) or self._client.close

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import sys
 import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -161,7 +162,13 @@ def test_another_threads_event_loop_goes_through_the_client(private_redis: Priva
         assert asyncio.run(here()) == [True] * 4 + [False] * 2  # exact across loops
         later = asyncio.run_coroutine_threadsafe(limiter.hit("k"), other).result(10)
         assert not later.allowed
-        asyncio.run_coroutine_threadsafe(store.aclose(), other).result(10)
+        assert connections(private_redis) == 1
+        # closed from this thread: the store's connection is closed on its own loop
+        asyncio.run(store.aclose())
+        deadline = time.monotonic() + 5
+        while connections(private_redis) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert connections(private_redis) == 0
     finally:
         other.call_soon_threadsafe(other.stop)
         thread.join(10)
