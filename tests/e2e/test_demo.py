@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import pty
 import re
+import select
+import struct
 import subprocess
 import sys
+import termios
+import time
 from pathlib import Path
 from typing import Any
 
+import pyte
 import pytest
 
 from e2e.collector import Collector
@@ -100,3 +107,66 @@ def test_demo_shows_its_redis_and_outbound_http_pools(tmp_path: Path, redis_url:
     stdout, summary = run_demo(tmp_path, "--redis-url", redis_url)
     assert redis_url.split("//", 1)[1] in summary["pools"], sorted(summary["pools"])
     assert re.search(r"^  HTTP pools 127\.0\.0\.1: active \d+, idle \d+", stdout, re.MULTILINE)
+
+
+PROGRESS = re.compile(r"^\[\s*\d+\.\ds/8s\] requests \d+")
+
+
+@pytest.mark.parametrize("rows", [24, 16])  # 16: fewer lines than the demo has rows
+def test_the_live_view_fits_a_real_80_column_terminal(tmp_path: Path, rows: int) -> None:
+    """On a pty of 80 x ``rows`` (rich reads the size itself) every frame fits, the summary stays.
+
+    The demo's output goes through a VT100 emulator (pyte) as a terminal
+    shows it: no frame is cropped (rich marks a cropped Live with a "..."
+    line), the progress line is never repeated by a frame scrolling the one
+    before, every section and the phase show, and after the run the whole
+    final summary is on the screen.
+    """
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", rows, 80, 0, 0))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    env = {k: v for k, v in env.items() if k not in {"COLUMNS", "LINES"}} | {"TERM": "xterm"}
+    summary_path = tmp_path / "summary.json"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "otel_backpressure.demo", "--duration", "8",
+         "--summary-json", str(summary_path)],
+        stdin=slave, stdout=slave, stderr=subprocess.PIPE, env=env,
+    )  # fmt: skip
+    os.close(slave)
+    screen = pyte.Screen(80, rows)
+    stream = pyte.ByteStream(screen)
+    frames = 0
+    seen: set[str] = set()
+    deadline = time.monotonic() + 120
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([master], [], [], 1.0)
+            if not ready:
+                if process.poll() is not None:
+                    break
+                continue
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # EIO: the demo exited and closed the pty
+                break
+            if not chunk:
+                break
+            stream.feed(chunk)
+            lines = [line.rstrip() for line in screen.display]
+            assert "..." not in [line.strip() for line in lines], "\n".join(lines)
+            progress = [line for line in lines if PROGRESS.match(line)]
+            assert len(progress) <= 1, "\n".join(lines)
+            if progress and any(line.startswith("phase ") for line in lines):
+                frames += 1
+                seen |= {line.split()[0] for line in lines if line}
+    finally:
+        os.close(master)
+        _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 0, stderr.decode()
+    assert frames >= 10
+    assert {"pools", "rate", "errors", "phase"} <= seen, seen
+    final = "\n".join(line.rstrip() for line in screen.display)
+    if rows >= 24:  # the whole summary fits on the screen
+        assert "== summary after 8 s, 20 players ==" in final, final
+    assert "telemetry: not exported" in final, final
+    assert json.loads(summary_path.read_text())["pools"]

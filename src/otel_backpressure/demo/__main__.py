@@ -91,6 +91,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=os.environ.get("BACKPRESSURE_DEMO_REDIS_URL"),
         help="cache player profiles in this Redis (a second pool to watch); default: none",
     )
+    parser.add_argument(
+        "--limiter-redis-url",
+        default=None,
+        help="keep the rate limiter's counters in this Redis (RedisStore) instead of memory; "
+        "stop it in the outage phase to see the limiter fail open (default: in memory)",
+    )
     parser.add_argument("--seed", type=int, default=7, help="random seed of the players (7)")
     parser.add_argument("--summary-json", type=Path, default=None, help="also write the summary")
     return parser.parse_args(argv)
@@ -120,7 +126,7 @@ async def run(args: argparse.Namespace) -> int:
 
     from otel_backpressure.demo.app import GameService, build_app, player_policy, proposed_policy
     from otel_backpressure.demo.outbound import Profiles, ProfileService
-    from otel_backpressure.ratelimit import RateLimiter
+    from otel_backpressure.ratelimit import RateLimiter, RedisStore
 
     export = args.otlp_endpoint is not None or any(
         os.environ.get(v) for v in (*_ENDPOINT_VARIABLES, *_EXPORTER_VARIABLES)
@@ -146,12 +152,26 @@ async def run(args: argparse.Namespace) -> int:
         max_overflow=args.max_overflow,
         pool_timeout=args.pool_timeout,
     )
-    service = GameService(engine, suffix=uuid.uuid4().hex[:8])
+    suffix = uuid.uuid4().hex[:8]
+    service = GameService(engine, suffix=suffix)
     # the game's upstream over real HTTP, and its clients: made after the
     # instrumentor is on, which instruments their pools as they are created
     upstream = ProfileService().__enter__()
     profiles = Profiles(upstream.url, redis_url=args.redis_url)
-    limiter = RateLimiter([player_policy()], meter_provider=telemetry.meter_provider)
+    # in Redis, the counters of this run only (its own key prefix); the limiter
+    # fails open while that Redis is away and counts the store's errors. The
+    # round-trip deadline is long: the threads phase blocks the event loop for
+    # seconds at a time, and a reply that waits behind the loop would count as
+    # a store timeout (in an application that is what happens: see the store
+    # errors runbook in docs/alerts.md); the outage refuses connections at once.
+    store = (
+        RedisStore(
+            args.limiter_redis_url, prefix=f"otel-backpressure-demo:{suffix}:", timeout=5.0
+        )
+        if args.limiter_redis_url
+        else None
+    )
+    limiter = RateLimiter([player_policy()], store=store, meter_provider=telemetry.meter_provider)
     proposed = RateLimiter([proposed_policy()], meter_provider=telemetry.meter_provider)
     summary = DemoSummary()
     destination = args.otlp_endpoint or next(
@@ -163,6 +183,7 @@ async def run(args: argparse.Namespace) -> int:
         f"{engine.url.get_backend_name()}\n"
         f"pool_size={args.pool_size} max_overflow={args.max_overflow} "
         f"pool_timeout={args.pool_timeout:g}s; "
+        + ("limiter on Redis; " if store is not None else "")
         + (f"exporting to {destination}" if export else "no OTLP endpoint: summary only"),
         flush=True,
     )
@@ -277,11 +298,7 @@ async def _close(service: Any, limiter: Any) -> None:
 
 
 async def _close_store(limiter: Any) -> None:
-    close = getattr(limiter.store, "close", None)
-    if close is not None:
-        result = close()
-        if asyncio.iscoroutine(result):
-            await result
+    await limiter.store.aclose()  # MemoryStore and RedisStore alike
 
 
 def _print_final(

@@ -4,9 +4,17 @@ A run is cut into phases by fraction of ``--duration``, so a 20 s run and a
 10 minute run tell the same story: calm play, a leaderboard rush that
 saturates the pool and times checkouts out, refresh storms the rate limiter
 rejects (and a stricter dry-run policy would), a matchmaker release that
-raises unhandled errors, then recovery. Each trouble starts and stops, so the
-live view keeps moving and every alert of ``collector-config/`` has a phase
-that fires it and a calm that resolves it.
+raises unhandled errors, a sync export and a blocking route that fill the
+threads and stall the loop, an outage of the rate limiter's Redis, then
+recovery. Each trouble starts and stops, so the live view keeps moving and
+every alert of ``collector-config/`` has a phase that fires it and a calm
+that resolves it.
+
+The outage is the one trouble the demo cannot make by itself: it never stops
+a server it did not start. With ``--limiter-redis-url`` the limiter keeps its
+counters in that Redis, and whoever owns the server stops it when the phase
+begins and starts it again at the recovery (tests/e2e/test_prometheus.py does,
+with a private ``redis-server``); the players only keep the limiter busy.
 """
 
 from __future__ import annotations
@@ -54,7 +62,7 @@ PHASES: tuple[Phase, ...] = (
     _calm("calm", 0.0, "normal play"),
     Phase(
         "rush",
-        0.10,
+        0.09,
         "everyone opens the slow leaderboard: the pool saturates, checkouts wait and time out",
         leaderboard=0.8,
         hold=0.8,
@@ -64,7 +72,7 @@ PHASES: tuple[Phase, ...] = (
     ),
     Phase(
         "storm",
-        0.38,
+        0.34,
         "refresh storms (the limiter rejects, a stricter dry run would) and a slow profile service",
         leaderboard=0.05,
         hold=0.05,
@@ -75,7 +83,7 @@ PHASES: tuple[Phase, ...] = (
     ),
     Phase(
         "bug",
-        0.55,
+        0.49,
         "a matchmaker release fails: unhandled RuntimeError on /matches",
         leaderboard=0.05,
         hold=0.05,
@@ -86,7 +94,7 @@ PHASES: tuple[Phase, ...] = (
     ),
     Phase(
         "threads",
-        0.66,
+        0.59,
         "a sync report export fills the thread limiter; a stats route blocks the event loop",
         leaderboard=0.05,
         hold=0.05,
@@ -96,7 +104,17 @@ PHASES: tuple[Phase, ...] = (
         export=0.5,
         stats=0.6,
     ),
-    _calm("recovery", 0.80, "back to normal play: alerts resolve"),
+    Phase(
+        "outage",
+        0.72,
+        "the limiter's Redis is down (--limiter-redis-url): it fails open, store errors climb",
+        leaderboard=0.05,
+        hold=0.05,
+        storm=0.0,
+        bug=0.0,
+        pause=(0.4, 0.7),  # busier than calm, under every limit (player-proposed: 2.5/s)
+    ),
+    _calm("recovery", 0.82, "back to normal play: alerts resolve"),
 )
 
 

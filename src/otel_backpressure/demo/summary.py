@@ -137,6 +137,16 @@ class DemoSummary:
             table[policy][result] += value
         return table
 
+    def store_errors(self) -> dict[str, dict[str, float]]:
+        """policy -> error.type -> decisions its store could not make (failed open)."""
+        table: dict[str, dict[str, float]] = {}
+        for attributes, value in self.latest.points("backpressure.rate_limit.store.errors"):
+            policy = str(attributes.get(POLICY, "?"))
+            error_type = str(attributes.get(ERROR_TYPE, "?"))
+            table.setdefault(policy, {}).setdefault(error_type, 0)
+            table[policy][error_type] += value
+        return table
+
     def exceptions(self) -> dict[str, dict[str, float]]:
         """error.type -> outcome -> count."""
         table: dict[str, dict[str, float]] = {}
@@ -168,6 +178,9 @@ class DemoSummary:
         for policy, results in sorted(self.rate_limits().items()):
             counts = " ".join(f"{result}={n:.0f}" for result, n in sorted(results.items()))
             lines.append(f"rate limit {policy}: {counts}")
+        for policy, errors in sorted(self.store_errors().items()):
+            counts = " ".join(f"{kind}={n:.0f}" for kind, n in sorted(errors.items()))
+            lines.append(f"rate limit store errors {policy}: {counts}")
         for error_type, outcomes in sorted(self.exceptions().items()):
             counts = " ".join(f"{outcome}={n:.0f}" for outcome, n in sorted(outcomes.items()))
             lines.append(f"exceptions {error_type}: {counts}")
@@ -187,5 +200,6 @@ class DemoSummary:
                 for name, peaks in self.pools.items()
             },
             "rate_limits": self.rate_limits(),
+            "rate_limit_store_errors": self.store_errors(),
             "exceptions": self.exceptions(),
         }

@@ -1,8 +1,11 @@
 """The demo's live view: rows read from each metrics snapshot, drawn in 80 columns.
 
-In a terminal the view is a ``rich`` table redrawn in place; when stdout is
-not a terminal (a pipe, a CI log) it prints the same rows as plain lines
-every interval, each at most 80 characters.
+In a terminal the view is redrawn in place with ``rich`` and fits the
+terminal: at most 80 columns, and no more lines than it has (an 80x24
+terminal shows every section; when rows outnumber the lines, the rows that
+moved lately are shown and the idle ones counted, see :func:`frame_lines`).
+When stdout is not a terminal (a pipe, a CI log) it prints the same rows as
+plain lines every interval, each at most 80 characters.
 
 Every row comes from one small structure, so a part that adds metrics adds
 its rows in a few lines. A :class:`Section` is a title, its column headings
@@ -23,7 +26,7 @@ from __future__ import annotations
 
 import math
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TextIO
 
@@ -42,11 +45,24 @@ from otel_backpressure.demo.summary import (
 LOOP_NAME = "backpressure.event_loop.name"
 THREAD_POOL_NAME = "backpressure.thread_pool.name"
 
-__all__ = ["SECTIONS", "WIDTH", "Header", "LiveView", "Row", "Section", "plain_lines"]
+__all__ = [
+    "RECENT",
+    "SECTIONS",
+    "WIDTH",
+    "Frame",
+    "Header",
+    "LiveView",
+    "Row",
+    "Section",
+    "frame_lines",
+    "plain_lines",
+]
 
 #: Columns the view fits in, rich and plain alike.
 WIDTH = 80
 _NAME_WIDTH = 24
+_CONTINUED = " " * 6  # a plain row's next line
+_CELL_WIDTH = 9  # the narrowest column: spreads a section's few cells over the line
 
 
 @dataclass(frozen=True)
@@ -107,17 +123,28 @@ def pool_rows(snapshot: Snapshot) -> list[Row]:
 
 
 def rate_limit_rows(snapshot: Snapshot) -> list[Row]:
-    """Per policy: decisions allowed, rejected, and rejected in dry run (- if none in dry run)."""
+    """Per policy: decisions allowed, rejected, rejected in dry run, and the store's errors.
+
+    ``-`` where a policy has none of that kind: no dry run, or a store that
+    never failed (an in-memory one cannot).
+    """
     table: dict[str, dict[str, float]] = {}
     for attributes, value in snapshot.points("backpressure.rate_limit.requests"):
         results = table.setdefault(str(attributes.get(POLICY, "?")), {})
         result = str(attributes.get(RESULT, "?"))
         results[result] = results.get(result, 0) + value
+    errors = snapshot.by("backpressure.rate_limit.store.errors", POLICY)
     rows = []
     for policy, results in sorted(table.items()):
         dry_run = results.get("dry_run_rejected")
-        cells = (_count(results.get("allowed", 0)), _count(results.get("rejected", 0)))
-        rows.append(Row(policy, (*cells, "-" if dry_run is None else _count(dry_run))))
+        failed = errors.get(policy)
+        cells = (
+            _count(results.get("allowed", 0)),
+            _count(results.get("rejected", 0)),
+            "-" if dry_run is None else _count(dry_run),
+            "-" if failed is None else _count(failed),
+        )
+        rows.append(Row(policy, cells))
     return rows
 
 
@@ -198,7 +225,9 @@ def http_pool_rows(snapshot: Snapshot) -> list[Row]:
 SECTIONS: list[Section] = [
     Section("pools", ("used/max", "pending", "timeouts"), pool_rows),
     Section("HTTP pools", ("active", "idle", "timeouts"), http_pool_rows),
-    Section("rate limits", ("allowed", "rejected", "dry run rej."), rate_limit_rows),
+    Section(
+        "rate limits", ("allowed", "rejected", "dry run rej.", "store errors"), rate_limit_rows
+    ),
     Section("errors", ("handled", "unhandled"), error_rows),
     Section("event loop", ("busy", "delay p99"), loop_rows),
     Section("thread pools", ("used/max", "queued", "wait p99"), thread_pool_rows),
@@ -217,56 +246,172 @@ def _clip(line: str, width: int = WIDTH) -> str:
 
 
 def plain_lines(header: Header, snapshot: Snapshot, sections: Sequence[Section]) -> list[str]:
-    """The view as plain text: a progress line, then one line per row, none over 80."""
+    """The view as plain text: a progress line, then each row, none over 80 columns.
+
+    A row too long for one line goes on, between two cells, on an indented
+    line: a log keeps every cell.
+    """
     progress, _ = _header_lines(header)
     lines = [_clip(progress)]
     for section in sections:
         for row in section.rows(snapshot):
-            cells = ", ".join(
-                f"{col} {cell}" for col, cell in zip(section.columns, row.cells, strict=True)
-            )
-            lines.append(_clip(f"  {section.title} {row.name}: {cells}"))
+            cells = [f"{col} {cell}" for col, cell in zip(section.columns, row.cells, strict=True)]
+            name = _clip(row.name, max(8, 44 - len(section.title)))  # room for the cells
+            line = f"  {section.title} {name}: {cells[0]}"
+            for index, cell in enumerate(cells[1:], start=2):
+                comma = 1 if index < len(cells) else 0  # the one after this cell
+                if len(line) + 2 + len(cell) + comma > WIDTH:
+                    lines.append(_clip(line + ","))
+                    line = f"{_CONTINUED}{cell}"
+                else:
+                    line += f", {cell}"
+            lines.append(_clip(line))
     return lines
 
 
-def _rich_view(header: Header, snapshot: Snapshot, sections: Sequence[Section]) -> Any:
-    from rich import box
-    from rich.console import Group
-    from rich.table import Table
-    from rich.text import Text
+# -- the terminal frame -------------------------------------------------------
 
-    progress, phase = _header_lines(header)
-    parts: list[Any] = [
-        Text(_clip(progress), style="bold"),
-        Text(_clip(phase), style="yellow" if header.phase not in {"calm", "recovery"} else ""),
+#: One line of the frame: (text, rich style) fragments.
+Line = list[tuple[str, str]]
+
+#: A row that changed within this many seconds of the run is "moving": when
+#: the terminal is too short for every row, moving rows are shown first.
+RECENT = 10.0
+_TROUBLE_FREE = frozenset({"calm", "recovery"})
+
+
+def _line_text(line: Line) -> str:
+    return "".join(text for text, _ in line)
+
+
+def _clip_line(line: Line, width: int) -> Line:
+    """``line`` cut to ``width`` characters, the cut marked with an ellipsis."""
+    if len(_line_text(line)) <= width:
+        return line
+    clipped: Line = []
+    room = width - 1
+    for text, style in line:
+        if room <= 0:
+            break
+        clipped.append((text[:room], style))
+        room -= len(text[:room])
+    clipped.append(("…", ""))
+    return clipped
+
+
+def _section_lines(section: Section, rows: Sequence[Row], hidden: int, width: int) -> list[Line]:
+    """A heading line (the title, then the column headings), then one line per row."""
+    widths = [
+        max([_CELL_WIDTH, len(heading), *(len(row.cells[index]) for row in rows)])
+        for index, heading in enumerate(section.columns)
     ]
-    for section in sections:
-        rows = section.rows(snapshot)
-        if not rows:
-            continue
-        table = Table(
-            box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, width=WIDTH, padding=(0, 1)
-        )
-        table.add_column(section.title, style="cyan", no_wrap=True, overflow="ellipsis",
-                         max_width=_NAME_WIDTH)  # fmt: skip
-        for column in section.columns:
-            table.add_column(column, justify="right", no_wrap=True)
-        for row in rows:
-            table.add_row(row.name, *row.cells)
-        parts += [Text(""), table]
-    return Group(*parts)
+    name_width = max(8, min(_NAME_WIDTH, width - sum(widths) - len(widths)))
+    # the cells take what the name column leaves: right-aligned, one space apart
+    cells_width = width - name_width
+    title = section.title + (f" +{hidden} idle" if hidden else "")
+    headings = " ".join(h.rjust(w) for h, w in zip(section.columns, widths, strict=True))
+    lines: list[Line] = [
+        [(_clip(title, name_width).ljust(name_width), "bold cyan"),
+         (headings.rjust(cells_width), "bold")]
+    ]  # fmt: skip
+    for row in rows:
+        cells = " ".join(c.rjust(w) for c, w in zip(row.cells, widths, strict=True))
+        name = _clip(row.name, name_width).ljust(name_width)
+        lines.append([(name, "cyan"), (cells.rjust(cells_width), "")])
+    return [_clip_line(line, width) for line in lines]
+
+
+def frame_lines(
+    header: Header,
+    blocks: Sequence[tuple[Section, Sequence[Row]]],
+    width: int,
+    height: int,
+    moved: Mapping[tuple[str, str], float] | None = None,
+) -> list[Line]:
+    """The live view in at most ``width`` x ``height`` characters.
+
+    ``blocks`` are the sections with their current rows; ``moved`` maps
+    ``(section title, row name)`` to the run's second its cells last changed.
+    The progress and phase lines always come first; every section with rows
+    then gets its heading line. When the rows do not all fit, rows that moved
+    in the last ``RECENT`` seconds are kept first, then the most recently
+    moved; the others are left out and counted on their section's heading
+    (``+2 idle``). Nothing is ever cut at the bottom by the terminal.
+    """
+    moved = moved or {}
+    progress, phase = _header_lines(header)
+    top: list[Line] = [
+        [(progress, "bold")],
+        [(phase, "" if header.phase in _TROUBLE_FREE else "yellow")],
+    ]
+    top = [_clip_line(line, width) for line in top][: max(1, height)]
+    shown = [(section, list(rows)) for section, rows in blocks if rows]
+    room = height - len(top)
+    if room < len(shown):  # not even a heading each: headings only, as many as fit
+        fitting = shown[: max(0, room)]
+        return top + [_section_lines(section, [], len(rows), width)[0] for section, rows in fitting]
+    # which rows fit: moving first, then most recently moved, then in order
+    candidates = [
+        (index, position, moved.get((section.title, row.name), -math.inf))
+        for index, (section, rows) in enumerate(shown)
+        for position, row in enumerate(rows)
+    ]
+    candidates.sort(key=lambda c: (header.elapsed - c[2] > RECENT, -c[2], c[0], c[1]))
+    kept = {(index, position) for index, position, _ in candidates[: room - len(shown)]}
+    lines = list(top)
+    for index, (section, rows) in enumerate(shown):
+        visible = [row for position, row in enumerate(rows) if (index, position) in kept]
+        lines += _section_lines(section, visible, len(rows) - len(visible), width)
+    return lines
+
+
+class Frame:
+    """One frame of the live view as a ``rich`` renderable that fits the console.
+
+    Rendered at the console's width and height (``options.max_height`` is the
+    terminal's), through :func:`frame_lines`.
+    """
+
+    __slots__ = ("blocks", "header", "moved")
+
+    def __init__(
+        self,
+        header: Header,
+        blocks: Sequence[tuple[Section, Sequence[Row]]],
+        moved: Mapping[tuple[str, str], float] | None = None,
+    ) -> None:
+        self.header = header
+        self.blocks = blocks
+        self.moved = dict(moved or {})
+
+    def __rich_console__(self, console: Any, options: Any) -> Any:
+        from rich.text import Text
+
+        height = options.height or options.max_height
+        lines = frame_lines(self.header, self.blocks, options.max_width, height, self.moved)
+        text = Text("\n").join(Text.assemble(*line) for line in lines)
+        text.no_wrap = True
+        text.end = ""
+        yield text
 
 
 class LiveView:
-    """Shows the rows in place with ``rich`` on a terminal, as plain lines otherwise."""
+    """Shows the rows in place with ``rich`` on a terminal, as plain lines otherwise.
 
-    __slots__ = ("_live", "_out", "_phase", "_sections")
+    On a terminal the frame fits its size (at most 80 columns) whatever the
+    number of rows: see :func:`frame_lines`.
+    """
+
+    __slots__ = ("_cells", "_live", "_moved", "_out", "_phase", "_sections")
 
     def __init__(self, out: TextIO | None = None, sections: Sequence[Section] = ()) -> None:
         self._out = out if out is not None else sys.stdout
         self._sections = tuple(sections) or tuple(SECTIONS)
         self._phase: str | None = None
         self._live: Any = None
+        # (section title, row name) -> its cells, and the run's second they last changed
+        self._cells: dict[tuple[str, str], tuple[str, ...]] = {}
+        self._moved: dict[tuple[str, str], float] = {}
         if self._out.isatty():
             try:
                 from rich.console import Console
@@ -281,10 +426,21 @@ class LiveView:
     def interactive(self) -> bool:
         return self._live is not None
 
+    def frame(self, header: Header, snapshot: Snapshot) -> Frame:
+        """This snapshot's frame, noting which rows moved since the last one."""
+        blocks = [(section, section.rows(snapshot)) for section in self._sections]
+        for section, rows in blocks:
+            for row in rows:
+                key = (section.title, row.name)
+                if self._cells.get(key) != row.cells:
+                    self._cells[key] = row.cells
+                    self._moved[key] = header.elapsed
+        return Frame(header, blocks, self._moved)
+
     def update(self, header: Header, snapshot: Snapshot, *, tick: bool) -> None:
         """Redraw (rich) or, on a tick or a phase change, print the rows (plain)."""
         if self._live is not None:
-            self._live.update(_rich_view(header, snapshot, self._sections), refresh=True)
+            self._live.update(self.frame(header, snapshot), refresh=True)
             return
         if header.phase != self._phase:
             self._phase = header.phase

@@ -6,8 +6,10 @@ installs it (the nox `tests` session runs it first). Without it they fail.
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
+from importlib.metadata import metadata
 from pathlib import Path
 from typing import Any
 
@@ -88,17 +90,56 @@ def test_docs_explain_every_alert() -> None:
         assert f"| `{alert}` |" in docs, alert
 
 
-def test_each_alert_links_its_runbook_section() -> None:
-    """`runbook_url` names a section of docs/alerts.md that exists and names the alert."""
-    runbook = (PROMETHEUS.parents[1] / "docs" / "alerts.md").read_text()
-    headings = {
-        line.removeprefix("## ").strip() for line in runbook.splitlines() if line.startswith("## ")
+def github_anchors(markdown: str) -> dict[str, str]:
+    """Anchor -> heading text, as GitHub makes them: lower case, punctuation out, spaces -."""
+    anchors: dict[str, str] = {}
+    in_code = False
+    for line in markdown.splitlines():
+        if line.startswith("```"):
+            in_code = not in_code
+        match = re.match(r"(#{1,6}) (.+)", line)
+        if in_code or not match:
+            continue
+        heading = match[2].strip()
+        anchor = re.sub(r"[^\w\- ]", "", heading.lower()).replace(" ", "-")
+        unique, n = anchor, 0
+        while unique in anchors:  # GitHub numbers repeats: -1, -2, ...
+            n += 1
+            unique = f"{anchor}-{n}"
+        anchors[unique] = heading
+    return anchors
+
+
+def project_url(label: str) -> str:
+    """An entry of pyproject.toml's [project.urls], as the installed metadata has it."""
+    entries = metadata("opentelemetry-instrumentation-backpressure").get_all("Project-URL") or []
+    urls = dict(entry.split(", ", 1) for entry in entries)
+    return urls[label]
+
+
+def test_github_anchors_follow_githubs_rule() -> None:
+    anchors = github_anchors("# A, b: c\n## Proven on a real Prometheus\n## A, b: c\n```\n# x\n```")
+    assert anchors == {
+        "a-b-c": "A, b: c",
+        "proven-on-a-real-prometheus": "Proven on a real Prometheus",
+        "a-b-c-1": "A, b: c",
     }
+
+
+def test_each_alert_links_its_runbook_section() -> None:
+    """`runbook_url` is absolute, on the project's docs, at an anchor of docs/alerts.md."""
+    runbook = (PROMETHEUS.parents[1] / "docs" / "alerts.md").read_text()
+    anchors = github_anchors(runbook)
+    # the Documentation URL is the docs folder (a tree); a file in it is a blob
+    docs = project_url("Documentation").replace("/tree/", "/blob/")
+    assert docs.startswith("https://")
     rules = yaml.safe_load((PROMETHEUS / "alerts.yml").read_text())
     for rule in (r for g in rules["groups"] for r in g["rules"]):
         alert = rule["alert"]
-        assert alert in headings, f"docs/alerts.md has no section for {alert}"
-        assert rule["annotations"]["runbook_url"] == f"docs/alerts.md#{alert.lower()}"
+        url = rule["annotations"]["runbook_url"]
+        page, _, anchor = url.partition("#")
+        assert page == f"{docs}/alerts.md", url
+        assert anchors.get(anchor) == alert, f"{url}: no section {alert} in docs/alerts.md"
         section = runbook.split(f"## {alert}\n", 1)[1].split("\n## ", 1)[0]
         assert "**Reads**" in section
         assert "**What to do**" in section

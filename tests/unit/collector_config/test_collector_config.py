@@ -87,6 +87,30 @@ def test_pushing_exporters_batch_in_their_sending_queue(collector: dict[str, Any
         assert batch["flush_timeout"], exporter_id
 
 
+def test_batch_sizes_fit_the_queue(collector: dict[str, Any]) -> None:
+    """exporterhelper: min_size <= queue_size when the batch and the queue count alike."""
+    for exporter_id, exporter in collector["exporters"].items():
+        queue = exporter.get("sending_queue")
+        if not queue or "batch" not in queue:
+            continue
+        queue_sizer = queue.get("sizer", "requests")
+        batch = queue["batch"]
+        if batch.get("sizer", queue_sizer) == queue_sizer:
+            assert batch.get("min_size", 8192) <= queue.get("queue_size", 1000), exporter_id
+        assert batch.get("max_size", 0) in (0, None) or batch["max_size"] >= batch["min_size"]
+
+
+def test_prometheus_exporter_names_series_as_the_rules_read_them(
+    collector: dict[str, Any],
+) -> None:
+    """The translation the alert rules and the dashboard rely on, stated, not defaulted."""
+    exporter = collector["exporters"]["prometheus"]
+    assert exporter["translation_strategy"] == "UnderscoreEscapingWithSuffixes"
+    # deprecated keys (translation_strategy and resource_constant_labels replace them)
+    assert not {"add_metric_suffixes", "resource_to_telemetry_conversion"} & set(exporter)
+    assert not exporter.get("without_scope_info")  # otel_scope_version is on every series
+
+
 def test_metrics_go_to_prometheus_and_traces_to_jaeger_and_debug(
     collector: dict[str, Any],
 ) -> None:

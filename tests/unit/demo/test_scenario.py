@@ -26,6 +26,15 @@ def test_each_trouble_has_its_own_phase() -> None:
     assert by_name["bug"].bug > calm.bug == 0
     assert by_name["threads"].export > calm.export == 0
     assert by_name["threads"].stats > calm.stats == 0
+    # the outage is made by whoever owns the limiter's Redis; the players stay under the limits
+    outage = by_name["outage"]
+    assert outage.storm == outage.bug == outage.export == outage.stats == 0
+    assert outage.pause[0] >= 2 / 5  # player-proposed, the strictest, allows 5 in 2 s
+
+
+def test_the_outage_comes_after_every_other_trouble_and_before_the_recovery() -> None:
+    names = [phase.name for phase in PHASES]
+    assert names[-2:] == ["outage", "recovery"]
 
 
 @pytest.mark.parametrize(
@@ -34,8 +43,9 @@ def test_each_trouble_has_its_own_phase() -> None:
         (0.0, "calm"),
         (0.2, "rush"),
         (0.4, "storm"),
-        (0.6, "bug"),
-        (0.7, "threads"),
+        (0.5, "bug"),
+        (0.6, "threads"),
+        (0.75, "outage"),
         (0.9, "recovery"),
         (1.0, "recovery"),
     ],

@@ -27,6 +27,9 @@ def test_summary_tracks_peaks_totals_and_percentiles(metrics: MetricsCapture) ->
         2,
         {"backpressure.rate_limit.policy": "player", "backpressure.rate_limit.result": "rejected"},
     )
+    meter.create_counter("backpressure.rate_limit.store.errors").add(
+        9, {"backpressure.rate_limit.policy": "player", "error.type": "circuit_open"}
+    )
     meter.create_counter("backpressure.exceptions").add(
         4, {"error.type": "not_found", "backpressure.exception.outcome": "handled"}
     )
@@ -45,6 +48,7 @@ def test_summary_tracks_peaks_totals_and_percentiles(metrics: MetricsCapture) ->
     assert summary.timeouts() == {"db": 3}
     assert summary.rate_limits() == {"player": {"allowed": 5, "rejected": 2}}
     assert summary.exceptions() == {"not_found": {"handled": 4}}
+    assert summary.store_errors() == {"player": {"circuit_open": 9}}
     point = summary.latest.histograms("db.client.connection.wait_time")["db"]
     assert quantile(point, 0.5) == 0.01
     assert quantile(point, 0.95) == 1.0
@@ -53,7 +57,9 @@ def test_summary_tracks_peaks_totals_and_percentiles(metrics: MetricsCapture) ->
     assert "timeouts=3" in report
     assert "rate limit player: allowed=5 rejected=2" in report
     assert "exceptions not_found: handled=4" in report
+    assert "rate limit store errors player: circuit_open=9" in report
     assert summary.as_dict()["pools"]["db"]["peak_overflow"] == 2
+    assert summary.as_dict()["rate_limit_store_errors"] == {"player": {"circuit_open": 9}}
 
 
 def test_empty_reader_gives_an_empty_summary(metrics: MetricsCapture) -> None:
