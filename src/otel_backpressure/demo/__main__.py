@@ -165,9 +165,7 @@ async def run(args: argparse.Namespace) -> int:
     # a store timeout (in an application that is what happens: see the store
     # errors runbook in docs/alerts.md); the outage refuses connections at once.
     store = (
-        RedisStore(
-            args.limiter_redis_url, prefix=f"otel-backpressure-demo:{suffix}:", timeout=5.0
-        )
+        RedisStore(args.limiter_redis_url, prefix=f"otel-backpressure-demo:{suffix}:", timeout=5.0)
         if args.limiter_redis_url
         else None
     )
