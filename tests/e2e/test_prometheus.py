@@ -23,12 +23,13 @@ Asserted: every dashboard query and every alert expression returns data at
 some point of the scenario; the dashboard variables offer the demo's service,
 pool and policies and nothing else; every alert of alerts.yml has a phase
 that must fire it (``EXPECTED``) and, from Prometheus's own ``ALERTS`` series
-over the run: it goes pending only once that phase has begun, never starts
-again in another phase, fires (the dry-run alert, whose ``for:`` is the
-longest, may only be pending) and has resolved by the end of the recovery;
-it is silent in its must-not-fire phase, a phase with load of the same kind
-below its threshold; nothing is active in the first calm phase and no other
-alert fires at any time. Every series of the package carries the package's
+over the run: it goes pending while that phase runs, and fires (the dry-run
+alert, whose ``for:`` is the longest, may only go pending),
+it never fires in another phase (going pending and no further is what
+``for:`` is for), and it has resolved by the end of the recovery; it is
+silent, not even pending, in its must-not-fire phase, a phase with load of the
+same kind below its threshold; nothing fires in the first calm phase and no
+other alert (another policy, pool or server) fires at any time. Every series of the package carries the package's
 scope version. Event rates in the trouble phases are high enough that each
 compressed window holds about as many events as the shipped window does at
 the alerts' thresholds.
@@ -105,13 +106,13 @@ class Expected:
 
 EXPECTED: dict[str, Expected] = {
     "BackpressurePoolSaturated": Expected(
-        "rush", POOL, "threads", "three times calm's requests, short holds: the pool busy, not full"
+        "rush", POOL, "outage", "twice calm's requests, short holds: the pool busy, not full"
     ),
     "BackpressurePoolCheckoutsWaiting": Expected(
-        "rush", POOL, "threads", "three times calm's checkouts, none waits for a connection"
+        "rush", POOL, "outage", "twice calm's checkouts, none waits for a connection"
     ),
     "BackpressurePoolTimeouts": Expected(
-        "rush", POOL, "threads", "three times calm's checkouts, none times out"
+        "rush", POOL, "outage", "twice calm's checkouts, none times out"
     ),
     "BackpressureRateLimitRejecting": Expected(
         "storm",
@@ -469,8 +470,9 @@ def alert_timings(
         begun, over = trouble(demo, expected, ended)
         quiet = demo.window(expected.quiet_in, ended)
         own = [e for e in episodes if matches(e.labels) == alert]
-        pending = own[0].start - begun if own else None
-        firing = next((e.firing - begun for e in own if e.firing is not None), None)
+        inside = [e for e in own if begun <= e.start < over]
+        pending = inside[0].start - begun if inside else None
+        firing = next((e.firing - begun for e in inside if e.firing is not None), None)
         timings[alert] = {
             "fires_in": expected.fires_in,
             "through": expected.last,
@@ -478,7 +480,14 @@ def alert_timings(
             "pending_after_s": None if pending is None else round(pending, 1),
             "firing_after_s": None if firing is None else round(firing, 1),
             "firing_after_shipped": None if firing is None else shipped(firing),
-            "resolved_after_phase_s": round(own[-1].end - over, 1) if own else None,
+            "resolved_after_phase_s": (
+                round(max(e.end for e in inside) - over, 1) if inside else None
+            ),
+            "pending_elsewhere": [
+                {"from_s": since(e.start), "to_s": since(e.end), "fired": e.firing is not None}
+                for e in own
+                if e not in inside
+            ],
             "episodes": [
                 {
                     "labels": shown(e.labels),
@@ -539,6 +548,12 @@ def markdown_table(report: dict[str, Any]) -> list[str]:
             f"| {cell(t['firing_after_s'])} | {cell(t['resolved_after_phase_s'])} "
             f"| {t['quiet_in']}: {t['why_quiet']} |"
         )
+    lines += [
+        f"{alert} also active outside its phase: {e['from_s']}-{e['to_s']} s"
+        + (" FIRED" if e["fired"] else ", pending only")
+        for alert, t in report["alerts"].items()
+        for e in t["pending_elsewhere"]
+    ]
     lines += [
         f"also active (not its scenario): {o['labels']} {o['from_s']}-{o['to_s']} s"
         + (" FIRED" if o["fired"] else ", pending only")
@@ -616,25 +631,25 @@ def test_dashboard_and_alerts_on_a_real_prometheus(
     assert "player" in variables.get("policy", []), variables
     assert not set(queries) - answered, f"no data for {sorted(set(queries) - answered)}"
 
-    # -- each alert: fires in its phase, only there, resolves; silent in its quiet phase
+    # -- each alert: fires in its phase and only there, resolves, silent in its quiet phase.
+    # Elsewhere it may go pending and not fire: holding back a passing shape
+    # (a start-up stall, a small policy's noise) is what `for:` is for.
     calm = demo.window("calm", ended)
     for alert, expected in EXPECTED.items():
         begun, over = trouble(demo, expected, ended)
         own = [e for e in episodes if matches(e.labels) == alert]
-        assert own, f"{alert} never went pending or firing\n{detail}"
-        for episode in own:
-            assert begun <= episode.start < over, (
-                f"{alert} began outside {expected.fires_in}\n{detail}"
-            )
+        inside = [e for e in own if begun <= e.start < over]
+        assert inside, f"{alert} never went pending or firing in {expected.fires_in}\n{detail}"
         if alert not in MAY_ONLY_GO_PENDING:
-            assert any(e.firing for e in own), f"{alert} never fired\n{detail}"
-        assert own[-1].end < ended - 2 * EVALUATION, f"{alert} still active at the end\n{detail}"
+            assert any(e.firing for e in inside), f"{alert} never fired\n{detail}"
+        stray = [e for e in own if e not in inside and e.firing]
+        assert not stray, f"{alert} fired outside {expected.fires_in}\n{detail}"
+        still = [e for e in own if e.firing and e.end >= ended - 2 * EVALUATION]
+        assert not still, f"{alert} still firing at the end\n{detail}"
         assert not timings[alert]["active_in_quiet_phase"], (
             f"{alert} active in {expected.quiet_in}\n{detail}"
         )
-    active_in_calm = [e.labels for e in episodes if e.active_between(*calm)]
-    assert not active_in_calm, f"active while the demo was calm: {active_in_calm}"
-    # Nothing else fired at any time: a pending alert that never fired (a small
-    # policy's noise, held back by `for:`) is what `for:` is for.
+    firing_in_calm = [e.labels for e in episodes if e.active_between(*calm, state="firing")]
+    assert not firing_in_calm, f"fired while the demo was calm: {firing_in_calm}"
     fired_elsewhere = [e.labels for e in others if e.firing]
     assert not fired_elsewhere, f"fired outside their scenario: {fired_elsewhere}"

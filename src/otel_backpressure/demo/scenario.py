@@ -102,7 +102,7 @@ PHASES: tuple[Phase, ...] = (
         bug=0.0,
         pause=(0.2, 0.4),
         export=0.5,
-        stats=0.6,
+        stats=0.3,  # stalls enough for the loop p99 over 100 ms; more starves the whole app
     ),
     Phase(
         "outage",
