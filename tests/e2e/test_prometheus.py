@@ -29,10 +29,10 @@ it never fires in another phase (going pending and no further is what
 ``for:`` is for), and it has resolved by the end of the recovery; it is
 silent, not even pending, in its must-not-fire phase, a phase with load of the
 same kind below its threshold; nothing fires in the first calm phase and no
-other alert (another policy, pool or server) fires at any time. Every series of the package carries the package's
-scope version. Event rates in the trouble phases are high enough that each
-compressed window holds about as many events as the shipped window does at
-the alerts' thresholds.
+other alert (another policy, pool or server) fires at any time. Every series
+of the package carries the package's scope version. Event rates in the
+trouble phases are high enough that each compressed window holds about as
+many events as the shipped window does at the alerts' thresholds.
 
 The times (from the start of the phase to pending, firing and resolved, in
 compressed seconds and as the shipped 15 s intervals would take) are printed
