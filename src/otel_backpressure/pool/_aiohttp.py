@@ -189,9 +189,11 @@ class AiohttpPoolSource(HttpPoolSource):
 
         connect = connector.connect
 
-        async def hooked_connect(request: Any, *args: Any, **kwargs: Any) -> Any:
+        # connect(req, traces, timeout) since aiohttp 3.10: named, so the session's keyword
+        # call binds without a dict and the call through passes them positionally
+        async def hooked_connect(request: Any, traces: Any, timeout: Any) -> Any:
             try:
-                return await connect(request, *args, **kwargs)
+                return await connect(request, traces, timeout)
             except BaseException as error:
                 if cancelled:  # a wait was cancelled: was it this request's, by its timeout?
                     source._connect_failed(cancelled, request, error)

@@ -8,25 +8,34 @@ connection that is not closed counts as ``idle`` (``is_idle()``) or
 waiting request counts as pending by its URL's origin. The limit is
 ``_max_connections`` (``max_connections=None`` is ``sys.maxsize``: unbounded).
 
-Hooks, as instance attributes on the pool (its transport calls
-``self._pool.handle_request``, and the pool calls its own methods through
-``self``), removed by ``close()``:
+Hooks, as instance attributes on the pool (the pool calls its own methods
+through ``self``), removed by ``close()``:
 
-- ``handle_request``/``handle_async_request`` notes when each request arrived
-  and counts ``httpcore.PoolTimeout`` by server.
-- ``_assign_requests_to_connections`` (httpcore >= 1.0.3; the one place that
-  gives requests connections, always called with the pool's lock held): after
-  it, a request still without a connection is queued, and a queued one that got
-  one notes when. One pass may give a freed HTTP/1.1 connection to every
-  queued request; all but one then find it busy and queue again, so the *last*
-  assignment is the one that counted, and ``http.client.request.time_in_queue``
-  is recorded when the request leaves ``handle_request`` (as in .NET, only
-  requests that queued are recorded). A connection no longer in the list was
+- ``_assign_requests_to_connections`` (httpcore >= 1.0.3): the one place that
+  gives requests connections, called with the pool's lock held whenever a
+  request arrives, leaves (its response closed, or an error) or a connection
+  frees. After each pass a request still without a connection is queued (its
+  wait starts), and a queued one that has one notes when it got it. One pass
+  may give a freed HTTP/1.1 connection to every queued request; all but one
+  then find it busy and queue again, so the *last* assignment is the one that
+  counted. A queued request that left ``_requests`` is done: with a connection,
+  its ``http.client.request.time_in_queue`` is recorded (as in .NET, only
+  requests that queued are); still waiting, while the pool handles
+  ``httpcore.PoolTimeout`` (the pass runs inside the pool's ``except`` block),
+  it is a pool timeout, counted by server; otherwise its caller gave up (a
+  cancellation, an interrupt). A connection no longer in ``_connections`` was
   dropped: its ``http.client.connection.duration`` is recorded.
 - ``create_connection`` notes when a connection was made; ``close``/``aclose``
   end every connection left.
 
-With httpcore before 1.0.3 the counts and timeouts are exact and the two
+The common pass (no request queued, no connection dropped) reads no clock and
+allocates nothing: one loop over the few requests in the pool and one length
+comparison. There is no hook on ``handle_request``: every request is one
+Python frame cheaper (``BENCHMARKS.md``, ``pool_kinds``).
+
+With httpcore before 1.0.3 (no ``_assign_requests_to_connections``)
+``handle_request``/``handle_async_request`` are hooked to count
+``httpcore.PoolTimeout``; the counts and timeouts are exact and the two
 histograms stay empty.
 
 Example::
@@ -92,7 +101,7 @@ class HttpxPoolSource(HttpPoolSource):
         "aclose",
     )
 
-    __slots__ = ("_arrived", "_assigned", "_opened", "_queued")
+    __slots__ = ("_assigned", "_opened", "_queued")
 
     @staticmethod
     def resolve(target: object) -> Any | None:
@@ -126,12 +135,14 @@ class HttpxPoolSource(HttpPoolSource):
         )
 
     def __init__(self, pool: Any, **kwargs: Any) -> None:
-        # id(request) -> arrived at, for requests in handle_request now
-        self._arrived: dict[int, float] = {}
-        self._queued: set[int] = set()  # id(request) of those seen waiting
-        self._assigned: dict[int, float] = {}  # id(queued request) -> last given a connection
-        # id(connection) -> (connection, made at, server key), for connections in the pool
-        self._opened: dict[int, tuple[Any, float, ServerKey]] = {}
+        # id(pool request) -> (pool request, server key, queued since), for requests seen
+        # waiting for a connection and still in the pool; the entry holds the request, so
+        # its id cannot be reused while it is here
+        self._queued: dict[int, tuple[Any, ServerKey, float]] = {}
+        self._assigned: dict[int, float] = {}  # id(queued pool request) -> last given one
+        # id(connection) -> (connection, made at or None if before the hooks, server key),
+        # for every connection in the pool: the pool holds no connection that is not here
+        self._opened: dict[int, tuple[Any, float | None, ServerKey | None]] = {}
         super().__init__(pool, **kwargs)
 
     def _key(self, origin: Any) -> ServerKey:
@@ -163,80 +174,20 @@ class HttpxPoolSource(HttpPoolSource):
     # -- hot path: never raise into the pool's caller -----------------------------------
 
     def _hook(self, pool: Any) -> None:
-        from httpcore import PoolTimeout
-
-        arrived, queued, assigned, opened = (
-            self._arrived,
-            self._queued,
-            self._assigned,
-            self._opened,
-        )
-        clock, key_of, timed_out = self._clock, self._key, self._timed_out
-        source = self
-
-        def enter(request: Any) -> int:
-            ident = id(request)
-            if source.recorders:
-                arrived[ident] = clock()
-            return ident
-
-        def leave(ident: int, error: BaseException | None, request: Any) -> None:
-            start = arrived.pop(ident, None)
-            if ident in queued:
-                queued.discard(ident)
-                left = assigned.pop(ident, None)
-                try:
-                    if left is not None and start is not None:
-                        key = key_of(request.url.origin)
-                        for recorder in source.recorders:
-                            recorder.add(recorder.queue, key, left - start)
-                except Exception:
-                    _logger.debug("httpx queue telemetry failed", exc_info=True)
-            if isinstance(error, PoolTimeout):
-                try:
-                    timed_out(key_of(request.url.origin))
-                except Exception:
-                    _logger.debug("httpx pool timeout telemetry failed", exc_info=True)
-
-        if hasattr(pool, "handle_async_request"):
-
-            async def hooked_async(request: Any) -> Any:
-                ident = enter(request)
-                try:
-                    response = await handle_async(request)
-                except BaseException as error:
-                    leave(ident, error, request)
-                    raise
-                leave(ident, None, request)
-                return response
-
-            handle_async: Callable[[Any], Awaitable[Any]] = pool.handle_async_request
-            pool.handle_async_request = hooked_async
-        else:
-
-            def hooked_sync(request: Any) -> Any:
-                ident = enter(request)
-                try:
-                    response = handle(request)
-                except BaseException as error:
-                    leave(ident, error, request)
-                    raise
-                leave(ident, None, request)
-                return response
-
-            handle: Callable[[Any], Any] = pool.handle_request
-            pool.handle_request = hooked_sync
-
         assign = getattr(pool, "_assign_requests_to_connections", None)
         if assign is None:
-            return  # httpcore < 1.0.3: counts and timeouts only
+            self._hook_timeouts_only(pool)  # httpcore < 1.0.3
+            return
+        opened, queued, clock, key_of = self._opened, self._queued, self._clock, self._key
+        for connection in _connections_of(pool):  # made before the hooks: no start time
+            opened[id(connection)] = (connection, None, None)
         create_connection = pool.create_connection
+        source = self
 
         def hooked_create_connection(origin: Any) -> Any:
             connection = create_connection(origin)
             try:
-                if source.recorders:
-                    opened[id(connection)] = (connection, clock(), key_of(origin))
+                opened[id(connection)] = (connection, clock(), key_of(origin))
             except Exception:
                 _logger.debug("httpx connection telemetry failed", exc_info=True)
             return connection
@@ -244,11 +195,18 @@ class HttpxPoolSource(HttpPoolSource):
         def hooked_assign() -> Any:
             closing = assign()
             try:
-                recorders = source.recorders
-                if recorders:
-                    source._after_assign(pool, recorders)
+                # the common pass: nobody waits, nobody waited, no connection dropped
+                waiting = False
+                for pool_request in pool._requests:
+                    if pool_request.connection is None:
+                        waiting = True
+                        break
+                if waiting or queued:
+                    source._after_queueing(pool)
+                if len(opened) > len(pool._connections):
+                    source._dropped(pool)
             except Exception:
-                _logger.debug("httpx queue telemetry failed", exc_info=True)
+                _logger.debug("httpx pool telemetry failed", exc_info=True)
             return closing
 
         pool.create_connection = hooked_create_connection
@@ -270,39 +228,92 @@ class HttpxPoolSource(HttpPoolSource):
 
             pool.close = hooked_close
 
+    def _after_queueing(self, pool: Any) -> None:
+        """After a pass in which a request waits or waited: who queued, who got a
+        connection, who left (done, timed out, or given up by its caller)."""
+        from httpcore import PoolTimeout
+
+        now = self._clock()
+        queued, assigned = self._queued, self._assigned
+        present = set()
+        for pool_request in pool._requests:
+            ident = id(pool_request)
+            present.add(ident)
+            if pool_request.connection is None:
+                if ident not in queued:
+                    key = self._key(pool_request.request.url.origin)
+                    queued[ident] = (pool_request, key, now)
+            elif ident in queued:
+                assigned[ident] = now
+        for ident in [ident for ident in queued if ident not in present]:
+            pool_request, key, since = queued.pop(ident)
+            got = assigned.pop(ident, None)
+            if pool_request.connection is None:
+                # still waiting as it left: the pool is handling its exception now
+                if isinstance(sys.exc_info()[1], PoolTimeout):
+                    self._timed_out(key)
+            elif got is not None:
+                for recorder in self.recorders:
+                    recorder.add(recorder.queue, key, got - since)
+
+    def _dropped(self, pool: Any) -> None:
+        """Record the lifetime of each connection the pool no longer holds."""
+        now = self._clock()
+        opened = self._opened
+        present = {id(connection) for connection in pool._connections}
+        for ident in [ident for ident in opened if ident not in present]:
+            _, made, key = opened.pop(ident)
+            if made is not None and key is not None:
+                for recorder in self.recorders:
+                    recorder.add(recorder.duration, key, now - made)
+
     def _closed(self) -> None:
         """The pool closed every connection it had: they all end now."""
         try:
-            recorders = self.recorders
             now = self._clock()
             for _, made, key in list(self._opened.values()):
-                for recorder in recorders:
-                    recorder.add(recorder.duration, key, now - made)
+                if made is not None and key is not None:
+                    for recorder in self.recorders:
+                        recorder.add(recorder.duration, key, now - made)
             self._opened.clear()
         except Exception:
             _logger.debug("httpx connection telemetry failed", exc_info=True)
 
-    def _after_assign(self, pool: Any, recorders: tuple[Any, ...]) -> None:
-        """Note queued requests and when they got a connection; record dropped connections.
+    def _hook_timeouts_only(self, pool: Any) -> None:
+        """httpcore < 1.0.3: count ``PoolTimeout`` around ``handle_request``."""
+        from httpcore import PoolTimeout
 
-        Runs with the pool's lock held, right after the pool handed out connections.
-        """
-        now = self._clock()
-        arrived, queued, assigned = self._arrived, self._queued, self._assigned
-        for pool_request in pool._requests:
-            ident = id(pool_request.request)
-            if pool_request.connection is None:
-                if ident in arrived:
-                    queued.add(ident)
-            elif ident in queued:
-                assigned[ident] = now
-        opened = self._opened
-        if opened:
-            present = {id(c) for c in pool._connections}
-            for ident in [i for i in opened if i not in present]:
-                _, made, key = opened.pop(ident)
-                for recorder in recorders:
-                    recorder.add(recorder.duration, key, now - made)
+        key_of, timed_out = self._key, self._timed_out
+
+        def count(error: BaseException, request: Any) -> None:
+            if isinstance(error, PoolTimeout):
+                try:
+                    timed_out(key_of(request.url.origin))
+                except Exception:
+                    _logger.debug("httpx pool timeout telemetry failed", exc_info=True)
+
+        if hasattr(pool, "handle_async_request"):
+            handle_async: Callable[[Any], Awaitable[Any]] = pool.handle_async_request
+
+            async def hooked_async(request: Any) -> Any:
+                try:
+                    return await handle_async(request)
+                except BaseException as error:
+                    count(error, request)
+                    raise
+
+            pool.handle_async_request = hooked_async
+        else:
+            handle: Callable[[Any], Any] = pool.handle_request
+
+            def hooked_sync(request: Any) -> Any:
+                try:
+                    return handle(request)
+                except BaseException as error:
+                    count(error, request)
+                    raise
+
+            pool.handle_request = hooked_sync
 
 
 def _server_closed(connection: Any) -> bool:

@@ -143,6 +143,37 @@ async def test_async_client_queues_past_its_limit(
         await client.aclose()
 
 
+async def test_async_pool_timeouts_count_and_cancelled_waits_do_not(
+    server: HoldServer, metrics: MetricsCapture
+) -> None:
+    """``httpx.PoolTimeout`` is a pool timeout; a task cancelled while it waited for a
+    connection (its caller gave up) is not."""
+    client = httpx.AsyncClient(
+        limits=httpx.Limits(max_connections=1), timeout=httpx.Timeout(30, pool=0.05)
+    )
+    handle = otel_backpressure.instrument(client, meter_provider=metrics.meter_provider)
+    try:
+        holder = asyncio.ensure_future(client.get(server.url + "/hold"))
+        await asyncio.to_thread(server.arrived, 1)
+        with pytest.raises(httpx.PoolTimeout):
+            await client.get(server.url + "/")
+        queued = asyncio.ensure_future(client.get(server.url + "/", timeout=30))
+        await settled_async(metrics, server, counts(1, 0, 1, limit=1, timeouts=1))
+        queued.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await queued
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(client.get(server.url + "/", timeout=30), timeout=0.05)
+        assert state(metrics, server) == counts(1, 0, 0, limit=1, timeouts=1)
+        server.release(1)
+        assert (await holder).status_code == 200
+        assert (await client.get(server.url + "/")).status_code == 200
+        assert state(metrics, server) == counts(0, 1, 0, limit=1, timeouts=1)
+    finally:
+        handle.uninstrument()
+        await client.aclose()
+
+
 def test_servers_past_the_bound_share_other(
     server: HoldServer, metrics: MetricsCapture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
