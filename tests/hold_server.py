@@ -1,4 +1,5 @@
-"""A real HTTP server on loopback (uvicorn, own thread) whose ``/hold`` requests wait for the test.
+"""A real HTTP server on loopback (``LoopbackServer``: uvicorn, own thread) whose ``/hold``
+requests wait for the test.
 
 ``arrived(n)`` blocks until ``n`` requests have reached the handler;
 ``release(n)`` lets the ``n`` oldest held ones answer. Every other path
@@ -22,10 +23,9 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import uvicorn
 
 from otel_backpressure._shared import Receive, Scope, Send
-from otel_backpressure.testing import MetricsCapture
+from otel_backpressure.testing import LoopbackServer, MetricsCapture
 
 #: MetricsCapture.snapshot() keys of http.client.open_connections' two states
 ACTIVE = "http.client.open_connections{http.connection.state=active}"
@@ -40,22 +40,16 @@ class HoldServer:
         self._arrived = 0
         self._held: deque[asyncio.Future[None]] = deque()
         self._loop: asyncio.AbstractEventLoop | None = None
-        config = uvicorn.Config(
-            self._app,
-            host="127.0.0.1",
-            port=0,
-            log_level="warning",
-            lifespan="off",
-            interface="asgi3",
-            timeout_keep_alive=keep_alive,  # seconds before it closes an idle connection
-        )
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run, daemon=True)
-        self.port = 0
+        # seconds before the server closes an idle connection
+        self._server = LoopbackServer(self._app, keep_alive=keep_alive)
+
+    @property
+    def port(self) -> int:
+        return self._server.port
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return self._server.url
 
     async def _app(self, scope: Scope, receive: Receive, send: Send) -> None:
         assert scope["type"] == "http"
@@ -94,21 +88,13 @@ class HoldServer:
         loop.call_soon_threadsafe(open_gates)
 
     def __enter__(self) -> HoldServer:
-        self._thread.start()
-        for _ in range(1000):
-            if self._server.started:
-                break
-            threading.Event().wait(0.01)
-        else:
-            raise RuntimeError("uvicorn did not start")
-        self.port = self._server.servers[0].sockets[0].getsockname()[1]
+        self._server.__enter__()
         return self
 
     def __exit__(self, *exc: Any) -> None:
         if self._loop is not None and self._held:
             self.release(len(self._held))
-        self._server.should_exit = True
-        self._thread.join(timeout=10)
+        self._server.__exit__(*exc)
 
 
 @pytest.fixture

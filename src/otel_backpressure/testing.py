@@ -1,8 +1,9 @@
-"""Helpers for testing code that uses this package: a metrics capture and a fake clock.
+"""Helpers for testing code that uses this package: a metrics capture, a fake clock, and
+a real HTTP server on loopback for outbound HTTP pools to call.
 
 Example::
 
-    from otel_backpressure.testing import FakeClock, MetricsCapture
+    from otel_backpressure.testing import FakeClock, LoopbackServer, MetricsCapture
 
     capture = MetricsCapture()
     instrument(engine, meter_provider=capture.meter_provider)
@@ -10,11 +11,15 @@ Example::
     assert capture.value("db.client.connection.count",
                          {"db.client.connection.pool.name": "db",
                           "db.client.connection.state": "used"}) == 3
+
+    with LoopbackServer(asgi_app) as server:   # uvicorn, 127.0.0.1, a free port
+        httpx.get(server.url + "/")
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import threading
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from opentelemetry.sdk.metrics import MeterProvider
@@ -25,7 +30,7 @@ from opentelemetry.sdk.metrics.export import (
     NumberDataPoint,
 )
 
-__all__ = ["FakeClock", "MetricsCapture"]
+__all__ = ["FakeClock", "LoopbackServer", "MetricsCapture"]
 
 Attributes = Mapping[str, Any]
 
@@ -134,3 +139,64 @@ class MetricsCapture:
 
     def shutdown(self) -> None:
         self.meter_provider.shutdown()
+
+
+class LoopbackServer:
+    """An ASGI app served by uvicorn on ``127.0.0.1`` (a free port) in its own thread.
+
+    A context manager: ``__enter__`` returns once uvicorn listens (or raises
+    ``RuntimeError`` after ``start_timeout`` seconds); ``__exit__`` stops it
+    and waits for its thread. ``keep_alive`` is how many seconds uvicorn keeps
+    an idle connection open (short values let tests see a server close one).
+    Needs uvicorn (the ``demo`` extra has it).
+    """
+
+    __slots__ = ("_server", "_thread", "port", "start_timeout")
+
+    def __init__(
+        self,
+        app: Callable[[Any, Any, Any], Awaitable[None]],
+        *,
+        keep_alive: float = 5.0,
+        start_timeout: float = 10.0,
+    ) -> None:
+        import uvicorn
+
+        config = uvicorn.Config(
+            app,
+            host="127.0.0.1",
+            port=0,
+            log_level="warning",
+            lifespan="off",
+            interface="asgi3",
+            timeout_keep_alive=keep_alive,  # type: ignore[arg-type]  # annotated int, used as a delay
+        )
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._server.run, daemon=True)
+        self.start_timeout = start_timeout
+        self.port = 0
+
+    @property
+    def url(self) -> str:
+        """``http://127.0.0.1:PORT``, without a trailing slash."""
+        return f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> LoopbackServer:
+        self._thread.start()
+        ready = threading.Event()
+        for _ in range(int(self.start_timeout / 0.01)):
+            if self._server.started or not self._thread.is_alive():
+                break
+            ready.wait(0.01)
+        if not self._server.started:
+            self._server.should_exit = True
+            raise RuntimeError(f"uvicorn did not start within {self.start_timeout} s")
+        self.port = self._server.servers[0].sockets[0].getsockname()[1]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.should_exit = True
+        self._thread.join(timeout=10)
+
+    def __repr__(self) -> str:
+        return f"LoopbackServer(url={self.url!r}, running={self._thread.is_alive()})"

@@ -20,6 +20,7 @@ Configuration (besides ``OTEL_*``): ``E2E_POSTGRES_URL`` (asyncpg DSN),
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -53,6 +54,7 @@ from otel_backpressure.errors import (  # noqa: E402
 )
 from otel_backpressure.ratelimit import Policy, RateLimiter, RedisStore  # noqa: E402
 from otel_backpressure.ratelimit.middleware import RateLimitMiddleware  # noqa: E402
+from otel_backpressure.testing import LoopbackServer  # noqa: E402
 
 POSTGRES_URL = os.environ["E2E_POSTGRES_URL"]
 REDIS_URL = os.environ["E2E_REDIS_URL"]
@@ -161,37 +163,15 @@ EXPECTED = {
 }
 
 
-class Upstream:
-    """A service the app calls over real HTTP (uvicorn on loopback, its own thread):
-    what the app's outbound pool connects to. Each answer takes 20 ms."""
-
-    def __init__(self) -> None:
-        import threading
-
-        import uvicorn
-
-        async def answer(scope: dict[str, Any], receive: Any, send: Any) -> None:
-            if scope["type"] != "http":
-                return
-            await asyncio.sleep(0.02)
-            headers = [(b"content-length", b"2")]
-            await send({"type": "http.response.start", "status": 200, "headers": headers})
-            await send({"type": "http.response.body", "body": b"ok"})
-
-        config = uvicorn.Config(
-            answer, host="127.0.0.1", port=0, log_level="warning", lifespan="off"
-        )
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.thread.start()
-        while not self.server.started:
-            time.sleep(0.01)
-        port = self.server.servers[0].sockets[0].getsockname()[1]
-        self.url = f"http://127.0.0.1:{port}"
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
+async def upstream_answer(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """A service the app calls over real HTTP: what its outbound pool connects to.
+    Each answer takes 20 ms."""
+    if scope["type"] != "http":
+        return
+    await asyncio.sleep(0.02)
+    headers = [(b"content-length", b"2")]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": b"ok"})
 
 
 async def main() -> None:
@@ -223,7 +203,8 @@ async def main() -> None:
     signups = MovingWindowRateLimiter(MemoryStorage())
     signup_limit = parse("4/second")
 
-    upstream = Upstream()
+    servers = contextlib.ExitStack()
+    upstream = servers.enter_context(LoopbackServer(upstream_answer))
     # one connection for three concurrent calls: two queue for it every round
     outbound = httpx.AsyncClient(base_url=upstream.url, limits=httpx.Limits(max_connections=1))
 
@@ -316,7 +297,7 @@ async def main() -> None:
             await asyncio.sleep(0.05)
 
     await outbound.aclose()
-    upstream.stop()
+    servers.close()
     await raw_pool.close()
     await engine.dispose()
     print(json.dumps({"stopped": True, "rounds": round_number}), flush=True)

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import importlib
 import logging
-import os
-import subprocess
 import sys
 import types
 from collections.abc import Callable, Iterator
@@ -19,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from instrumented_process import run_under_opentelemetry_instrument
 from otel_backpressure import BackpressureInstrumentor, Settings, instrumentor
 from otel_backpressure._patching import (
     BackpressureWrapper,
@@ -260,34 +259,9 @@ PROBE = (
 )
 
 
-def run_under_opentelemetry_instrument(**environment: str) -> str:
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if not key.startswith(("OTEL_", "OTEL_PYTHON_BACKPRESSURE_"))
-    }
-    env.update(
-        OTEL_TRACES_EXPORTER="none",
-        OTEL_METRICS_EXPORTER="none",
-        OTEL_LOGS_EXPORTER="none",
-        **environment,
-    )
-    bindir = os.path.dirname(sys.executable)
-    result = subprocess.run(
-        [os.path.join(bindir, "opentelemetry-instrument"), sys.executable, "-c", PROBE],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
-    return result.stdout.strip()
-
-
 def test_opentelemetry_instrument_loads_it_and_the_standard_variable_turns_it_off() -> None:
-    assert run_under_opentelemetry_instrument() == "True"
+    assert run_under_opentelemetry_instrument(PROBE) == "True"
     disabled = run_under_opentelemetry_instrument(
-        OTEL_PYTHON_DISABLED_INSTRUMENTATIONS="fastapi, backpressure"
+        PROBE, OTEL_PYTHON_DISABLED_INSTRUMENTATIONS="fastapi, backpressure"
     )
     assert disabled == "False"

@@ -8,14 +8,12 @@ none of the libraries it instruments.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from importlib.metadata import distribution
 from pathlib import Path
 
 from packaging.requirements import Requirement
 
+from instrumented_process import run_under_opentelemetry_instrument
 from otel_backpressure import package
 
 DIST = distribution("opentelemetry-instrumentation-backpressure")
@@ -80,27 +78,6 @@ def test_the_metadata_an_index_shows() -> None:
     assert "Apache License" in (ROOT / "LICENSE").read_text()
     assert "Version 2.0, January 2004" in (ROOT / "LICENSE").read_text()
     assert "## [Unreleased]" in (ROOT / "CHANGELOG.md").read_text()
-
-
-def run_under_opentelemetry_instrument(code: str, **environment: str) -> str:
-    env = {key: value for key, value in os.environ.items() if not key.startswith("OTEL_")}
-    env.update(
-        OTEL_TRACES_EXPORTER="none",
-        OTEL_METRICS_EXPORTER="none",
-        OTEL_LOGS_EXPORTER="none",
-        **environment,
-    )
-    bindir = os.path.dirname(sys.executable)
-    result = subprocess.run(
-        [os.path.join(bindir, "opentelemetry-instrument"), sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
-    return result.stdout.strip().splitlines()[-1]
 
 
 def test_an_app_importing_no_instrumented_library_imports_none_because_of_us() -> None:

@@ -1,8 +1,9 @@
 """The game's outbound dependencies: a profile service over real HTTP, and Redis if given.
 
 - :class:`ProfileService` is a small ASGI app on loopback, served by uvicorn in
-  its own thread, whose every answer takes ``delay`` seconds (set by the
-  scenario's phase: 0.6 s while the profile service is slow).
+  its own thread (``otel_backpressure.testing.LoopbackServer``), whose every
+  answer takes ``delay`` seconds (set by the scenario's phase: 0.6 s while the
+  profile service is slow).
 - :class:`Profiles` is the game's client for it: an ``httpx.AsyncClient`` with
   a pool of ``max_connections`` (4) and a short pool timeout, so concurrent
   profile lookups queue for connections and, in storms, give up
@@ -26,10 +27,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
 from typing import Any
 
 from otel_backpressure._shared import Receive, Scope, Send
+from otel_backpressure.testing import LoopbackServer
 
 __all__ = ["PROFILE_SHARE", "ProfileService", "Profiles"]
 
@@ -43,19 +44,8 @@ class ProfileService:
     """An upstream on ``127.0.0.1`` (a free port) that answers ``/profiles/{id}`` slowly."""
 
     def __init__(self, delay: float = 0.02) -> None:
-        import uvicorn
-
         self.delay = delay
-        config = uvicorn.Config(
-            self._app,
-            host="127.0.0.1",
-            port=0,
-            log_level="warning",
-            lifespan="off",
-            interface="asgi3",
-        )
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run, daemon=True)
+        self._server = LoopbackServer(self._app)
         self.url = ""
 
     async def _app(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -69,20 +59,11 @@ class ProfileService:
         await send({"type": "http.response.body", "body": body})
 
     def __enter__(self) -> ProfileService:
-        self._thread.start()
-        for _ in range(1000):
-            if self._server.started:
-                break
-            threading.Event().wait(0.01)
-        else:
-            raise RuntimeError("the profile service did not start")
-        port = self._server.servers[0].sockets[0].getsockname()[1]
-        self.url = f"http://127.0.0.1:{port}"
+        self.url = self._server.__enter__().url
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._server.should_exit = True
-        self._thread.join(timeout=10)
+        self._server.__exit__(*exc)
 
 
 class Profiles:
