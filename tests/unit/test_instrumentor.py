@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from instrumented_process import run_under_opentelemetry_instrument
+from child_python import run_under_opentelemetry_instrument
 from otel_backpressure import BackpressureInstrumentor, Settings, instrumentor
 from otel_backpressure._patching import (
     BackpressureWrapper,

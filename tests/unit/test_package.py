@@ -13,7 +13,7 @@ from pathlib import Path
 
 from packaging.requirements import Requirement
 
-from instrumented_process import run_under_opentelemetry_instrument
+from child_python import run_under_opentelemetry_instrument
 from otel_backpressure import package
 
 DIST = distribution("opentelemetry-instrumentation-backpressure")

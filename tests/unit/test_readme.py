@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 from opentelemetry.metrics import NoOpMeter, NoOpMeterProvider
 
 import contract
+from child_python import run_python
 from otel_backpressure.settings import VARIABLES, markdown_table
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -151,16 +149,5 @@ def test_the_by_hand_example_runs_as_written(tmp_path: Path) -> None:
     # one request to its app where the example says to serve it
     code = code.replace("# serve app with", BY_HAND_DRIVER + "# serve app with")
     script.write_text(code, encoding="utf-8")
-    env = {key: value for key, value in os.environ.items() if not key.startswith("OTEL_")}
-    env.update(OTEL_TRACES_EXPORTER="none", OTEL_METRICS_EXPORTER="none")
-    result = subprocess.run(
-        [sys.executable, str(script)],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
+    result = run_python(str(script), cwd=tmp_path)
     assert result.stdout.split("\n")[:2] == ["healthy", "404 application/problem+json"]

@@ -10,15 +10,13 @@ from __future__ import annotations
 
 import logging
 import math
-import os
-import subprocess
-import sys
 from typing import Any
 
 import pytest
 from sqlalchemy import create_engine
 from sqlalchemy.pool import QueuePool
 
+from child_python import run_python
 from otel_backpressure import pool_health
 from otel_backpressure.settings import PREFIX, VARIABLES, Settings, Variable
 
@@ -365,22 +363,8 @@ def test_the_app_starts_under_opentelemetry_instrument_with_every_part_on() -> N
         "print(enabled == registered)\n"
         "print('app ran')\n"
     )
-    env = {key: value for key, value in os.environ.items() if not key.startswith("OTEL_")}
-    env.update(
-        OTEL_TRACES_EXPORTER="none",
-        OTEL_METRICS_EXPORTER="none",
-        OTEL_LOGS_EXPORTER="none",
-        OTEL_PYTHON_BACKPRESSURE_POOL_WARNING_THRESHOLD="1.5",
+    result = run_python(
+        "-c", probe, instrument=True, OTEL_PYTHON_BACKPRESSURE_POOL_WARNING_THRESHOLD="1.5"
     )
-    command = os.path.join(os.path.dirname(sys.executable), "opentelemetry-instrument")
-    result = subprocess.run(
-        [command, sys.executable, "-c", probe],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == ["True", "True", "app ran"]
     assert result.stderr.count("OTEL_PYTHON_BACKPRESSURE_POOL_WARNING_THRESHOLD='1.5'") == 1
