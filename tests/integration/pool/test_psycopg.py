@@ -261,3 +261,84 @@ def test_two_providers_each_get_every_timing(
         pool.close()
         other.shutdown()
     assert "getconn" not in pool.__dict__
+
+
+def test_use_time_counts_only_checkouts_this_source_timed(
+    postgres_dsn: str, application_name: str, metrics: MetricsCapture, clock: FakeClock
+) -> None:
+    """A connection checked out before ``instrument()``, or under an earlier source of
+    the same pool, is not use-timed at its checkin; a keyword checkin is."""
+    pool = psycopg_pool.ConnectionPool(
+        postgres_dsn,
+        min_size=2,
+        max_size=2,
+        kwargs={"application_name": application_name},
+        open=True,
+    )
+    try:
+        pool.wait()
+        before = pool.getconn()
+        first = otel_backpressure.instrument(
+            pool, meter_provider=metrics.meter_provider, clock=clock, pool_name="stamps"
+        )
+        earlier = pool.getconn()  # stamped by the first source
+        first.uninstrument()
+        clock.advance(1.0)
+        second = otel_backpressure.instrument(
+            pool, meter_provider=metrics.meter_provider, clock=clock, pool_name="stamps"
+        )
+        try:
+            pool.putconn(before)
+            pool.putconn(conn=earlier)
+            timed = pool.getconn(timeout=5)
+            clock.advance(0.25)
+            pool.putconn(conn=timed)
+            snapshot = metrics.snapshot({NAME: "stamps"})
+            # the first source's one checkout and the second's; one checkin timed
+            assert snapshot["db.client.connection.wait_time"][0] == 2
+            assert snapshot["db.client.connection.use_time"][:2] == (1, 0.25)
+        finally:
+            second.uninstrument()
+    finally:
+        pool.close()
+
+
+def test_a_pool_whose_methods_take_other_arguments_is_still_timed(
+    postgres_dsn: str, application_name: str, metrics: MetricsCapture, clock: FakeClock
+) -> None:
+    """Hooks mirror ``getconn(timeout=None)``/``putconn(conn)``; any other signature gets
+    hooks that take anything and pass it on."""
+
+    class TaggedPool(psycopg_pool.ConnectionPool):
+        def getconn(self, timeout: float | None = None, tag: str = "") -> Any:
+            return super().getconn(timeout)
+
+        def putconn(self, conn: Any, tag: str = "") -> None:
+            super().putconn(conn)
+
+    pool = TaggedPool(
+        postgres_dsn,
+        min_size=1,
+        max_size=1,
+        kwargs={"application_name": application_name},
+        open=True,
+    )
+    handle = otel_backpressure.instrument(
+        pool, meter_provider=metrics.meter_provider, clock=clock, pool_name="tagged"
+    )
+    try:
+        pool.wait()
+        connection = pool.getconn(5, tag="a")
+        clock.advance(0.5)
+        pool.putconn(connection, tag="a")
+        with pool.connection():
+            clock.advance(0.25)
+        with pytest.raises(psycopg_pool.PoolTimeout), pool.connection():
+            pool.getconn(timeout=0.05, tag="b")
+        snapshot = metrics.snapshot({NAME: "tagged"})
+        assert snapshot["db.client.connection.wait_time"][0] == 3
+        assert snapshot["db.client.connection.use_time"][:2] == (3, 0.75)
+        assert snapshot["db.client.connection.timeouts"] == 1
+    finally:
+        handle.uninstrument()
+        pool.close()

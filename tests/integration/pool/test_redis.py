@@ -287,3 +287,23 @@ async def test_idle_connections_the_server_closed_stop_counting(
             pool.disconnect()
         else:
             await pool.disconnect()
+
+
+def test_a_keyword_release_is_timed(
+    redis_url: str, client_name: str, metrics: MetricsCapture, clock: FakeClock
+) -> None:
+    pool = redis.BlockingConnectionPool.from_url(
+        redis_url, max_connections=2, timeout=1, client_name=client_name
+    )
+    handle = otel_backpressure.instrument(
+        pool, meter_provider=metrics.meter_provider, clock=clock, pool_name="keyword"
+    )
+    try:
+        connection = checkout(pool)
+        clock.advance(0.5)
+        pool.release(connection=connection)
+        snapshot = metrics.snapshot({NAME: "keyword"})
+        assert snapshot["db.client.connection.use_time"][:2] == (1, 0.5)
+    finally:
+        handle.uninstrument()
+        pool.disconnect()
