@@ -25,13 +25,14 @@ Example::
 from __future__ import annotations
 
 import functools
+import itertools
 import logging
 import math
-import operator
 import sys
 from bisect import bisect_right
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, NamedTuple
+from typing import Any, Final, NamedTuple
 
 from opentelemetry.metrics import Histogram
 
@@ -92,26 +93,38 @@ class HistogramSink:
     def record_many(self, values: Sequence[float]) -> None:
         if not values:
             return
-        record = self._histogram.record
-        record(values[0], self._attributes)
-        rest = values[1:]
-        if not rest:
-            return
         if self._fast:
             try:
-                aggregations = self._aggregations()
+                merged = self._merge_all(values)
+                if not merged:
+                    # the series is not there yet: record() makes it, with every view,
+                    # attribute filter and cardinality limit applied, from the first value
+                    self._histogram.record(values[0], self._attributes)
+                    values = values[1:]
+                    merged = not values or self._merge_all(values)
             except Exception:
                 _logger.debug("SDK histogram internals differ; using record()", exc_info=True)
-                aggregations = None
-            if aggregations is not None:
-                _merge(aggregations, rest)
+                merged = False
+            if merged:
                 return
             self._fast = False
-        for value in rest:
+        record = self._histogram.record
+        for value in values:
             record(value, self._attributes)
 
-    def _aggregations(self) -> list[tuple[Any, Any]] | None:
-        """Every (view match, aggregation) that ``record()`` reaches; None if one is unknown."""
+    def _merge_all(self, values: Sequence[float]) -> bool:
+        """Add ``values`` to every aggregation ``record()`` reaches; False (nothing added)
+        when one of them does not exist yet or is not the explicit-bucket kind."""
+        aggregations = self._aggregations()
+        if aggregations is None:
+            return False
+        if aggregations:
+            _merge(aggregations, values)
+        return True
+
+    def _aggregations(self) -> list[tuple[Any, Any, dict[str, Any], Any]] | None:
+        """Every (view match, key, attributes, aggregation) ``record()`` reaches; None if one is
+        missing (no value recorded yet) or of another kind (then ``_fast`` is dropped)."""
         internals = _internals()
         assert internals is not None  # self._fast is only True when they were found
         histogram: Any = self._histogram
@@ -120,15 +133,16 @@ class HistogramSink:
         found = []
         consumer = histogram._measurement_consumer
         for storage in consumer._reader_storages.values():
-            for match in storage._instrument_view_instrument_matches.get(histogram, ()):
+            matches = storage._instrument_view_instrument_matches.get(histogram)
+            if matches is None:
+                return None  # this reader has never seen the histogram: record() sets it up
+            for match in matches:
                 attributes = dict(self._attributes)
                 keys = match._view._attribute_keys
                 if keys is not None:
                     attributes = {k: v for k, v in attributes.items() if k in keys}
                 # the aggregation table's key: a hash of the attributes in newer SDKs,
-                # their items before; the record() of the batch's first value has
-                # just created the entry (a collection in between may have dropped
-                # it: then record() every value)
+                # their items before
                 key = (
                     internals.hash_attributes(attributes)
                     if internals.hash_attributes is not None
@@ -136,7 +150,7 @@ class HistogramSink:
                 )
                 get_or_create = getattr(match, "_get_or_create_aggregation", None)
                 with match._lock:
-                    if get_or_create is not None:
+                    if get_or_create is not None:  # as record() does, cardinality limit included
                         aggregation = get_or_create(key, attributes)
                     else:
                         aggregation = match._attributes_aggregation.get(key)
@@ -145,49 +159,69 @@ class HistogramSink:
                 if isinstance(aggregation, internals.drop):
                     continue
                 if type(aggregation) is not internals.explicit:
+                    self._fast = False
                     return None
-                found.append((match, aggregation))
+                found.append((match, key, attributes, aggregation))
         return found
 
 
-def _bucket_counts(values: Sequence[float], boundaries: Sequence[float]) -> list[int]:
-    """How many ``values`` fall in each bucket: the first whose boundary is >= the value.
+def _bucket_counts(ordered: Sequence[float], boundaries: Sequence[float]) -> list[int]:
+    """How many of the sorted ``ordered`` fall in each bucket: the first whose boundary
+    is >= the value (the SDK's rule)."""
+    edges = [bisect_right(ordered, boundary) for boundary in boundaries]
+    return [b - a for a, b in zip([0, *edges], [*edges, len(ordered)], strict=True)]
 
-    Pool durations mostly fall below the first boundary (1 ms), so one C-level
-    filter pass takes those out and only the rest are sorted and bisected:
-    about four times cheaper than a bisect per value in a Python loop.
+
+# Up to 3.11 sum() adds floats one by one in order, as record() does; from 3.12 on it
+# compensates (Neumaier), which can change the last bits, so the sum is then
+# accumulated explicitly (still in C, about ten times sum()'s cost per value).
+_SUM_IS_SEQUENTIAL: Final = sys.version_info < (3, 12)
+
+
+def _add_in_order(total: float, values: Sequence[float]) -> float:
+    """``total + values[0] + values[1] + ...``, left to right, as ``record()`` adds."""
+    if _SUM_IS_SEQUENTIAL:
+        return sum(values, total)
+    return deque(itertools.accumulate(values, initial=total), maxlen=1)[0]
+
+
+def _merge(
+    aggregations: list[tuple[Any, Any, dict[str, Any], Any]], values: Sequence[float]
+) -> None:
+    """What ``aggregate()`` does per value, for a batch; the same arithmetic, in order.
+
+    Everything per value runs in C: one sort gives the minimum, the maximum and
+    every bucket count (a bisect per boundary), and the sum is added in arrival
+    order.
     """
-    if not boundaries:
-        return [len(values)]
-    above = sorted(filter(functools.partial(operator.lt, boundaries[0]), values))
-    first = len(values) - len(above)
-    below = [first + bisect_right(above, boundary) for boundary in boundaries[1:]]
-    return [b - a for a, b in zip([0, first, *below], [first, *below, len(values)], strict=True)]
-
-
-def _merge(aggregations: list[tuple[Any, Any]], values: Sequence[float]) -> None:
-    """What ``aggregate()`` does per value, for a batch; the same arithmetic, in order."""
     # an inf or nan among them (record() skips those) makes the plain sum non-finite;
     # so does an overflow of finite values, and then filtering changes nothing
     if not math.isfinite(sum(values)):
         values = [value for value in values if math.isfinite(value)]
         if not values:
             return
-    low, high = min(values), max(values)
-    for match, aggregation in aggregations:
-        batch = _bucket_counts(values, aggregation._boundaries)
+    ordered = sorted(values)
+    low, high = ordered[0], ordered[-1]
+    batches: dict[tuple[float, ...], list[int]] = {}
+    for match, key, attributes, found in aggregations:
+        boundaries = tuple(found._boundaries)
+        batch = batches.get(boundaries)
+        if batch is None:
+            batch = batches[boundaries] = _bucket_counts(ordered, boundaries)
         # The view match's lock is held as record() holds it, so a delta
-        # collection cannot discard the aggregation halfway through.
-        with match._lock, aggregation._lock:
-            if aggregation._value is None:
-                aggregation._value = aggregation._get_empty_bucket_counts()
-            counts = aggregation._value
-            for index, count in enumerate(batch):
-                counts[index] += count
-            total = aggregation._sum
-            for value in values:  # one by one in arrival order, as record() adds them
-                total += value
-            aggregation._sum = total
-            if aggregation._record_min_max:
-                aggregation._min = min(aggregation._min, low)
-                aggregation._max = max(aggregation._max, high)
+        # collection cannot discard the aggregation halfway through. An SDK whose
+        # delta collection drops its aggregations may have done so since the
+        # lookup: asked again under the lock, as record() asks.
+        with match._lock:
+            get_or_create = getattr(match, "_get_or_create_aggregation", None)
+            aggregation = get_or_create(key, attributes) if get_or_create is not None else found
+            with aggregation._lock:
+                if aggregation._value is None:
+                    aggregation._value = aggregation._get_empty_bucket_counts()
+                counts = aggregation._value
+                for index, count in enumerate(batch):
+                    counts[index] += count
+                aggregation._sum = _add_in_order(aggregation._sum, values)
+                if aggregation._record_min_max:
+                    aggregation._min = min(aggregation._min, low)
+                    aggregation._max = max(aggregation._max, high)

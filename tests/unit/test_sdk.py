@@ -142,3 +142,42 @@ def test_api_histogram_without_sdk_uses_record() -> None:
     sink = HistogramSink(histogram, ATTRS)
     assert not sink.fast
     sink.record_many([0.1, 0.2])  # no error, nothing to see
+
+
+def test_a_series_past_the_cardinality_limit_goes_where_record_would_send_it() -> None:
+    from opentelemetry.sdk.metrics import Histogram
+
+    captures = []
+    for _ in range(2):
+        try:
+            reader = InMemoryMetricReader(cardinality_limits={Histogram: 2})  # type: ignore[call-arg]
+        except TypeError:
+            pytest.skip("this SDK has no cardinality limits (before 1.45.2)")
+        provider = MeterProvider(metric_readers=[reader])
+        histogram = provider.get_meter("t").create_histogram(
+            "h", unit="s", explicit_bucket_boundaries_advisory=list(BOUNDARIES)
+        )
+        for other in ("a", "b"):  # the two series the limit allows
+            histogram.record(0.5, {"other": other})
+        captures.append((provider, reader, histogram))
+    (expected_provider, expected_reader, expected), (actual_provider, actual_reader, actual) = (
+        captures
+    )
+    sink = HistogramSink(actual, ATTRS)
+    try:
+        for batch in (VALUES[:5], VALUES[5:50]):
+            for value in batch:
+                expected.record(value, ATTRS)
+            sink.record_many(batch)
+
+        def points(reader: InMemoryMetricReader) -> list[Any]:
+            data = reader.get_metrics_data()
+            assert data is not None
+            (metric,) = data.resource_metrics[0].scope_metrics[0].metrics
+            return sorted((_summary(p) for p in metric.data.data_points), key=repr)
+
+        assert points(actual_reader) == points(expected_reader)
+        assert sink.fast
+    finally:
+        expected_provider.shutdown()
+        actual_provider.shutdown()

@@ -32,7 +32,7 @@ class implementing ``_source.PoolSource`` (read its docstring), usually a
   really connects to.
 - ``__init__(key, *, name, clock, on_gone)``: hook the pool (time checkouts
   with ``clock``, a monotonic clock in seconds, appending to the ``wait``,
-  ``use`` and ``create`` deques of every recorder in ``self.recorders`` and
+  ``use`` and ``create`` lists of every recorder in ``self.recorders`` and
   calling ``recorder.flush()`` past ``MAX_BUFFERED``), and call
   ``on_gone(self)`` when the pool goes away if that can be observed (a weakref
   callback); otherwise report ``alive`` False once it is closed.

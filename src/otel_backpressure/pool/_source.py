@@ -3,7 +3,7 @@ and the timing recorders it feeds.
 
 A *source* adapts one kind of pool (SQLAlchemy's, asyncpg's, ...) to the
 registry: it names the pool's server, reads the pool's state at collection
-time, and times checkouts on the hot path into plain deques. How to add one is
+time, and times checkouts on the hot path into plain lists. How to add one is
 in ``_registry``'s docstring.
 
 Example::
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import socket
 import weakref
-from collections import deque
 from collections.abc import Callable
 from typing import Any, ClassVar, Final, Protocol, TypeVar
 
@@ -34,7 +33,7 @@ __all__ = [
 
 _T = TypeVar("_T")
 
-# A deque longer than this is handed to the SDK on the hot path (amortised),
+# A buffer longer than this is handed to the SDK on the hot path (amortised),
 # so memory stays bounded however long the exporter waits between collections.
 MAX_BUFFERED: Final = 4096
 
@@ -101,16 +100,18 @@ class PoolReading:
 class TimingRecorder:
     """Durations in seconds waiting for one provider's histograms (one per registration).
 
-    The hot path appends to a deque and calls ``flush()`` only when one grows
-    past ``MAX_BUFFERED``; the provider's collection drains them otherwise.
+    The hot path appends to a list and calls ``flush()`` only when one grows
+    past ``MAX_BUFFERED``; the provider's collection drains them otherwise. Lists,
+    not deques: an append costs the same, and a drain is two C-level slice
+    operations instead of a ``popleft()`` per value.
     """
 
     __slots__ = ("create", "flush", "use", "wait")
 
     def __init__(self) -> None:
-        self.create: deque[float] = deque()
-        self.wait: deque[float] = deque()
-        self.use: deque[float] = deque()
+        self.create: list[float] = []
+        self.wait: list[float] = []
+        self.use: list[float] = []
         self.flush: Callable[[], None] = _nothing
 
     def __repr__(self) -> str:
