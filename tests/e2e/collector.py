@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import socket
 import subprocess
 import sysconfig
@@ -21,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import rotel
+
+from child_python import stop
 
 AGENT = Path(rotel.__file__).parent / "rotel-agent"
 
@@ -232,14 +233,8 @@ class Collector:
 
     def stop(self) -> None:
         process, self._process = self._process, None
-        if process is None or process.poll() is not None:
-            return
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        if process is not None:
+            stop(process, timeout=10)
 
     def text(self, run: int | None = None) -> str:
         """The debug log of every run so far, or of one run (0 = first start)."""

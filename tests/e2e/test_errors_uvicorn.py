@@ -13,7 +13,6 @@ mapped outcome.
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -23,6 +22,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from child_python import stop
 from e2e.collector import Collector, Received, SpanRecord, free_port
 
 pytestmark = pytest.mark.e2e
@@ -67,12 +67,7 @@ def server(
         _wait_until_serving(process, base, log)
         yield request.param, base
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop(process, timeout=30)
 
 
 def _wait_until_serving(process: subprocess.Popen[bytes], base: str, log: Path) -> None:

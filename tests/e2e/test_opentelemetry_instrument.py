@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import queue
-import signal
 import subprocess
 import sys
 import threading
@@ -23,6 +22,7 @@ from typing import Any
 import pytest
 
 import contract
+from child_python import stop
 from e2e.collector import Collector, Received, SpanRecord, free_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
@@ -91,14 +91,9 @@ class App:
 
     def stop(self) -> dict[str, Any]:
         """SIGTERM, then the app's last status; it must exit 0."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        try:
-            code = self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-            raise AssertionError("app did not stop on SIGTERM") from None
+        code = stop(self.process, timeout=30)
+        if code is None:
+            raise AssertionError("app did not stop on SIGTERM")
         while not self.lines.empty():
             self.last = self.lines.get()
             self.history.append(self.last)
