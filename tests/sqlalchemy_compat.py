@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import pytest
 import sqlalchemy
+from packaging.version import Version
 
-SQLALCHEMY_2 = int(sqlalchemy.__version__.split(".", 1)[0]) >= 2
+SQLALCHEMY_VERSION = Version(sqlalchemy.__version__).release
+SQLALCHEMY_2 = SQLALCHEMY_VERSION >= (2,)
 
 # SQLAlchemy's sync PostgreSQL driver in the tests: psycopg 3 where SQLAlchemy
 # has its dialect (2.0+), psycopg2 on 1.4

@@ -412,5 +412,5 @@ def test_the_version_check_reads_what_importlib_metadata_reports() -> None:
             expected = Requirement(requirement).specifier.contains(str(installed))
             assert _meets(requirement) is expected, requirement
         checked += 1
-    assert checked > 100
+    assert checked > 50  # the test extra brings about 80 at the lowest versions, 100 at the newest
     assert _meets("bp-no-such-distribution >= 1") is None  # contrib's check decides

@@ -8,6 +8,7 @@ from unittest.mock import ANY
 
 import aiohttp
 import pytest
+from packaging.version import Version
 
 import contract
 import otel_backpressure
@@ -20,7 +21,7 @@ pytestmark = pytest.mark.integration
 
 # aiohttp 3.10.11 made the wait for a free connection a method the source can
 # time (docs/pool.md): before it, the counts only, no queue time, no timeouts
-QUEUE_TIMED = tuple(int(part) for part in aiohttp.__version__.split(".")[:3]) >= (3, 10, 11)
+QUEUE_TIMED = Version(aiohttp.__version__) >= Version("3.10.11")
 
 
 def in_queue(requests: int, seconds: float) -> dict[str, Any]:

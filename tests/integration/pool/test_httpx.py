@@ -10,6 +10,7 @@ from unittest.mock import ANY
 
 import httpx
 import pytest
+from packaging.version import Version
 
 import contract
 import otel_backpressure
@@ -22,7 +23,7 @@ pytestmark = pytest.mark.integration
 # httpcore 1.0.3 (httpx 0.26+) has the one method that gives requests
 # connections, which the two histograms need (docs/pool.md): before it, the
 # counts and timeouts only
-TIMED = tuple(int(part) for part in version("httpcore").split(".")[:3]) >= (1, 0, 3)
+TIMED = Version(version("httpcore")) >= Version("1.0.3")
 HISTOGRAMS = ("http.client.request.time_in_queue", "http.client.connection.duration")
 
 

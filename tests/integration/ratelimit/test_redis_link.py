@@ -15,6 +15,7 @@ from benchmarks._redis_server import Server as PrivateRedis
 
 from otel_backpressure.ratelimit import Policy, RateLimiter, RedisStore
 from otel_backpressure.testing import MetricsCapture
+from redis_compat import aclose, sync_client
 
 pytestmark = pytest.mark.integration
 
@@ -31,7 +32,7 @@ def private_redis() -> Iterator[PrivateRedis]:
 
 def connections(server: PrivateRedis) -> int:
     """Clients connected to ``server``, not counting the one asking."""
-    with redis.Redis(port=server.port) as admin:
+    with sync_client(port=server.port) as admin:
         return len(admin.client_list()) - 1
 
 
@@ -58,14 +59,14 @@ async def test_one_connection_of_its_own_with_the_clients_settings(
     assert sum(d.allowed for d in decisions) == 5
     assert connections(private_redis) == 1  # the store's; the client's pool made none
     key = store.keys("k", [BURST])[0]
-    with redis.Redis(port=private_redis.port, db=3) as db3:
+    with sync_client(port=private_redis.port, db=3) as db3:
         assert db3.exists(key)  # the client's database
-    with redis.Redis(port=private_redis.port, db=0) as db0:
+    with sync_client(port=private_redis.port, db=0) as db0:
         assert not db0.exists(key)
     await store.aclose()
     assert connections(private_redis) == 0
     assert await client.get(key) is not None  # the client is still the caller's, open
-    await client.aclose()
+    await aclose(client)
 
 
 async def test_each_round_trip_is_cut_at_its_own_deadline(

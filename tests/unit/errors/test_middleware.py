@@ -23,6 +23,7 @@ from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
+from packaging.version import Version
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -160,7 +161,7 @@ async def _get(app: Any, path: str) -> httpx.Response:
 
 # httpx before 0.25 hands the client an exception the app raised after its
 # response started, raise_app_exceptions=False or not
-HTTPX_RERAISES_LATE = tuple(int(part) for part in httpx.__version__.split(".")[:2]) < (0, 25)
+HTTPX_RERAISES_LATE = Version(httpx.__version__) < Version("0.25")
 
 
 def _server_span(exporter: InMemorySpanExporter) -> ReadableSpan:
