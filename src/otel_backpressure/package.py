@@ -17,7 +17,7 @@ Example::
 
     >>> from otel_backpressure.package import requirement_for
     >>> requirement_for("sqlalchemy.engine.base")
-    'sqlalchemy >= 2.0.36'
+    'sqlalchemy >= 1.4.41'
 """
 
 from __future__ import annotations
@@ -26,10 +26,10 @@ from typing import Final
 
 __all__ = ["requirement_for"]
 
-_instruments_sqlalchemy: Final = "sqlalchemy >= 2.0.36"
-_instruments_asyncpg: Final = "asyncpg >= 0.30"
-_instruments_limits: Final = "limits >= 3.13"
-_instruments_redis: Final = "redis >= 5.0.1"
+_instruments_sqlalchemy: Final = "sqlalchemy >= 1.4.41"
+_instruments_asyncpg: Final = "asyncpg >= 0.27"
+_instruments_limits: Final = "limits >= 3.0"
+_instruments_redis: Final = "redis >= 4.6"
 _instruments_psycopg_pool: Final = "psycopg-pool >= 3.1"
 # httpx 0.23 to 0.28 use httpcore 0.15 to 1.x
 _instruments_httpcore: Final = "httpcore >= 0.15"
