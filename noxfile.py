@@ -50,7 +50,7 @@ LOWEST_PINS = (
 # apps; 0.7+ needs 1.4.42); 1.4.49 has the first 3.12 wheels; 1.4.53 is the
 # first to support 3.13 and has no wheels (built from its sdist). asyncpg
 # 0.27/0.28 have no 3.12 wheels, 0.29 none for 3.13; aiohttp has 3.11 wheels
-# from 3.8.3, 3.12 from 3.9.0, 3.13 from 3.10.5; wrapt 3.13 from 1.17.
+# from 3.8.3, 3.12 from 3.9.0, 3.13 from 3.10.5; wrapt 3.12 from 1.16, 3.13 from 1.17.
 LOWEST = {
     "3.10": (
         *LOWEST_PINS,
