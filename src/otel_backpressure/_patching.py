@@ -39,8 +39,8 @@ import logging
 import sys
 import threading
 from collections.abc import Callable, Mapping
-from types import MappingProxyType, ModuleType
-from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, Protocol
 
 import wrapt
 from opentelemetry.metrics import MeterProvider
@@ -68,21 +68,38 @@ _logger = logging.getLogger(__name__)
 _PROXY: type[Any] = getattr(wrapt, "BaseObjectProxy", wrapt.ObjectProxy)
 
 
-# NamedTuples and a plain class rather than dataclasses: this module is
-# imported whenever the instrumentor loads, and a class the dataclass machinery
-# builds takes several times as long to create (about 400 µs against 50 µs here).
+# Plain classes, not dataclasses or NamedTuples: this module is imported
+# whenever the instrumentor loads, and both of those generate code when the
+# class is created (a dataclass execs each method it writes, a NamedTuple
+# compiles each string annotation); these are all in the bytecode.
 
 
-class InstrumentationContext(NamedTuple):
+class InstrumentationContext:
     """What a part needs to build its wrappers: providers (None = global) and settings."""
 
-    settings: Settings
-    meter_provider: MeterProvider | None = None
-    tracer_provider: TracerProvider | None = None
-    options: Mapping[str, Any] = MappingProxyType({})
+    __slots__ = ("meter_provider", "options", "settings", "tracer_provider")
+
+    def __init__(
+        self,
+        settings: Settings,
+        meter_provider: MeterProvider | None = None,
+        tracer_provider: TracerProvider | None = None,
+        options: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.meter_provider = meter_provider
+        self.tracer_provider = tracer_provider
+        self.options: Mapping[str, Any] = {} if options is None else options
+
+    def __repr__(self) -> str:
+        return (
+            f"InstrumentationContext(settings={self.settings!r}, "
+            f"meter_provider={self.meter_provider!r}, tracer_provider={self.tracer_provider!r}, "
+            f"options={self.options!r})"
+        )
 
 
-class Patch(NamedTuple):
+class Patch:
     """Wrap ``module.attribute`` (``attribute`` may be ``Class.method``).
 
     ``deferred``: build the wrapper at the target's first call, not when the
@@ -92,14 +109,26 @@ class Patch(NamedTuple):
     the target is called straight through from then on.
     """
 
-    module: str
-    attribute: str
-    build_wrapper: Callable[[InstrumentationContext], Wrapper]
-    deferred: bool = False
+    __slots__ = ("attribute", "build_wrapper", "deferred", "module")
+
+    def __init__(
+        self,
+        module: str,
+        attribute: str,
+        build_wrapper: Callable[[InstrumentationContext], Wrapper],
+        deferred: bool = False,
+    ) -> None:
+        self.module = module
+        self.attribute = attribute
+        self.build_wrapper = build_wrapper
+        self.deferred = deferred
 
     @property
     def target(self) -> str:
         return f"{self.module}.{self.attribute}"
+
+    def __repr__(self) -> str:
+        return f"Patch({self.target!r}, deferred={self.deferred})"
 
 
 class Integration(Protocol):

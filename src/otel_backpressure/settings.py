@@ -38,7 +38,7 @@ import os
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Final, Literal, NamedTuple, TypeVar
+from typing import Final, Literal, TypeVar
 
 __all__ = [
     "PREFIX",
@@ -69,28 +69,66 @@ def _show(number: float) -> str:
     return str(int(number)) if float(number).is_integer() else repr(float(number))
 
 
-# A NamedTuple, not a dataclass: this module is imported whenever the
-# instrumentor loads, and each class the dataclass machinery builds costs that
-# start-up several times as much (see _patching). ``Settings`` stays a frozen
-# dataclass: it is public, and ``dataclasses.replace`` works on it.
-class Variable(NamedTuple):
+# A plain class, not a dataclass or a NamedTuple: this module is imported
+# whenever the instrumentor loads, and both of those generate code when the
+# class is created (a NamedTuple compiles each string annotation); this one is
+# all in the bytecode. ``Settings`` stays a frozen dataclass: it is public, and
+# ``dataclasses.replace`` works on it.
+class Variable:
     """One setting: its environment variable, kind, default, valid range and meaning.
 
     ``kind`` is ``switch`` (bool), ``count`` (int), ``number`` (float) or
     ``text`` (str, whose syntax ``syntax`` describes and a part checks).
     ``minimum``/``maximum`` bound counts and numbers, both inclusive; ``unit``
-    is shown after the range (``s`` for seconds).
+    is shown after the range (``s`` for seconds). ``field`` is the name of the
+    ``Settings`` field it declares. Read-only once ``VARIABLES`` is built.
     """
 
-    name: str
-    field: str
-    kind: Kind
-    default: Value
-    meaning: str
-    minimum: float | None = None
-    maximum: float | None = None
-    unit: str = ""
-    syntax: str = ""
+    __slots__ = (
+        "default",
+        "field",
+        "kind",
+        "maximum",
+        "meaning",
+        "minimum",
+        "name",
+        "syntax",
+        "unit",
+    )
+
+    def __init__(
+        self,
+        name: str,
+        field: str,
+        kind: Kind,
+        default: Value,
+        meaning: str,
+        minimum: float | None = None,
+        maximum: float | None = None,
+        unit: str = "",
+        syntax: str = "",
+    ) -> None:
+        self.name = name
+        self.field = field
+        self.kind = kind
+        self.default = default
+        self.meaning = meaning
+        self.minimum = minimum
+        self.maximum = maximum
+        self.unit = unit
+        self.syntax = syntax
+
+    def _key(self) -> tuple[object, ...]:
+        return tuple(getattr(self, name) for name in self.__slots__)
+
+    def __eq__(self, other: object) -> bool:
+        return self._key() == other._key() if isinstance(other, Variable) else NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    def __repr__(self) -> str:
+        return f"Variable(name={self.name!r}, field={self.field!r}, kind={self.kind!r})"
 
     @property
     def default_text(self) -> str:
@@ -344,11 +382,17 @@ class Settings:
         return cls(**values, problems=tuple(problems))  # type: ignore[arg-type]
 
 
-VARIABLES: Final[tuple[Variable, ...]] = tuple(
-    spec.metadata[_METADATA_KEY]._replace(field=spec.name)
-    for spec in dataclasses.fields(Settings)
-    if _METADATA_KEY in spec.metadata
-)
+def _variables() -> tuple[Variable, ...]:
+    found = []
+    for spec in dataclasses.fields(Settings):
+        variable = spec.metadata.get(_METADATA_KEY)
+        if variable is not None:
+            variable.field = spec.name  # declared before its field had a name
+            found.append(variable)
+    return tuple(found)
+
+
+VARIABLES: Final[tuple[Variable, ...]] = _variables()
 _BY_FIELD: Final = {variable.field: variable for variable in VARIABLES}
 _BY_NAME: Final = {variable.name: variable for variable in VARIABLES}
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import importlib
 import sys
-from typing import TYPE_CHECKING, Final, NamedTuple, cast
+from typing import TYPE_CHECKING, Final, cast
 
 if TYPE_CHECKING:
     from otel_backpressure.pool._source import PoolSourceClass
@@ -24,14 +24,17 @@ if TYPE_CHECKING:
 __all__ = ["SOURCES", "SourceKind"]
 
 
-# A NamedTuple, not a dataclass: this module is imported whenever the
-# instrumentor loads (see _patching).
-class SourceKind(NamedTuple):
+# A plain class, not a dataclass or a NamedTuple: this module is imported
+# whenever the instrumentor loads (see _patching).
+class SourceKind:
     """One pool kind: the library that makes it, its source, where its pools are created."""
 
-    library: str  # a module in sys.modules once the application uses the library
-    source: str  # "module:Class" of the PoolSource
-    created_at: tuple[str, str]  # (module, "Class.method") the instrumentor patches
+    __slots__ = ("created_at", "library", "source")
+
+    def __init__(self, library: str, source: str, created_at: tuple[str, str]) -> None:
+        self.library = library  # a module in sys.modules once the application uses the library
+        self.source = source  # "module:Class" of the PoolSource
+        self.created_at = created_at  # (module, "Class.method") the instrumentor patches
 
     def load(self) -> PoolSourceClass | None:
         """The source class, or None while the library is not imported."""
@@ -39,6 +42,9 @@ class SourceKind(NamedTuple):
             return None
         module, _, name = self.source.partition(":")
         return cast("PoolSourceClass", getattr(importlib.import_module(module), name))
+
+    def __repr__(self) -> str:
+        return f"SourceKind({self.library!r}, {self.source!r}, {self.created_at!r})"
 
 
 #: Every pool kind, one line each.
