@@ -441,8 +441,7 @@ class _Hooks:
 _hooks = _Hooks()
 
 
-def _installed_at_all(module: str) -> bool:
-    top = module.partition(".")[0]
+def _installed_at_all(top: str) -> bool:
     if top in sys.modules:
         return True
     try:
@@ -459,9 +458,13 @@ def apply(patches: tuple[Patch, ...], context: InstrumentationContext) -> Instal
     """
     installation = Installation(context)
     absent: dict[str, list[str]] = {}
+    installed: dict[str, bool] = {}  # top-level name -> found (one search of sys.path each)
     for patch in patches:
-        if not _installed_at_all(patch.module):
-            absent.setdefault(patch.module.partition(".")[0], []).append(patch.target)
+        top = patch.module.partition(".")[0]
+        if top not in installed:
+            installed[top] = _installed_at_all(top)
+        if not installed[top]:
+            absent.setdefault(top, []).append(patch.target)
             continue
         module = sys.modules.get(patch.module)
         if module is None:
