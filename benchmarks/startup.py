@@ -9,7 +9,9 @@ runs, so the difference is this package's: importing it, reading its settings
 and registering its post-import hooks. The report gives both medians and the
 difference of the medians in milliseconds, wall time and CPU time (user +
 system of the child: less disturbed by other processes on a shared machine
-than wall time); the target is at most 30 ms. It also lists what the enabled
+than wall time), then the median and quartiles of the difference within each
+ABBA block (runs next to each other in time, so a load that drifts over the
+run cancels out); the target is at most 30 ms. It also lists what the enabled
 run imported that the disabled run did not: no library, and how many of this
 package's own modules.
 
@@ -124,9 +126,16 @@ def main() -> None:
     print(f"  {_compile_bytecode()}")
     _run(True), _run(False)  # warm the file-system caches
     runs: dict[bool, list[tuple[float, float]]] = {True: [], False: []}
+    # per ABBA block, enabled minus disabled: neighbours in time, so a load that
+    # drifts over the whole run cancels out of each
+    paired: dict[str, list[float]] = {"wall": [], "CPU": []}
+    half = {True: 0.5, False: -0.5}
     for _ in range(ROUNDS // 2):  # ABBA: each block gives two runs of each
-        for variant in (True, False, False, True):
-            runs[variant].append(_run(variant))
+        block = [(variant, _run(variant)) for variant in (True, False, False, True)]
+        for variant, run in block:
+            runs[variant].append(run)
+        paired["wall"].append(sum(half[variant] * run[0] for variant, run in block))
+        paired["CPU"].append(sum(half[variant] * run[1] for variant, run in block))
     print(f"opentelemetry-instrument python -c pass, median of {ROUNDS} runs each, in ms:")
     print(f"  {'':22} {'wall':>8} {'CPU':>8}")
     medians = {}
@@ -137,6 +146,11 @@ def main() -> None:
         print(f"  {label:22} {wall:8.1f} {cpu:8.1f}")
     added = [on - off for on, off in zip(medians[True], medians[False], strict=True)]
     print(f"  {'added':22} {added[0]:8.1f} {added[1]:8.1f}   (target: at most {TARGET_MS:.0f})")
+    for what, differences in paired.items():
+        low, middle, high = statistics.quantiles([d * 1000 for d in differences], n=4)
+        print(
+            f"  added, {what} per ABBA block: median {middle:.1f} (quartiles {low:.1f}, {high:.1f})"
+        )
     only_enabled = _modules(True) - _modules(False)
     ours = sorted(name for name in only_enabled if name.split(".")[0] == "otel_backpressure")
     extra = sorted({name.split(".")[0] for name in only_enabled} - {"otel_backpressure"})
