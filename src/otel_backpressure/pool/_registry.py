@@ -52,8 +52,10 @@ Hooks on instances
 ------------------
 
 The sources hook the instrumented pool *instance* (SQLAlchemy: instance
-attributes shadowing four methods; asyncpg, whose ``Pool`` has ``__slots__``:
-the instance's class swapped for a same-layout subclass made for it), while
+attributes shadowing four methods; psycopg_pool and redis-py: instance
+attributes set with ``setattr``, see ``_checkout``; asyncpg, whose ``Pool``
+has ``__slots__``: the instance's class swapped for a same-layout subclass
+made for it), while
 the rest of the package patches classes through ``_patching``'s table. In the
 design's terms: the patch table patches code for the whole process, so every
 pool would pay for the hooks, instrumented or not, and "the hot path stays
