@@ -20,7 +20,8 @@ Workloads: psycopg_pool and redis-py a bare checkout/checkin cycle
 trivial command (``SELECT 1``, ``PING``); httpx (sync) and aiohttp a GET of a
 two-byte answer from a uvicorn server in its own process on loopback.
 
-Each round times, per variant, the operations, then a collection (which
+Each round times, per variant (after a few untimed operations that warm its
+caches), the operations, then a collection (which
 drains what the operations buffered: the timing samples are folded into the
 histograms there), then a second collection right after it, which has nothing
 new to fold: what every collection costs whatever the traffic (the SDK
@@ -222,6 +223,13 @@ class Timing(NamedTuple):
 
 def _timed(variant: Variant, work: Work, n: int) -> Timing:
     collect, clock = variant.reader.get_metrics_data, time.perf_counter
+    # Untimed, a few operations first: the variant timed before this one (and its
+    # collections) left the caches full of its own code, which would otherwise
+    # be charged to whichever variant follows it in the rotation. Their timings
+    # are folded by the timed collection: charged to the n operations (5% more
+    # values than they buffered, against this package).
+    collect()
+    work(max(1, n // 20))
     start = clock()
     work(n)
     worked = clock()
