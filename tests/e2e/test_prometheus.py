@@ -11,8 +11,8 @@ stops when the outage phase begins and starts again, empty, at the recovery.
 
 To fit minutes, time is compressed by ``SCALE``: the scrape and evaluation
 intervals (15 s in the shipped stack) and every duration in the rules (range
-windows and ``for:``) are divided by it, so each rule sees as many samples per
-window as it does in production. Thresholds and expressions are the shipped
+windows, ``for:`` and ``keep_firing_for:``) are divided by it, so each rule
+sees as many samples per window as it does in production. Thresholds and expressions are the shipped
 ones. The Python exporter names one thing differently from the Collector's
 Prometheus exporter: it does not add ``_ratio`` to gauges in unit ``1``
 (``backpressure_pool_usage`` instead of ``backpressure_pool_usage_ratio``);
@@ -24,7 +24,9 @@ some point of the scenario; the dashboard variables offer the demo's service,
 pool and policies and nothing else; every alert of alerts.yml has a phase
 that must fire it (``EXPECTED``) and, from Prometheus's own ``ALERTS`` series
 over the run: it goes pending while that phase runs, and fires (the dry-run
-alert, whose ``for:`` is the longest, may only go pending),
+alert, whose ``for:`` is the longest, may only go pending), each of its series
+at most once while the trouble lasts (no flapping: trouble comes in bursts,
+and an alert that resolves and fires again within one incident is noise),
 it never fires in another phase (going pending and no further is what
 ``for:`` is for), and it has resolved by the end of the recovery; it is
 silent, not even pending, in its must-not-fire phase, a phase with load of the
@@ -87,8 +89,8 @@ class Expected:
     """An alert's part in the scenario.
 
     ``fires_in``: the phase that must fire it (its series: ``labels``), and
-    ``through``, the last phase of that trouble if it lasts longer (the alert
-    may resolve and start again until then); ``quiet_in``: a phase with load
+    ``through``, the last phase of that trouble if it lasts longer (each
+    series fires at most once in all of it); ``quiet_in``: a phase with load
     of the same kind below the threshold, in which it must not even go
     pending; ``why_quiet`` says what that load is.
     """
@@ -201,6 +203,8 @@ def scaled_rules() -> dict[str, Any]:
         for rule in group["rules"]:
             rule["expr"] = re.sub(r"\[(\d+[smh])\]", lambda m: f"[{scaled(m[1])}]", rule["expr"])
             rule["for"] = scaled(rule["for"])
+            if "keep_firing_for" in rule:
+                rule["keep_firing_for"] = scaled(rule["keep_firing_for"])
     return rules
 
 
@@ -451,6 +455,15 @@ def shown(labels: dict[str, str]) -> dict[str, str]:
     return {k: v for k, v in labels.items() if k not in {"__name__", "job", "severity"}}
 
 
+def times_fired(episodes: list[Episode]) -> dict[str, int]:
+    """How many of the episodes fired, per series (its labels, as shown)."""
+    fired: dict[str, int] = {}
+    for e in episodes:
+        key = json.dumps(shown(e.labels), sort_keys=True)
+        fired[key] = fired.get(key, 0) + (e.firing is not None)
+    return fired
+
+
 def alert_timings(
     demo: Demo, episodes: list[Episode], ended: float, outage: dict[str, float]
 ) -> dict[str, Any]:
@@ -458,8 +471,9 @@ def alert_timings(
 
     Per alert: the phase that must fire it, the seconds from that phase's
     start to pending and to firing (and the same at the shipped intervals),
-    from the phase's end to resolved, its episodes, and what was active in
-    its must-not-fire phase (its own series in any state, any series firing).
+    from the phase's end to resolved, how many times each of its series fired
+    in that trouble, its episodes, and what was active in its must-not-fire
+    phase (its own series in any state, any series firing).
     """
 
     def since(when: float) -> float:
@@ -483,6 +497,7 @@ def alert_timings(
             "resolved_after_phase_s": (
                 round(max(e.end for e in inside) - over, 1) if inside else None
             ),
+            "times_fired": times_fired(inside),
             "pending_elsewhere": [
                 {"from_s": since(e.start), "to_s": since(e.end), "fired": e.firing is not None}
                 for e in own
@@ -535,17 +550,19 @@ def markdown_table(report: dict[str, Any]) -> list[str]:
     lines = [
         f"phases (s from the start): {report['phases_s']}, ended {report['ended_s']}; "
         f"limiter's Redis: {report['redis_s']}",
-        "| alert | fired by (phases) | pending after | firing after | resolved after the phases "
-        "| must not fire in |",
-        "|---|---|---|---|---|---|",
+        "| alert | fired by (phases) | pending after | firing after | times fired "
+        "| resolved after the phases | must not fire in |",
+        "|---|---|---|---|---|---|---|",
     ]
     for alert, t in report["alerts"].items():
         phases = (
             t["fires_in"] if t["through"] == t["fires_in"] else f"{t['fires_in']}-{t['through']}"
         )
+        fired = t["times_fired"].values()
         lines.append(
             f"| `{alert}` | {phases} | {cell(t['pending_after_s'])} "
-            f"| {cell(t['firing_after_s'])} | {cell(t['resolved_after_phase_s'])} "
+            f"| {cell(t['firing_after_s'])} | {max(fired, default=0)} "
+            f"({len(fired)} series) | {cell(t['resolved_after_phase_s'])} "
             f"| {t['quiet_in']}: {t['why_quiet']} |"
         )
     lines += [
@@ -642,6 +659,8 @@ def test_dashboard_and_alerts_on_a_real_prometheus(
         assert inside, f"{alert} never went pending or firing in {expected.fires_in}\n{detail}"
         if alert not in MAY_ONLY_GO_PENDING:
             assert any(e.firing for e in inside), f"{alert} never fired\n{detail}"
+        flapping = {k: n for k, n in timings[alert]["times_fired"].items() if n > 1}
+        assert not flapping, f"{alert} fired more than once in its trouble: {flapping}\n{detail}"
         stray = [e for e in own if e not in inside and e.firing]
         assert not stray, f"{alert} fired outside {expected.fires_in}\n{detail}"
         still = [e for e in own if e.firing and e.end >= ended - 2 * EVALUATION]

@@ -84,6 +84,46 @@ def test_each_alert_has_severity_for_and_annotations(alert: str) -> None:
     assert {"summary", "description"} <= set(rule["annotations"])
 
 
+_DURATION = re.compile(r"(\d+)([smh])")
+
+
+def seconds(duration: str) -> int:
+    """A Prometheus duration (``2m``, ``1m30s``) in seconds."""
+    assert re.fullmatch(r"(\d+[smh])+", duration), duration
+    return sum(
+        int(n) * {"s": 1, "m": 60, "h": 3600}[unit] for n, unit in _DURATION.findall(duration)
+    )
+
+
+def multiwindow_rules() -> list[dict[str, Any]]:
+    """The rules that read a long window and a short "still happening" one."""
+    rules = yaml.safe_load((PROMETHEUS / "alerts.yml").read_text())
+    return [
+        rule
+        for group in rules["groups"]
+        for rule in group["rules"]
+        if len(set(re.findall(r"\[(\w+)\]", rule["expr"]))) > 1
+    ]
+
+
+def test_seconds_reads_prometheus_durations() -> None:
+    assert [seconds(d) for d in ("15s", "2m", "1m30s", "1h")] == [15, 120, 90, 3600]
+
+
+@pytest.mark.parametrize("rule", multiwindow_rules(), ids=lambda rule: rule["alert"])
+def test_a_short_window_rule_holds_through_the_pauses_of_one_incident(rule: dict[str, Any]) -> None:
+    """The short window empties between bursts; keep_firing_for bridges that (docs/alerts.md).
+
+    Short window + keep_firing_for is the long window, the longest pause that
+    is still one incident, and `for:` outlasts the short window by a minute,
+    so a burst shorter than that never fires. alerts.test.yml proves the
+    behaviour; this keeps the numbers of every such rule in step.
+    """
+    short, long = sorted({seconds(w) for w in re.findall(r"\[(\w+)\]", rule["expr"])})
+    assert seconds(rule.get("keep_firing_for", "0s")) + short == long, rule["alert"]
+    assert seconds(rule["for"]) >= short + 60, rule["alert"]
+
+
 def test_docs_explain_every_alert() -> None:
     docs = (PROMETHEUS.parents[1] / "docs" / "collector.md").read_text()
     for alert in alert_names():
