@@ -211,7 +211,7 @@ class AiohttpPoolSource(HttpPoolSource):
         def hooked_connection_lost(error: BaseException | None) -> None:
             try:
                 owners.pop(proto, None)
-                proto.__dict__.pop("connection_lost", None)  # one call per connection
+                del proto.connection_lost  # one call per connection (not via __dict__)
                 took = clock() - made
                 for recorder in source.recorders:
                     recorder.add(recorder.duration, key, took)

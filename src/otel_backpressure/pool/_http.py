@@ -29,6 +29,7 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -41,7 +42,13 @@ from opentelemetry.metrics import CallbackOptions, Histogram, MeterProvider, Obs
 from otel_backpressure._sdk import HistogramSink
 from otel_backpressure._shared import get_meter
 from otel_backpressure.pool._registrations import RegisteredSources
-from otel_backpressure.pool._source import PoolReading, PoolSource, TimingRecorder, weak_pool
+from otel_backpressure.pool._source import (
+    PoolReading,
+    PoolSource,
+    TimingRecorder,
+    shadowed,
+    weak_pool,
+)
 
 __all__ = [
     "CONNECTION_DURATION_BOUNDARIES",
@@ -425,7 +432,9 @@ class HttpPoolSource:
     """What the httpx and aiohttp sources share: the pool held weakly, its servers, its timeouts.
 
     Subclasses set ``hooked`` (the instance attributes ``_hook`` shadows on the
-    pool, removed again by ``close()``) and implement ``_hook`` and ``read``.
+    pool with ``setattr``, removed again by ``close()`` with ``delattr``: never
+    through the pool's ``__dict__``, see ``shadowed``) and implement ``_hook``
+    and ``read``.
     """
 
     family: ClassVar[str] = "http"
@@ -452,7 +461,7 @@ class HttpPoolSource:
         on_gone: Callable[[PoolSource], None] | None = None,
         max_servers: int | None = None,
     ) -> None:
-        if any(attribute in pool.__dict__ for attribute in self.hooked):
+        if any(shadowed(pool, attribute) for attribute in self.hooked):
             raise ValueError(f"pool {name!r} is already instrumented")
         self.name = name
         self.recorders: tuple[HttpRecorder, ...] = ()
@@ -512,7 +521,9 @@ class HttpPoolSource:
         pool = self._pool()
         if pool is not None:
             for attribute in self.hooked:
-                pool.__dict__.pop(attribute, None)
+                if shadowed(pool, attribute):
+                    with contextlib.suppress(AttributeError):  # set by someone else's class
+                        delattr(pool, attribute)
 
     def __repr__(self) -> str:
         return (
