@@ -5,10 +5,11 @@ connection (``getconn``, ``get_connection``) and one to give it back
 (``putconn``, ``release``), called through the instance, so a source shadows
 them with instance attributes, set and deleted with ``setattr``/``delattr``
 (``close()`` deletes them and the class's methods show through again).
-Never through ``pool.__dict__``: on CPython 3.11 asking an instance for its
-``__dict__`` turns its attribute storage into a dictionary, and every
+Never through ``pool.__dict__``: on CPython 3.11 and 3.12 asking an instance
+for its ``__dict__`` turns its attribute storage into a dictionary, and every
 ``self.x`` in the pool's own code then takes the slow path (measured: 3.9k
-more instructions per redis-py checkout/checkin with no hook at all).
+more instructions per redis-py checkout/checkin with no hook at all on 3.11,
+6.6k on 3.12; none on 3.13).
 
 The shadows are rebuilt whenever the set of timing recorders changes, so each
 costs only what it measures: with no recorder (timings off) a pool that can
