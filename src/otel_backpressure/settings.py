@@ -38,7 +38,7 @@ import os
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Final, Literal, TypeVar
+from typing import Final, Literal, TypeVar
 
 __all__ = [
     "PREFIX",
@@ -242,21 +242,13 @@ _ORDERED: Final = (("pool_warning_threshold", "pool_critical_threshold"),)
 _DAY: Final = 86_400.0
 
 
-# A dataclass (``fields``, ``replace`` and ``asdict`` work on it) that has the
-# dataclass machinery write none of its methods: each one it writes is source
-# code compiled when the class is created, which cost every process that loads
-# the instrumentor 6.5 M instructions (callgrind), an eighth of all the
-# instrumentor added to start-up. The methods below do what those of a frozen
-# dataclass do, over the same fields.
-@dataclass(init=False, repr=False, eq=False)
+@dataclass(frozen=True)
 class Settings:
     """The package's settings; ``Settings()`` is the documented defaults.
 
     Every field is declared with its variable, default, valid range and
     meaning (see the module docstring); ``problems`` lists the
     ``(variable, value, reason)`` of each environment value that was ignored.
-    Frozen: assigning a field raises ``dataclasses.FrozenInstanceError``;
-    ``dataclasses.replace(settings, name=value)`` makes a changed copy.
     """
 
     pool_enabled: bool = _switch("POOL_ENABLED", True, "Connection-pool telemetry on or off.")
@@ -343,40 +335,6 @@ class Settings:
     )
     problems: tuple[tuple[str, str, str], ...] = field(default=(), compare=False)
 
-    def __init__(self, **values: Any) -> None:
-        """Each field by keyword (the others keep their defaults); ``ValueError`` naming
-        the argument for a bad value, ``TypeError`` for an unknown name."""
-        for name in values.keys() - _DEFAULTS.keys():
-            raise TypeError(f"Settings.__init__() got an unexpected keyword argument {name!r}")
-        for name, default in _DEFAULTS.items():
-            object.__setattr__(self, name, values.get(name, default))
-        self.__post_init__()
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        if type(self) is Settings or name in _DEFAULTS:
-            raise dataclasses.FrozenInstanceError(f"cannot assign to field {name!r}")
-        super().__setattr__(name, value)
-
-    def __delattr__(self, name: str) -> None:
-        if type(self) is Settings or name in _DEFAULTS:
-            raise dataclasses.FrozenInstanceError(f"cannot delete field {name!r}")
-        super().__delattr__(name)
-
-    def _compared(self) -> tuple[Any, ...]:
-        return tuple(getattr(self, name) for name in _COMPARED)
-
-    def __eq__(self, other: object) -> bool:
-        if other.__class__ is self.__class__:
-            return self._compared() == other._compared()
-        return NotImplemented
-
-    def __hash__(self) -> int:
-        return hash(self._compared())
-
-    def __repr__(self) -> str:
-        shown = ", ".join(f"{name}={getattr(self, name)!r}" for name in _DEFAULTS)
-        return f"{type(self).__qualname__}({shown})"
-
     def __post_init__(self) -> None:
         # Programmatic construction gets an exception naming the argument.
         for variable in VARIABLES:
@@ -421,7 +379,7 @@ class Settings:
                         del values[name]
         for name, raw, reason in problems:
             report_invalid(name, raw, reason)
-        return cls(**values, problems=tuple(problems))
+        return cls(**values, problems=tuple(problems))  # type: ignore[arg-type]
 
 
 def _variables() -> tuple[Variable, ...]:
@@ -435,9 +393,6 @@ def _variables() -> tuple[Variable, ...]:
 
 
 VARIABLES: Final[tuple[Variable, ...]] = _variables()
-# every field (problems too) -> its default, in declaration order; the fields == compares
-_DEFAULTS: Final = {spec.name: spec.default for spec in dataclasses.fields(Settings)}
-_COMPARED: Final = tuple(spec.name for spec in dataclasses.fields(Settings) if spec.compare)
 _BY_FIELD: Final = {variable.field: variable for variable in VARIABLES}
 _BY_NAME: Final = {variable.name: variable for variable in VARIABLES}
 

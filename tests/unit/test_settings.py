@@ -8,7 +8,6 @@ given in code raise a ``ValueError`` naming the argument.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 from typing import Any
@@ -343,34 +342,6 @@ def test_programmatic_settings_raise_naming_the_argument(
 ) -> None:
     with pytest.raises(ValueError, match=named):
         Settings(**kwargs)
-
-
-def test_settings_is_a_frozen_dataclass() -> None:
-    """What the dataclass machinery would have written, written out (see settings.py)."""
-    settings = Settings(pool_timings=False)
-    names = [spec.name for spec in dataclasses.fields(Settings)]
-    assert names[-1] == "problems"
-    assert dataclasses.asdict(settings)["pool_timings"] is False
-    changed = dataclasses.replace(settings, pool_timings=True, event_loop_resolution=0.5)
-    assert (changed.pool_timings, changed.event_loop_resolution) == (True, 0.5)
-    with pytest.raises(ValueError, match="event_loop_resolution"):
-        dataclasses.replace(settings, event_loop_resolution=60.0)
-    with pytest.raises(dataclasses.FrozenInstanceError):
-        settings.pool_enabled = False
-    with pytest.raises(dataclasses.FrozenInstanceError):
-        del settings.pool_enabled
-    with pytest.raises(TypeError, match="no_such_setting"):
-        Settings(no_such_setting=True)
-    # problems do not take part in ==, nor in the hash
-    noted = Settings(pool_timings=False, problems=(("VARIABLE", "value", "reason"),))
-    assert noted == settings
-    assert hash(noted) == hash(settings)
-    assert settings != Settings()
-    assert settings != object()
-    assert repr(settings) == (
-        "Settings(" + ", ".join(f"{name}={getattr(settings, name)!r}" for name in names) + ")"
-    )
-    assert "pool_timings=False" in repr(settings)
 
 
 def test_programmatic_numbers_are_normalised() -> None:
