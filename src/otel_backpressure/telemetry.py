@@ -68,6 +68,7 @@ class Telemetry:
     """The providers ``configure_telemetry`` built, and their orderly shutdown."""
 
     __slots__ = (
+        "_flusher",
         "_instrumentor",
         "_lock",
         "_shut_down",
@@ -97,16 +98,25 @@ class Telemetry:
         self._instrumentor = instrumentor
         self._lock = threading.Lock()
         self._shut_down = False
+        # the thread of the last flush that outlived its wait (None: none did)
+        self._flusher: threading.Thread | None = None
 
     @property
     def is_shut_down(self) -> bool:
         return self._shut_down
 
     def force_flush(self, timeout_millis: int = 10_000) -> bool:
-        """Export what is buffered now; False if either signal did not finish (never raises)."""
+        """Export what is buffered now, waiting at most ``timeout_millis`` (milliseconds).
+
+        Returns False if either signal did not finish in that time (it goes on
+        in the background), or while an earlier flush that did not finish is
+        still going on. Never raises. The SDK's OTLP exporters before 1.35
+        retry an unreachable collector for about a minute, whatever the
+        timeout says; the wait here is bounded on every SDK.
+        """
         if self._shut_down:
             return False
-        return self._flush(timeout_millis)
+        return self._flush_within(timeout_millis)
 
     def _flush(self, timeout_millis: int) -> bool:
         done = True
@@ -122,9 +132,15 @@ class Telemetry:
         """``_flush`` that returns after ``timeout_millis`` at the latest.
 
         The SDK's span flush exports in the calling thread and retries until the
-        exporter's own timeout whatever ``timeout_millis`` says, so it runs in
-        a daemon thread that is waited for only that long.
+        exporter's own timeout whatever ``timeout_millis`` says (before SDK 1.35,
+        for about a minute), so it runs in a daemon thread that is waited for
+        only that long. One such thread at a time: while the last one that
+        outlived its wait still runs, no other starts (False at once).
         """
+        if self._flusher is not None:
+            if self._flusher.is_alive():
+                return False
+            self._flusher = None
         result: list[bool] = []
         flusher = threading.Thread(
             target=lambda: result.append(self._flush(timeout_millis)),
@@ -143,6 +159,8 @@ class Telemetry:
                     exporter._timeout = min(timeout, timeout_millis / 1000)
             return self._flush(timeout_millis)
         flusher.join(timeout_millis / 1000)
+        if flusher.is_alive():
+            self._flusher = flusher
         return bool(result and result[0])
 
     def shutdown(self, timeout_millis: int = 1_000) -> None:
