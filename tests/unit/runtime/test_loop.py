@@ -168,7 +168,8 @@ def test_uninstrument_stops_sampling_and_unwraps_the_selector(
         async def main() -> None:
             loop = asyncio.get_running_loop()
             state["selector"] = loop._selector  # type: ignore[attr-defined]
-            # samples fall due every 10 ms: timers run in order, so several ran by now
+            # samples fall due every 10 ms and timers run in order, so at least the
+            # first ran before this sleep ends (more only if the machine is idle)
             await asyncio.sleep(0.05)
             running.set()
             await asyncio.to_thread(stopped.wait)
@@ -192,7 +193,7 @@ def test_uninstrument_stops_sampling_and_unwraps_the_selector(
     after = metrics.histogram(DELAY, {LOOP_NAME: "to-stop"})
     assert before is not None
     assert after is not None
-    assert before.count >= 4
+    assert before.count >= 1  # it was sampling
     # at most the one tick already scheduled runs, and it records nothing
     assert after.count == before.count
     assert _series(metrics, UTILIZATION) == {}
