@@ -6,7 +6,7 @@ import asyncio
 import gc
 import multiprocessing
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import pytest
 import redis
@@ -22,14 +22,6 @@ pytestmark = pytest.mark.integration
 
 POLICY = "backpressure.rate_limit.policy"
 HOURLY = Policy("hourly", rate=40, period=3600)
-
-
-@pytest.fixture
-def private_redis() -> Iterator[PrivateRedis]:
-    server = PrivateRedis()
-    server.start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture

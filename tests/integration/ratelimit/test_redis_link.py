@@ -6,7 +6,6 @@ import asyncio
 import sys
 import threading
 import time
-from collections.abc import Iterator
 
 import pytest
 import redis
@@ -20,14 +19,6 @@ from redis_compat import aclose, sync_client
 pytestmark = pytest.mark.integration
 
 BURST = Policy("burst", rate=5, period=3600, burst=5)
-
-
-@pytest.fixture
-def private_redis() -> Iterator[PrivateRedis]:
-    server = PrivateRedis()
-    server.start()
-    yield server
-    server.stop()
 
 
 def connections(server: PrivateRedis) -> int:
