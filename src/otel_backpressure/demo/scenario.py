@@ -107,7 +107,7 @@ PHASES: tuple[Phase, ...] = (
     Phase(
         "outage",
         0.72,
-        "the limiter's Redis is down (--limiter-redis-url): it fails open, store errors climb",
+        "busier play; with --limiter-redis-url, that Redis is down: fails open, store errors",
         leaderboard=0.05,
         hold=0.05,
         storm=0.0,

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 import sys
+import textwrap
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TextIO
@@ -245,6 +246,11 @@ def _clip(line: str, width: int = WIDTH) -> str:
     return line if len(line) <= width else line[: width - 1] + "…"
 
 
+def _wrapped(line: str) -> list[str]:
+    """``line`` over as many indented lines as it needs: a log loses no status code."""
+    return textwrap.wrap(line, WIDTH, subsequent_indent=_CONTINUED) or [""]
+
+
 def plain_lines(header: Header, snapshot: Snapshot, sections: Sequence[Section]) -> list[str]:
     """The view as plain text: a progress line, then each row, none over 80 columns.
 
@@ -252,7 +258,7 @@ def plain_lines(header: Header, snapshot: Snapshot, sections: Sequence[Section])
     line: a log keeps every cell.
     """
     progress, _ = _header_lines(header)
-    lines = [_clip(progress)]
+    lines = _wrapped(progress)
     for section in sections:
         for row in section.rows(snapshot):
             cells = [f"{col} {cell}" for col, cell in zip(section.columns, row.cells, strict=True)]
@@ -444,7 +450,8 @@ class LiveView:
             return
         if header.phase != self._phase:
             self._phase = header.phase
-            print(_clip(f"-- phase {header.phase}: {header.phase_summary}"), file=self._out)
+            phase = f"-- phase {header.phase}: {header.phase_summary}"
+            print("\n".join(_wrapped(phase)), file=self._out)
         if tick:
             print("\n".join(plain_lines(header, snapshot, self._sections)), file=self._out)
         self._out.flush()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 from typing import Any
 
@@ -212,9 +213,23 @@ def test_not_a_terminal_prints_plain_lines_on_ticks_and_phase_changes(
     view.update(HEADER, snapshot, tick=True)  # the rows
     view.stop()
     printed = out.getvalue().splitlines()
-    assert printed[0].startswith("-- phase rush: the pool saturates")
-    assert printed[1:] == plain_lines(HEADER, snapshot, SECTIONS)
+    rows = plain_lines(HEADER, snapshot, SECTIONS)
+    phase, after = printed[: -len(rows)], printed[-len(rows) :]
+    assert after == rows
+    # the whole phase line, over as many lines as it needs: a log keeps it all
+    assert " ".join(line.strip() for line in phase) == (
+        f"-- phase {HEADER.phase}: {HEADER.phase_summary}".rstrip()
+    )
     assert all(len(line) <= WIDTH for line in printed)
+
+
+def test_a_plain_progress_line_keeps_every_status_code(metrics: MetricsCapture) -> None:
+    statuses = {code: 1000 + code for code in (200, 201, 202, 404, 409, 422, 429, 500, 503)}
+    header = dataclasses.replace(HEADER, statuses=statuses)
+    lines = plain_lines(header, record_everything(metrics), SECTIONS)
+    progress = " ".join(line.strip() for line in lines[:2])
+    assert all(f"{code}:{n}" in progress for code, n in statuses.items())
+    assert all(len(line) <= WIDTH for line in lines)
 
 
 def test_event_loop_thread_pool_and_http_rows(metrics: MetricsCapture) -> None:
