@@ -151,3 +151,18 @@ def test_the_by_hand_example_runs_as_written(tmp_path: Path) -> None:
     script.write_text(code, encoding="utf-8")
     result = run_python(str(script), cwd=tmp_path)
     assert result.stdout.split("\n")[:2] == ["healthy", "404 application/problem+json"]
+
+
+def test_every_extra_the_readme_names_is_one_pip_finds_as_written() -> None:
+    # pip before 23.3 does not normalise extra names: `psycopg_pool` found nothing
+    from importlib.metadata import metadata
+
+    declared = set(metadata("opentelemetry-instrumentation-backpressure").get_all("Provides-Extra"))
+    table = re.findall(
+        r"^\| `([^`]+)` \|", README.split("\n## Install", 1)[1].split("\n## ", 1)[0], re.M
+    )
+    assert table, "README's install table has no extras"
+    named = set(table)
+    for line in re.findall(r"pip install [^\n]*\[([^\]]+)\]", README):
+        named.update(extra.strip() for extra in line.split(",") if extra != "extras")
+    assert named <= declared, sorted(named - declared)
