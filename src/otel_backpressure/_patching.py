@@ -171,36 +171,23 @@ class BackpressureWrapper(_FunctionWrapper):
         build: Callable[[], Wrapper] | None = None,
         target: str = "",
     ) -> None:
-        if wrapper is not None:
-
-            def switchable(
-                call: Callable[..., Any],
-                instance: Any,
-                args: tuple[Any, ...],
-                kwargs: dict[str, Any],
-            ) -> Any:
-                if self._self_removed:
-                    return call(*args, **kwargs)
-                return wrapper(call, instance, args, kwargs)
-
-        elif build is not None:
-            built: Wrapper | None = None
-
-            def switchable(
-                call: Callable[..., Any],
-                instance: Any,
-                args: tuple[Any, ...],
-                kwargs: dict[str, Any],
-            ) -> Any:
-                nonlocal built
-                if self._self_removed:
-                    return call(*args, **kwargs)
-                if built is None:  # two first calls at once both build: the same wrapper
-                    built = _built(build, target)
-                return built(call, instance, args, kwargs)
-
-        else:
+        if wrapper is None and build is None:
             raise TypeError("BackpressureWrapper needs a wrapper or a build")
+        built: Wrapper | None = wrapper  # a deferred one is built at its first call
+
+        def switchable(
+            call: Callable[..., Any],
+            instance: Any,
+            args: tuple[Any, ...],
+            kwargs: dict[str, Any],
+        ) -> Any:
+            nonlocal built
+            if self._self_removed:
+                return call(*args, **kwargs)
+            if built is None:  # two first calls at once both build: the same wrapper
+                built = _built(build, target)  # type: ignore[arg-type]  # checked above
+            return built(call, instance, args, kwargs)
+
         super().__init__(wrapped, switchable)
         self._self_removed = False
 
