@@ -25,8 +25,10 @@ from __future__ import annotations
 import atexit
 import logging
 import os
+import queue
 import threading
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from importlib.metadata import entry_points
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final
@@ -63,14 +65,100 @@ _SIGNALS: Final = {
     ),
 }
 
+# How long shutdown waits for the providers to stop past its timeout (seconds), so that
+# a collector that took the final flush also takes the readers' last collection (a
+# few milliseconds on loopback); an unreachable one is waited for no longer than this.
+_STOP_GRACE_S: Final = 0.5
+
+
+class _Call:
+    """One call handed to a ``_Runner``: its result once ``done`` is set."""
+
+    __slots__ = ("done", "function", "result")
+
+    def __init__(self, function: Callable[[], bool]) -> None:
+        self.function = function
+        self.done = threading.Event()
+        self.result = False
+
+    def run(self) -> None:
+        try:
+            self.result = self.function()
+        except Exception:  # the calls catch what they expect; this is the last net
+            _logger.exception("Telemetry's background call failed")
+        finally:
+            self.done.set()
+
+
+class _Runner:
+    """Runs the SDK's flush and shutdown calls in daemon threads that callers stop waiting for.
+
+    The SDK's calls can block for a minute (the OTLP exporters before SDK 1.35
+    retry with ``time.sleep``, which their ``shutdown()`` does not interrupt, and
+    the providers' ``shutdown()`` waits for it); a caller waits only as long as
+    it was told, and a call that outlives that goes on until it ends or the
+    process exits. Its own thread starts with the Telemetry and then waits for
+    work, because at interpreter exit Python 3.12 starts no new thread; a call
+    made while that thread is busy, or after a fork (the child has none of the
+    parent's threads), gets a new one.
+    """
+
+    __slots__ = ("_busy_with", "_calls", "_lock", "_thread")
+
+    def __init__(self) -> None:
+        self._calls: queue.SimpleQueue[_Call | None] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        # the last call given to the own thread (None: none yet)
+        self._busy_with: _Call | None = None
+        self._thread = _start_thread(self._serve, "otel-backpressure-telemetry")
+
+    def _serve(self) -> None:
+        while (call := self._calls.get()) is not None:
+            call.run()
+
+    def call(self, function: Callable[[], bool], wait_s: float) -> _Call | None:
+        """Start ``function`` and wait up to ``wait_s`` seconds for it.
+
+        Returns the call (``done`` set or not), or None when no thread could run
+        it (interpreter exit on Python 3.12 with the own thread gone).
+        """
+        call = _Call(function)
+        with self._lock:
+            own = self._thread is not None and self._thread.is_alive()
+            if own and (self._busy_with is None or self._busy_with.done.is_set()):
+                self._busy_with = call
+                self._calls.put(call)
+            elif _start_thread(call.run, "otel-backpressure-telemetry-call") is None:
+                return None
+        call.done.wait(max(wait_s, 0.0))
+        return call
+
+    def stop(self) -> None:
+        """Let the own thread end once it is idle."""
+        self._calls.put(None)
+
+
+def _start_thread(target: Callable[[], None], name: str) -> threading.Thread | None:
+    """A started daemon thread, or None at interpreter exit on Python 3.12."""
+    thread = threading.Thread(target=target, name=name, daemon=True)
+    try:
+        thread.start()
+    except RuntimeError:  # "can't create new thread at interpreter shutdown"
+        return None
+    return thread
+
 
 class Telemetry:
-    """The providers ``configure_telemetry`` built, and their orderly shutdown."""
+    """The providers ``configure_telemetry`` built, and their orderly shutdown.
+
+    Keeps one daemon thread, idle but for its flushes, that ends with ``shutdown()``.
+    """
 
     __slots__ = (
-        "_flusher",
+        "_flush_call",
         "_instrumentor",
         "_lock",
+        "_runner",
         "_shut_down",
         "meter_provider",
         "metric_exporters",
@@ -98,8 +186,9 @@ class Telemetry:
         self._instrumentor = instrumentor
         self._lock = threading.Lock()
         self._shut_down = False
-        # the thread of the last flush that outlived its wait (None: none did)
-        self._flusher: threading.Thread | None = None
+        self._runner = _Runner()
+        # the last flush that outlived its wait (None: none did)
+        self._flush_call: _Call | None = None
 
     @property
     def is_shut_down(self) -> bool:
@@ -131,37 +220,31 @@ class Telemetry:
     def _flush_within(self, timeout_millis: int) -> bool:
         """``_flush`` that returns after ``timeout_millis`` at the latest.
 
-        The SDK's span flush exports in the calling thread and retries until the
-        exporter's own timeout whatever ``timeout_millis`` says (before SDK 1.35,
-        for about a minute), so it runs in a daemon thread that is waited for
-        only that long. One such thread at a time: while the last one that
-        outlived its wait still runs, no other starts (False at once).
+        The SDK's metric flush exports in the calling thread (and so does its span
+        flush on newer SDKs), retrying until the exporter's own timeout whatever
+        ``timeout_millis`` says (before SDK 1.35, for about a minute), so it runs
+        in the runner's thread, waited for only that long. One such flush at a
+        time: while the last one that outlived its wait still runs, no other
+        starts (False at once).
         """
-        if self._flusher is not None:
-            if self._flusher.is_alive():
+        if self._flush_call is not None:
+            if not self._flush_call.done.is_set():
                 return False
-            self._flusher = None
-        result: list[bool] = []
-        flusher = threading.Thread(
-            target=lambda: result.append(self._flush(timeout_millis)),
-            name="otel-backpressure-final-flush",
-            daemon=True,
-        )
-        try:
-            flusher.start()
-        except RuntimeError:
-            # At interpreter exit Python 3.12+ starts no new thread: bound each
-            # OTLP exporter's own deadline instead (its retries stop there).
+            self._flush_call = None
+        call = self._runner.call(lambda: self._flush(timeout_millis), timeout_millis / 1000)
+        if call is None:
+            # No thread at all: bound each OTLP exporter's own deadline instead
+            # (on SDK 1.35 and later its retries stop there).
             exporters: list[Any] = [*self.span_exporters.values(), *self.metric_exporters.values()]
             for exporter in exporters:
                 timeout = getattr(exporter, "_timeout", None)
                 if isinstance(timeout, (int, float)):
                     exporter._timeout = min(timeout, timeout_millis / 1000)
             return self._flush(timeout_millis)
-        flusher.join(timeout_millis / 1000)
-        if flusher.is_alive():
-            self._flusher = flusher
-        return bool(result and result[0])
+        if not call.done.is_set():
+            self._flush_call = call
+            return False
+        return call.result
 
     def shutdown(self, timeout_millis: int = 1_000) -> None:
         """Uninstrument, flush and shut both providers down; later calls do nothing.
@@ -169,27 +252,48 @@ class Telemetry:
         Runs at interpreter exit too (``configure_telemetry`` registers it). The
         final flush gets ``timeout_millis`` (milliseconds): a collector that
         answers takes what is buffered; one that does not costs at most about
-        that long, because the exporters are then shut down first, which stops
-        their retries, and what they held is dropped with one warning. Without
-        this the SDK retries each signal for up to ``OTEL_EXPORTER_OTLP_TIMEOUT``
-        (10 s) at exit. Never raises: the app's own shutdown goes on.
+        that long and half a second more, on every supported SDK. The exporters
+        are then shut down first, which on SDK 1.35 and later stops their
+        retries, and what they held is dropped with one warning; the providers'
+        shutdown, which on older SDKs waits out a retry's sleep (up to 32 s), is
+        waited for only that long and ends in the background. Without this the
+        SDK retries each signal for up to ``OTEL_EXPORTER_OTLP_TIMEOUT`` (10 s)
+        at exit. Never raises: the app's own shutdown goes on.
         """
         with self._lock:
             if self._shut_down:
                 return
             self._shut_down = True
+        started = time.monotonic()
         atexit.unregister(self.shutdown)
         if self._instrumentor is not None:
             try:
                 self._instrumentor.uninstrument()
             except Exception:
                 _logger.exception("Uninstrumenting backpressure telemetry failed")
-        if not self._flush_within(timeout_millis):
+        delivered = self._flush_within(timeout_millis)
+        if not delivered:
             _logger.warning(
                 "Telemetry was not delivered within %d ms at shutdown; dropping what is "
                 "buffered (is the collector at the OTLP endpoint up?)",
                 timeout_millis,
             )
+        left_s = timeout_millis / 1000 - (time.monotonic() - started)
+        call = self._runner.call(lambda: self._stop(delivered), left_s + _STOP_GRACE_S)
+        self._runner.stop()
+        if call is None:
+            # Interpreter exit with no thread to spare: the SDK's threads end with it.
+            _logger.debug("Not waiting for the telemetry providers to stop at exit")
+        elif not call.done.is_set():
+            _logger.warning(
+                "Telemetry's exporters did not stop within %d ms of shutdown; they go on "
+                "in the background until their retries end or the process exits",
+                timeout_millis + _STOP_GRACE_S * 1000,
+            )
+
+    def _stop(self, delivered: bool) -> bool:
+        """Shut the providers down, their exporters first when ``delivered`` is False."""
+        if not delivered:
             exporters: list[SpanExporter | MetricExporter] = [
                 *self.span_exporters.values(),
                 *self.metric_exporters.values(),
@@ -204,6 +308,7 @@ class Telemetry:
                 provider.shutdown()
             except Exception:
                 _logger.exception("Shutting down %s failed", type(provider).__name__)
+        return True
 
     def __enter__(self) -> Telemetry:
         return self
