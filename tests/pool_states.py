@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -24,6 +25,33 @@ def buckets(**counts: int) -> tuple[int, ...]:
     for key, count in counts.items():
         values[int(key[1:])] = count
     return tuple(values)
+
+
+def storage_inline(obj: object, attribute: str) -> bool:
+    """Whether ``obj`` still keeps its attributes inline, with no dictionary made for them.
+
+    CPython 3.11+ stores a new instance's attribute values in the object
+    itself; asking it for its ``__dict__`` makes a dictionary of them, for
+    good on 3.11 and 3.12, and every ``self.x`` then misses the specialised
+    fast path. ``gc.get_referents()`` lists the inline values one by one (the
+    value of ``attribute`` among them) and, once that dictionary exists, lists
+    it instead (checked on 3.11.7 and 3.12.1; 3.13.0 keeps listing the values,
+    and has no such cost). Always False before 3.11: every instance has a dict.
+    """
+    value = getattr(obj, attribute)
+    return any(referent is value for referent in gc.get_referents(obj))
+
+
+def fresh_class(cls: type[Any]) -> type[Any]:
+    """A subclass of ``cls`` whose instances share a table of attribute names of their own.
+
+    CPython 3.11+ gives all instances of a class one table of the names their
+    inline values are stored under, of at most 30 names; once it is full, an
+    instance given a name not in it gets a dictionary, however the name is set.
+    Other tests set names of their own on SQLAlchemy's pools (a broken
+    ``checkedout``, say), so a test of ``storage_inline`` uses a class of its own.
+    """
+    return type(cls.__name__, (cls,), {})
 
 
 def slow_connection(clock: FakeClock, seconds: float) -> type[Any]:

@@ -9,7 +9,16 @@ place is hooked too). Counts are read from ``engine.pool`` at collection time,
 so series continue across ``dispose()``.
 
 Why instance attributes and not a patch-table row: see "Hooks on instances"
-in ``_registry``.
+in ``_registry``. They are set with ``setattr``, removed with ``delattr``, and
+told from the class's methods by ``getattr`` (``_own``), never through
+``pool.__dict__``, as in ``_checkout``. Unlike psycopg_pool's and redis-py's,
+a SQLAlchemy pool gains nothing by it today: SQLAlchemy itself turns every
+pool's attribute storage into a dictionary on CPython 3.11 and 3.12 before
+this module sees it (its event dispatcher stores ``obj.__dict__["dispatch"]``
+on first use, which ``create_engine()``, ``recreate()`` and every checkout
+make; 1.4 also writes ``self.__dict__["_creator"]`` in ``__init__``; checked
+with 1.4.41, 2.0.36 and 2.1.9). It is done anyway so that the day SQLAlchemy
+stops, this module costs nothing; a ``StaticPool``'s record aside (``read_pool``).
 
 Example::
 
@@ -23,13 +32,14 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import sys
 import time
 import weakref
 from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Final
 
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
@@ -57,6 +67,7 @@ __all__ = ["SQLAlchemyPoolSource", "ended_by_server", "is_open", "read_pool", "r
 _logger = logging.getLogger(__name__)
 
 _HOOKED = ("connect", "_return_conn", "_invoke_creator", "recreate")
+_ABSENT: Final = object()
 # checkouts in progress kept per connection record; a detached connection never
 # comes back, so the table is cleared past this size rather than grow forever
 _MAX_OPEN_CHECKOUTS = 65_536
@@ -104,12 +115,16 @@ def ended_by_server(record: Any) -> bool:
 
 
 def _queued(pool: QueuePool) -> list[Any] | None:
-    """The records waiting in a ``QueuePool``'s queue, or None if its layout is unknown."""
+    """The records waiting in a ``QueuePool``'s queue, or None if its layout is unknown.
+
+    Only after ``pool.checkedout()``: an ``AsyncAdaptedQueue`` makes its
+    ``asyncio.Queue`` on first use (a memoized ``_queue``), which that call's
+    ``qsize()`` has made, so reading it here creates nothing.
+    """
     queue: Any = pool._pool
     items = getattr(queue, "queue", None)  # util.queue.Queue: a deque
-    if items is None:  # AsyncAdaptedQueue: an asyncio.Queue, made on first use
-        inner = queue.__dict__.get("_queue")
-        items = () if inner is None else getattr(inner, "_queue", None)
+    if items is None:  # AsyncAdaptedQueue: the asyncio.Queue's deque
+        items = getattr(getattr(queue, "_queue", None), "_queue", None)
     if items is None:
         return None
     for _ in range(3):  # another thread may change the deque while it is copied
@@ -153,7 +168,12 @@ def read_pool(
         )
     if isinstance(pool, StaticPool):
         # One connection shared by every checkout: it is used while any fairy holds it.
-        in_use, idle = _split([pool.__dict__.get("connection")])  # memoized on first use
+        # Its record is a memoized property made by the first checkout (which
+        # connects): only the instance dict tells whether it exists without
+        # making it. No cost: an engine's pool has that dict already, any pool
+        # has it from its first checkout (module docstring), and SQLAlchemy
+        # reads it itself in StaticPool.dispose() and _do_get().
+        in_use, idle = _split([pool.__dict__.get("connection")])
         return PoolReading(used=in_use, idle=idle, pending=pending, timeouts=timeouts, idle_max=1)
     if isinstance(pool, SingletonThreadPool):  # one connection per thread, kept open
         in_use, idle = _split(pool._all_conns)
@@ -188,6 +208,25 @@ def _read_queue_pool(pool: QueuePool, *, pending: int, timeouts: int, lost: int)
         idle_min=0,
         overflow=max(0, used + idle - size) if size > 0 else 0,
     )
+
+
+def _own(pool: Pool, name: str) -> Any:
+    """``pool``'s instance attribute ``name``, or ``_ABSENT`` if the class answers.
+
+    Told without ``pool.__dict__`` (module docstring): for the hooked names the
+    class answers with its own function bound to ``pool``, or not at all
+    (``_invoke_creator``, which ``Pool.__init__`` sets on the instance), in
+    SQLAlchemy 1.4.41 to 2.1.9; anything else ``getattr`` finds was set on the
+    instance. One set to that very bound method is taken for the class's:
+    deleting it changes nothing.
+    """
+    found = getattr(pool, name, _ABSENT)
+    function = getattr(type(pool), name, _ABSENT)
+    if found is _ABSENT or function is _ABSENT:
+        return found
+    if getattr(found, "__self__", None) is pool and getattr(found, "__func__", None) is function:
+        return _ABSENT
+    return found
 
 
 def _peek(counter: itertools.count[int]) -> int:
@@ -321,8 +360,11 @@ class SQLAlchemyPoolSource(RecorderSlots):
         self.recorders = ()
         for pool, shadowed in list(self._hooked.items()):
             for attribute in _HOOKED:
-                pool.__dict__.pop(attribute, None)
-            pool.__dict__.update(shadowed)
+                if attribute in shadowed:  # the pool's own, set before the hook
+                    setattr(pool, attribute, shadowed[attribute])
+                else:
+                    with contextlib.suppress(AttributeError):  # removed by someone else
+                        delattr(pool, attribute)
         self._hooked.clear()
 
     def __repr__(self) -> str:
@@ -334,9 +376,9 @@ class SQLAlchemyPoolSource(RecorderSlots):
     # -- hot path -------------------------------------------------------------------------
 
     def _hook(self, pool: Pool) -> None:
-        if "connect" in pool.__dict__:
+        if _own(pool, "connect") is not _ABSENT:
             return  # hooked already (a pool is hooked by one source only)
-        shadowed = {name: pool.__dict__[name] for name in _HOOKED if name in pool.__dict__}
+        shadowed = {name: own for name in _HOOKED if (own := _own(pool, name)) is not _ABSENT}
         counts_used = isinstance(pool, NullPool) or not isinstance(
             pool, (QueuePool, StaticPool, SingletonThreadPool, AssertionPool)
         )

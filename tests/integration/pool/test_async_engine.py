@@ -1,18 +1,32 @@
-"""AsyncEngine + asyncpg on the real PostgreSQL: every metric, exactly, through known states."""
+"""AsyncEngine + asyncpg on the real PostgreSQL: every metric, exactly, through known states;
+and, for its pool and a sync engine's, that instrumenting leaves the pool's attributes inline."""
 
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 import sqlalchemy
-from sqlalchemy import text
+from sqlalchemy import create_engine, text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.pool import AsyncAdaptedQueuePool, QueuePool
 
 import otel_backpressure
 from otel_backpressure.testing import FakeClock, MetricsCapture
-from pool_states import IDLE, NAME, USED, buckets, slow_connection, wait_for
+from pool_states import (
+    IDLE,
+    NAME,
+    USED,
+    buckets,
+    fresh_class,
+    slow_connection,
+    storage_inline,
+    wait_for,
+)
+from sqlalchemy_compat import SQLALCHEMY_2, SYNC_DRIVER
 
 pytestmark = pytest.mark.integration
 
@@ -162,3 +176,46 @@ async def test_default_name_has_no_password(postgres_dsn: str, metrics: MetricsC
     finally:
         handle.uninstrument()
         await engine.dispose()
+
+
+def test_sync_engine_pool_attributes_stay_inline(
+    postgres_dsn: str, metrics: MetricsCapture
+) -> None:
+    """Hooking, reading and unhooking a PostgreSQL engine's pool never ask it for
+    its ``__dict__`` (see the SQLite test of the same name in tests/unit: only
+    a 2.x pool nobody has listened to or checked out from can show it)."""
+    engine = create_engine(sqlalchemy.engine.make_url(postgres_dsn).set(drivername=SYNC_DRIVER))
+    pool = fresh_class(QueuePool)(engine.pool._creator, dialect=engine.dialect, pool_size=2)
+    engine.pool = pool
+    try:
+        _instrument_and_uninstrument(engine, pool, metrics)
+        with engine.connect() as connection:  # the pool still works
+            assert connection.execute(text("SELECT 1")).scalar() == 1
+    finally:
+        engine.dispose()
+
+
+async def test_async_engine_pool_attributes_stay_inline(
+    engine: AsyncEngine, metrics: MetricsCapture
+) -> None:
+    """The same for an ``AsyncEngine``'s ``AsyncAdaptedQueuePool``, whose
+    ``asyncio.Queue`` a reading finds without making one."""
+    sync_engine = engine.sync_engine
+    pool = fresh_class(AsyncAdaptedQueuePool)(
+        sync_engine.pool._creator, dialect=sync_engine.dialect
+    )
+    sync_engine.pool = pool
+    _instrument_and_uninstrument(engine, pool, metrics)
+    async with engine.connect() as connection:  # the pool still works
+        assert (await connection.execute(text("SELECT 1"))).scalar() == 1
+
+
+def _instrument_and_uninstrument(target: object, pool: Any, metrics: MetricsCapture) -> None:
+    before = storage_inline(pool, "_invoke_creator")
+    assert before is (sys.version_info >= (3, 11) and SQLALCHEMY_2)  # the case is really there
+    handle = otel_backpressure.instrument(target, meter_provider=metrics.meter_provider)
+    try:
+        assert metrics.snapshot({NAME: handle.pool_name})[USED] == 0
+    finally:
+        handle.uninstrument()
+    assert storage_inline(pool, "_invoke_creator") is before

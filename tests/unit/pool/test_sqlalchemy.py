@@ -6,6 +6,7 @@ import gc
 import logging
 import queue
 import sqlite3
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,7 +26,8 @@ from sqlalchemy.pool import (
 
 import otel_backpressure
 from otel_backpressure.testing import FakeClock, MetricsCapture
-from pool_states import IDLE, NAME, USED, buckets
+from pool_states import IDLE, NAME, USED, buckets, fresh_class, storage_inline
+from sqlalchemy_compat import SQLALCHEMY_2
 
 # bucket counts for the advice boundaries (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10)
 NO_BUCKETS = (0,) * 10
@@ -191,6 +193,59 @@ def test_uninstrument_silences_and_restores_the_pool(
             assert metrics.snapshot({NAME: again.pool_name})[USED] == 1
     finally:
         again.uninstrument()
+
+
+def test_uninstrument_gives_back_what_the_app_set_on_the_pool(metrics: MetricsCapture) -> None:
+    engine = create_engine("sqlite://", poolclass=QueuePool)
+    pool = engine.pool
+    class_recreate = pool.recreate
+    recreated: list[object] = []
+
+    def recreate() -> Any:  # an app's own wrapper, on the instance
+        new_pool = class_recreate()
+        recreated.append(new_pool)
+        return new_pool
+
+    pool.recreate = recreate  # type: ignore[method-assign]
+    handle = otel_backpressure.instrument(engine, meter_provider=metrics.meter_provider)
+    assert pool.recreate is not recreate  # hooked over it
+    handle.uninstrument()
+    assert pool.recreate is recreate
+    # and the class's own methods show through again
+    assert pool.connect.__func__ is QueuePool.connect  # type: ignore[attr-defined]
+    assert pool._return_conn.__func__ is QueuePool._return_conn  # type: ignore[attr-defined]
+    engine.dispose()
+    assert recreated == [engine.pool]
+
+
+@pytest.mark.parametrize("poolclass", [QueuePool, SingletonThreadPool, NullPool, AssertionPool])
+def test_instrumenting_leaves_the_pool_attributes_inline(
+    poolclass: type[Any], metrics: MetricsCapture
+) -> None:
+    """Hooking, reading and unhooking never ask the pool for its ``__dict__``.
+
+    Only a pool SQLAlchemy has not made a dictionary for itself shows it: a
+    2.x pool that nobody has listened to or checked out from (``create_engine()``
+    listens to its pool, every checkout reads ``pool.dispatch``, and SQLAlchemy
+    stores that in the instance dict; 1.4 writes the dict in ``Pool.__init__``),
+    here put in place as the engine's pool (of a class of its own: see
+    ``fresh_class``). StaticPool is left out: reading it needs the dict (see
+    ``read_pool``).
+    """
+    engine = create_engine("sqlite://", poolclass=poolclass)
+    pool = fresh_class(poolclass)(engine.pool._creator, dialect=engine.dialect)
+    engine.pool = pool
+    before = storage_inline(pool, "_invoke_creator")
+    assert before is (sys.version_info >= (3, 11) and SQLALCHEMY_2)
+    handle = otel_backpressure.instrument(engine, meter_provider=metrics.meter_provider)
+    try:
+        assert metrics.snapshot({NAME: handle.pool_name})[USED] == 0
+    finally:
+        handle.uninstrument()
+    assert storage_inline(pool, "_invoke_creator") is before
+    with engine.connect() as connection:  # the pool still works
+        assert connection.execute(text("SELECT 1")).scalar() == 1
+    engine.dispose()
 
 
 def test_instrument_twice_is_one_set_of_series(
