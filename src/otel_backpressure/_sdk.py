@@ -28,6 +28,7 @@ import functools
 import itertools
 import logging
 import math
+import operator
 import sys
 from bisect import bisect_right
 from collections import deque
@@ -77,13 +78,16 @@ def _internals() -> _Internals | None:
 class HistogramSink:
     """One histogram series (instrument + attributes) fed in batches."""
 
-    __slots__ = ("_attributes", "_fast", "_histogram")
+    __slots__ = ("_attributes", "_fast", "_histogram", "_keys")
 
     def __init__(self, histogram: Histogram, attributes: Mapping[str, Any]) -> None:
         self._histogram = histogram
         self._attributes = dict(attributes)
         internals = _internals()
         self._fast = internals is not None and isinstance(histogram, internals.histogram)
+        # per view match: the attributes it keeps and their aggregation key, which
+        # never change for this series (hashing them was half a batch's fixed cost)
+        self._keys: dict[Any, tuple[Any, dict[str, Any]]] = {}
 
     @property
     def fast(self) -> bool:
@@ -137,17 +141,12 @@ class HistogramSink:
             if matches is None:
                 return None  # this reader has never seen the histogram: record() sets it up
             for match in matches:
-                attributes = dict(self._attributes)
-                keys = match._view._attribute_keys
-                if keys is not None:
-                    attributes = {k: v for k, v in attributes.items() if k in keys}
-                # the aggregation table's key: a hash of the attributes in newer SDKs,
-                # their items before
-                key = (
-                    internals.hash_attributes(attributes)
-                    if internals.hash_attributes is not None
-                    else frozenset(attributes.items())
-                )
+                known = self._keys.get(match)
+                if known is None:
+                    known = self._keys[match] = self._key(internals, match)
+                    if len(self._keys) > _MAX_MATCHES:  # matches replaced: forget the old ones
+                        self._keys = {match: known}
+                key, attributes = known
                 get_or_create = getattr(match, "_get_or_create_aggregation", None)
                 with match._lock:
                     if get_or_create is not None:  # as record() does, cardinality limit included
@@ -164,12 +163,31 @@ class HistogramSink:
                 found.append((match, key, attributes, aggregation))
         return found
 
+    def _key(self, internals: _Internals, match: Any) -> tuple[Any, dict[str, Any]]:
+        """The aggregation key and attributes ``record()`` would use under ``match``'s view."""
+        attributes = dict(self._attributes)
+        keys = match._view._attribute_keys
+        if keys is not None:
+            attributes = {k: v for k, v in attributes.items() if k in keys}
+        # the aggregation table's key: a hash of the attributes in newer SDKs, their
+        # items before
+        key = (
+            internals.hash_attributes(attributes)
+            if internals.hash_attributes is not None
+            else frozenset(attributes.items())
+        )
+        return key, attributes
+
+
+#: View matches remembered per series (one per reader and matching view, in practice 1-3).
+_MAX_MATCHES: Final = 32
+
 
 def _bucket_counts(ordered: Sequence[float], boundaries: Sequence[float]) -> list[int]:
     """How many of the sorted ``ordered`` fall in each bucket: the first whose boundary
     is >= the value (the SDK's rule)."""
-    edges = [bisect_right(ordered, boundary) for boundary in boundaries]
-    return [b - a for a, b in zip([0, *edges], [*edges, len(ordered)], strict=True)]
+    edges = list(map(functools.partial(bisect_right, ordered), boundaries))
+    return list(map(operator.sub, [*edges, len(ordered)], [0, *edges]))
 
 
 # Up to 3.11 sum() adds floats one by one in order, as record() does; from 3.12 on it
@@ -219,8 +237,7 @@ def _merge(
                 if aggregation._value is None:
                     aggregation._value = aggregation._get_empty_bucket_counts()
                 counts = aggregation._value
-                for index, count in enumerate(batch):
-                    counts[index] += count
+                counts[:] = map(operator.add, counts, batch)
                 aggregation._sum = _add_in_order(aggregation._sum, values)
                 if aggregation._record_min_max:
                     aggregation._min = min(aggregation._min, low)
