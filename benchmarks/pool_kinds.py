@@ -1,8 +1,7 @@
 """The pool kinds of issue 12 side by side in one run: psycopg_pool, redis-py, httpx, aiohttp.
 
-For each library, every variant gets its own pool or client and its own SDK
-``MeterProvider`` (+ ``InMemoryMetricReader``) and ``TracerProvider`` (no
-exporter), then each round runs every variant once, in a rotating order:
+For each library, every variant has its own SDK ``MeterProvider`` (+
+``InMemoryMetricReader``) and ``TracerProvider`` (no exporter):
 
 - ``bare``: no instrumentation;
 - ``ours``: ``otel_backpressure.instrument(pool_or_client)``, every metric;
@@ -13,20 +12,29 @@ exporter), then each round runs every variant once, in a rotating order:
   ``HTTPXClientInstrumentor.instrument_client``, aiohttp-client's
   ``create_trace_config``): spans (and, for the HTTP clients, request
   metrics), a different product, shown as the anchor a user would otherwise
-  install.
+  install; it keeps a pool or client of its own;
+- ``floor`` (psycopg_pool and redis-py cycles): two hooks that only read the
+  clock three times and stamp the connection, recording nothing: the least
+  any per-checkout wait and use time can cost (see ``_floor``).
+
+``bare``, ``ours``, ``ours, timings off`` and ``floor`` share their pools or
+clients and instrument them only while they run (see ``Variant``).
 
 Workloads: psycopg_pool and redis-py a bare checkout/checkin cycle
 (``getconn``/``putconn``, ``get_connection``/``release``) and one with a
 trivial command (``SELECT 1``, ``PING``); httpx (sync) and aiohttp a GET of a
 two-byte answer from a uvicorn server in its own process on loopback.
 
-Each round times, per variant (after a few untimed operations that warm its
-caches), the operations, then a collection (which
-drains what the operations buffered: the timing samples are folded into the
-histograms there), then a second collection right after it, which has nothing
-new to fold: what every collection costs whatever the traffic (the SDK
-exporting each observable series, the pool reads). Three figures per variant,
-each the median over rounds of a ratio to ``bare`` in the same round:
+The cycles (and aiohttp) are timed in blocks (``_measure``): each round runs
+every variant once, in a rotating order, after a few untimed operations that
+warm its caches. The commands and httpx requests alternate one by one
+(``_interleaved``), which keeps the drift of a round trip's time out of the
+ratios. After its operations each variant's reader collects twice: the first
+collection folds what the operations buffered (the timing samples go into the
+histograms there), the second has nothing new to fold: what every collection
+costs whatever the traffic (the SDK exporting each observable series, the
+pool reads). Figures per variant, each the median over rounds of a ratio or
+difference to ``bare`` in the same round:
 
 - ``per op``: (operations + first collection - second collection) / n, the
   cost of an operation including its share of the deferred work, against
@@ -34,7 +42,11 @@ each the median over rounds of a ratio to ``bare`` in the same round:
 - ``1 collection/round``: (operations + first collection) / n, a collection
   every ``CYCLES``/``COMMANDS``/``REQUESTS`` operations (milliseconds apart;
   an exporter collects every 10-60 s), as earlier runs reported it;
-- ``collection``: the second collection's time, in microseconds.
+- ``collection``: the second collection's time, in microseconds;
+- ``CPU extra``: ``per op`` over bare's in this thread's CPU time
+  (``time.thread_time``), and ``implied``, 1 + that over bare's time per op:
+  the ratio the added work makes when nothing else moves (the package adds
+  work in the calling thread, never a wait).
 
     python -m benchmarks pool_kinds     # BACKPRESSURE_TEST_POSTGRES_URL / _REDIS_URL or defaults
 """
@@ -63,6 +75,10 @@ CYCLES = int(os.environ.get("BENCH_CYCLES", "1000"))
 COMMANDS = int(os.environ.get("BENCH_COMMANDS", "200"))
 REQUESTS = int(os.environ.get("BENCH_REQUESTS", "100"))
 VARIANTS = ("bare", "ours", "ours, timings off", "contrib")
+#: psycopg_pool and redis-py also run ``floor``: see ``_floor``.
+POOL_VARIANTS = (*VARIANTS, "floor")
+#: Pools or clients shared by the variants that are not ``contrib`` (one per rotated variant).
+LANES = 3
 
 Work = Callable[[int], None]
 
@@ -77,16 +93,33 @@ def _redis() -> str:
     return os.environ.get("BACKPRESSURE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
 
+def _nothing() -> None:
+    pass
+
+
 class Variant:
-    """One variant's client, its reader, and its two workloads."""
+    """One variant: its reader, the pool or client it runs on, its workloads.
 
-    __slots__ = ("cycle", "name", "reader", "request")
+    ``enter()`` is called before each of the variant's timed blocks and returns
+    what undoes it, called after: the variants of this package instrument
+    ``target`` for that block only. ``bare``, ``ours``, ``ours, timings off``
+    (and ``floor``) share their pools or clients (``lanes``): the cycles run all
+    of them on the first, and the commands rotate them over the lanes round by
+    round, so that no variant keeps the server processes (and their places on
+    the two cores) of one pool for a whole run, which moved a command row by up
+    to ±10% when each variant had a pool of its own.
+    """
 
-    def __init__(self, name: str, reader: InMemoryMetricReader) -> None:
+    __slots__ = ("cycle", "enter", "name", "one", "reader", "request", "target")
+
+    def __init__(self, name: str, reader: InMemoryMetricReader, target: Any) -> None:
         self.name = name
         self.reader = reader
+        self.target = target
         self.cycle: Work | None = None
         self.request: Work = lambda n: None
+        self.one: Callable[[], None] | None = None  # one command or request, sync clients
+        self.enter: Callable[[], Callable[[], None]] = lambda: _nothing
 
 
 def _providers() -> tuple[MeterProvider, TracerProvider, InMemoryMetricReader]:
@@ -94,99 +127,198 @@ def _providers() -> tuple[MeterProvider, TracerProvider, InMemoryMetricReader]:
     return MeterProvider(metric_readers=[reader]), TracerProvider(), reader
 
 
-def _ours(stack: ExitStack, name: str, target: Any, provider: MeterProvider) -> None:
-    if name.startswith("ours"):
-        handle = otel_backpressure.instrument(
-            target, meter_provider=provider, timings=name == "ours"
-        )
-        stack.callback(handle.uninstrument)
+def _ours(variant: Variant, provider: MeterProvider) -> None:
+    """Make ``variant`` (if one of this package's) instrument its target for each block."""
+    if variant.name.startswith("ours"):
+        timings = variant.name == "ours"
+
+        def enter() -> Callable[[], None]:
+            target: Any = variant.target
+            handle = otel_backpressure.instrument(target, meter_provider=provider, timings=timings)
+            undo: Callable[[], None] = handle.uninstrument
+            return undo
+
+        variant.enter = enter
 
 
-def psycopg_variant(stack: ExitStack, name: str) -> Variant:
+def _floor(variant: Variant, pool_of: Callable[[Any], Any], acquire: str, give_back: str) -> None:
+    """The least any wait and use timing costs: two hooks, three clock reads, a stamp.
+
+    The checkout and checkin are shadowed on the instance as this package
+    shadows them (psycopg_pool's ``getconn`` with its own signature, redis-py's
+    ``get_connection`` taking anything), and do only what any per-checkout
+    wait time and use time needs: read the clock before and after the
+    checkout and stamp the connection, read the clock at checkin. The
+    durations are left on the connection, never recorded: a lower bound on the
+    ``ours`` row of a bare cycle, not something a user could run.
+    """
+    if variant.name != "floor":
+        return
+    clock = time.perf_counter
+
+    def enter() -> Callable[[], None]:
+        pool = pool_of(variant.target)
+        take, give = getattr(pool, acquire), getattr(pool, give_back)
+        checkout: Callable[..., Any]
+        if acquire == "getconn":
+
+            def checkout(timeout: float | None = None) -> Any:
+                start = clock()
+                connection = take(timeout)
+                connection.floor_out = now = clock()
+                connection.floor_wait = now - start
+                return connection
+
+        else:
+
+            def checkout(*args: Any, **kwargs: Any) -> Any:
+                start = clock()
+                connection = take(*args, **kwargs) if args or kwargs else take()
+                connection.floor_out = now = clock()
+                connection.floor_wait = now - start
+                return connection
+
+        def checkin(connection: Any) -> Any:
+            connection.floor_use = clock() - connection.floor_out
+            return give(connection)
+
+        setattr(pool, acquire, checkout)
+        setattr(pool, give_back, checkin)
+
+        def leave() -> None:
+            delattr(pool, acquire)
+            delattr(pool, give_back)
+
+        return leave
+
+    variant.enter = enter
+
+
+def psycopg_variant(stack: ExitStack, name: str, lanes: list[Any]) -> Variant:
     import psycopg_pool
     from opentelemetry.instrumentation.psycopg import PsycopgInstrumentor
 
     meters, tracers, reader = _providers()
-    configure = None
+
+    def configure(connection: Any) -> None:
+        PsycopgInstrumentor().instrument_connection(connection, tracer_provider=tracers)
+
+    def new_pool(contrib: bool) -> Any:
+        pool = psycopg_pool.ConnectionPool(
+            _postgres(), min_size=4, max_size=4, configure=configure if contrib else None, open=True
+        )
+        stack.callback(pool.close)
+        pool.wait()
+        return pool
+
     if name == "contrib":
-
-        def configure(connection: Any) -> None:
-            PsycopgInstrumentor().instrument_connection(connection, tracer_provider=tracers)
-
-    pool = psycopg_pool.ConnectionPool(
-        _postgres(), min_size=2, max_size=2, configure=configure, open=True
-    )
-    stack.callback(pool.close)
-    pool.wait()
-    _ours(stack, name, pool, meters)
-    variant = Variant(name, reader)
+        variant = Variant(name, reader, new_pool(contrib=True))
+    else:
+        while len(lanes) < LANES:
+            lanes.append(new_pool(contrib=False))
+        variant = Variant(name, reader, lanes[0])
+    _ours(variant, meters)
+    _floor(variant, lambda pool: pool, "getconn", "putconn")
 
     def cycle(n: int) -> None:
+        pool = variant.target
         getconn, putconn = pool.getconn, pool.putconn
         for _ in range(n):
             putconn(getconn())
 
+    def one() -> None:
+        with variant.target.connection() as connection:
+            connection.execute("SELECT 1").fetchone()
+
     def request(n: int) -> None:
         for _ in range(n):
-            with pool.connection() as connection:
-                connection.execute("SELECT 1").fetchone()
+            one()
 
-    variant.cycle, variant.request = cycle, request
+    variant.cycle, variant.request, variant.one = cycle, request, one
     return variant
 
 
-def redis_variant(stack: ExitStack, name: str) -> Variant:
+def redis_variant(stack: ExitStack, name: str, lanes: list[Any]) -> Variant:
     import redis
     from opentelemetry.instrumentation.redis import RedisInstrumentor
 
     meters, tracers, reader = _providers()
-    client = redis.Redis.from_url(_redis(), max_connections=4)
-    stack.callback(client.close)
+
+    def new_client() -> Any:
+        client = redis.Redis.from_url(_redis(), max_connections=4)
+        stack.callback(client.close)
+        return client
+
     if name == "contrib":
+        client = new_client()
         RedisInstrumentor.instrument_client(client, tracer_provider=tracers)
         stack.callback(RedisInstrumentor.uninstrument_client, client)
-    _ours(stack, name, client, meters)
-    pool = client.connection_pool
-    variant = Variant(name, reader)
+        variant = Variant(name, reader, client)
+    else:
+        while len(lanes) < LANES:
+            lanes.append(new_client())
+        variant = Variant(name, reader, lanes[0])
+    _ours(variant, meters)
+    _floor(variant, lambda client: client.connection_pool, "get_connection", "release")
 
     def cycle(n: int) -> None:
+        pool = variant.target.connection_pool
         for _ in range(n):
             pool.release(pool.get_connection())
 
+    def one() -> None:
+        variant.target.ping()
+
     def request(n: int) -> None:
-        ping = client.ping
+        ping = variant.target.ping
         for _ in range(n):
             ping()
 
-    variant.cycle, variant.request = cycle, request
+    variant.cycle, variant.request, variant.one = cycle, request, one
     return variant
 
 
-def httpx_variant(stack: ExitStack, name: str, url: str) -> Variant:
+def httpx_variant(stack: ExitStack, name: str, url: str, lanes: list[Any]) -> Variant:
     import httpx
     from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
 
     meters, tracers, reader = _providers()
-    client = httpx.Client(limits=httpx.Limits(max_connections=4))
-    stack.callback(client.close)
+
+    def new_client() -> Any:
+        client = httpx.Client(limits=httpx.Limits(max_connections=4))
+        stack.callback(client.close)
+        return client
+
     if name == "contrib":
+        client = new_client()
         HTTPXClientInstrumentor.instrument_client(
             client, tracer_provider=tracers, meter_provider=meters
         )
-    _ours(stack, name, client, meters)
-    variant = Variant(name, reader)
+        variant = Variant(name, reader, client)
+    else:
+        while len(lanes) < LANES:
+            lanes.append(new_client())
+        variant = Variant(name, reader, lanes[0])
+    _ours(variant, meters)
+
+    def one() -> None:
+        variant.target.get(url)
 
     def request(n: int) -> None:
-        get = client.get
+        get = variant.target.get
         for _ in range(n):
             get(url)
 
-    variant.request = request
+    variant.request, variant.one = request, one
     return variant
 
 
 def aiohttp_variant(
-    stack: ExitStack, name: str, url: str, loop: asyncio.AbstractEventLoop
+    stack: ExitStack,
+    name: str,
+    url: str,
+    loop: asyncio.AbstractEventLoop,
+    lanes: list[Any],
 ) -> Variant:
     import aiohttp
     from opentelemetry.instrumentation.aiohttp_client import create_trace_config
@@ -199,10 +331,14 @@ def aiohttp_variant(
             configs.append(create_trace_config(tracer_provider=tracers, meter_provider=meters))
         return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=4), trace_configs=configs)
 
-    session = loop.run_until_complete(make())
-    stack.callback(lambda: loop.run_until_complete(session.close()))
-    _ours(stack, name, session, meters)
-    variant = Variant(name, reader)
+    session = None if name == "contrib" or not lanes else lanes[0]
+    if session is None:
+        session = loop.run_until_complete(make())
+        stack.callback(loop.run_until_complete, session.close())
+        if name != "contrib":
+            lanes.append(session)
+    variant = Variant(name, reader, session)
+    _ours(variant, meters)
 
     async def requests(n: int) -> None:
         for _ in range(n):
@@ -219,26 +355,39 @@ class Timing(NamedTuple):
     per_op: float  # operations + what the first collection folded, per operation
     all_in: float  # operations + the whole first collection, per operation
     collection: float  # the second collection: nothing new to fold
+    cpu_per_op: float  # per_op in this thread's CPU time
 
 
 def _timed(variant: Variant, work: Work, n: int) -> Timing:
-    collect, clock = variant.reader.get_metrics_data, time.perf_counter
+    leave = variant.enter()
+    try:
+        return _timed_block(variant.reader.get_metrics_data, work, n)
+    finally:
+        leave()
+
+
+def _timed_block(collect: Callable[[], object], work: Work, n: int) -> Timing:
     # Untimed, a few operations first: the variant timed before this one (and its
     # collections) left the caches full of its own code, which would otherwise
     # be charged to whichever variant follows it in the rotation. Their timings
     # are folded by the timed collection: charged to the n operations (5% more
     # values than they buffered, against this package).
+    clock, cpu = time.perf_counter, time.thread_time
     collect()
     work(max(1, n // 20))
-    start = clock()
+    cpu_start, start = cpu(), clock()
     work(n)
-    worked = clock()
     collect()  # folds what the operations buffered
-    first = clock()
+    first, cpu_first = clock(), cpu()
     collect()  # nothing new to fold: the cost of any collection
-    second = clock()
+    second, cpu_second = clock(), cpu()
     fixed = second - first
-    return Timing((worked - start + (first - worked) - fixed) / n, (first - start) / n, fixed)
+    return Timing(
+        (first - start - fixed) / n,
+        (first - start) / n,
+        fixed,
+        (cpu_first - cpu_start - (cpu_second - cpu_first)) / n,
+    )
 
 
 class Row(NamedTuple):
@@ -249,43 +398,51 @@ class Row(NamedTuple):
     all_in: float  # with one collection per round, to bare
     collection_us: float
     bare_us: float
+    cpu_extra_us: float  # per op, over bare, in this thread's CPU time
+    implied: float  # 1 + cpu_extra_us / bare_us: the ratio the added CPU makes of bare's time
 
 
 def _measure(label: str, variants: list[Variant], pick: str, n: int) -> list[Row]:
+    """Cycle rows (and aiohttp's): each variant times a block of ``n`` in turn, rotating."""
     works = {v.name: getattr(v, pick) for v in variants}
     for variant in variants:  # warm: connections open, caches filled
-        works[variant.name](max(10, n // 10))
-        variant.reader.get_metrics_data()
-    ratios: dict[str, list[float]] = {v.name: [] for v in variants}
-    all_in: dict[str, list[float]] = {v.name: [] for v in variants}
-    extra: dict[str, list[float]] = {v.name: [] for v in variants}
-    collections: dict[str, list[float]] = {v.name: [] for v in variants}
-    bare_times: list[float] = []
+        leave = variant.enter()
+        try:
+            works[variant.name](max(10, n // 10))
+            variant.reader.get_metrics_data()
+        finally:
+            leave()
+    totals: dict[str, list[Timing]] = {v.name: [] for v in variants}
     for round_ in range(ROUNDS):
         shift = round_ % len(variants)
-        order = variants[shift:] + variants[:shift]
-        times = {v.name: _timed(v, works[v.name], n) for v in order}
-        bare = times["bare"]
-        bare_times.append(bare.per_op)
-        for v in variants:
-            mine = times[v.name]
-            ratios[v.name].append(mine.per_op / bare.per_op)
-            all_in[v.name].append(mine.all_in / bare.all_in)
-            extra[v.name].append(mine.per_op - bare.per_op)
-            collections[v.name].append(mine.collection)
+        for v in variants[shift:] + variants[:shift]:
+            totals[v.name].append(_timed(v, works[v.name], n))
+    return _rows(label, totals)
+
+
+def _rows(label: str, totals: dict[str, list[Timing]]) -> list[Row]:
+    """Each variant's medians over rounds of its ratio to ``bare`` in the same round."""
+    bare = totals["bare"]
     median = statistics.median
-    return [
-        Row(
-            label,
-            v.name,
-            median(ratios[v.name]),
-            median(extra[v.name]) * 1e6,
-            median(all_in[v.name]),
-            median(collections[v.name]) * 1e6,
-            median(bare_times) * 1e6,
+    bare_us = median(base.per_op for base in bare) * 1e6
+    rows = []
+    for name, timings in totals.items():
+        pairs = list(zip(timings, bare, strict=True))
+        cpu_extra_us = median(mine.cpu_per_op - base.cpu_per_op for mine, base in pairs) * 1e6
+        rows.append(
+            Row(
+                label,
+                name,
+                median(mine.per_op / base.per_op for mine, base in pairs),
+                median(mine.per_op - base.per_op for mine, base in pairs) * 1e6,
+                median(mine.all_in / base.all_in for mine, base in pairs),
+                median(mine.collection for mine in timings) * 1e6,
+                bare_us,
+                cpu_extra_us,
+                1 + cpu_extra_us / bare_us,
+            )
         )
-        for v in variants
-    ]
+    return rows
 
 
 def _server() -> tuple[subprocess.Popen[bytes], str]:
@@ -308,23 +465,90 @@ def _server() -> tuple[subprocess.Popen[bytes], str]:
     raise RuntimeError("uvicorn did not start")
 
 
+def _interleaved(label: str, variants: list[Variant], lanes: list[Any], n: int) -> list[Row]:
+    """Command rows: the variants' commands alternate one by one, each timed alone.
+
+    A command is a round trip to a server process sharing the two busy cores,
+    and its time drifts over milliseconds with whatever else runs: timed in
+    blocks, one variant after another, that drift decided the ratio. Here the
+    i-th command of every variant runs back to back (their order rotating
+    with i), so drift reaches all of them alike; each is timed by itself (two
+    clock reads, well under 0.1% of a command, alike for all). The pools or
+    clients rotate over the variants round by round (see ``Variant``). Each
+    round then collects every variant as ``_timed`` does (per op: commands +
+    first collection - second collection, over n).
+    """
+    rotating = [v for v in variants if v.name in VARIANTS and v.name != "contrib"]
+    for variant in variants:  # warm: connections open, caches filled
+        leave = variant.enter()
+        try:
+            variant.request(max(10, n // 10))
+            variant.reader.get_metrics_data()
+        finally:
+            leave()
+    playing = [v for v in variants if v.name in VARIANTS]
+    clock, cpu = time.perf_counter, time.thread_time
+    totals: dict[str, list[Timing]] = {v.name: [] for v in playing}
+    for round_ in range(ROUNDS):
+        for index, variant in enumerate(rotating):
+            variant.target = lanes[(index + round_) % len(lanes)]
+        with ExitStack() as entered:
+            for variant in playing:
+                entered.callback(variant.enter())
+            for variant in playing:
+                variant.reader.get_metrics_data()
+                variant.request(max(1, n // 20))
+            spent = dict.fromkeys(totals, 0.0)
+            used = dict.fromkeys(totals, 0.0)
+            ones = [(v.name, v.one) for v in playing if v.one is not None]
+            for i in range(n):
+                shift = i % len(ones)
+                for name, one in ones[shift:] + ones[:shift]:
+                    cpu_start, start = cpu(), clock()
+                    one()
+                    spent[name] += clock() - start
+                    used[name] += cpu() - cpu_start
+            for variant in playing:
+                cpu_start, start = cpu(), clock()
+                variant.reader.get_metrics_data()  # folds what the commands buffered
+                first, cpu_first = clock(), cpu()
+                variant.reader.get_metrics_data()  # nothing new to fold
+                fixed, cpu_fixed = clock() - first, cpu() - cpu_first
+                worked = spent[variant.name] + first - start
+                totals[variant.name].append(
+                    Timing(
+                        (worked - fixed) / n,
+                        worked / n,
+                        fixed,
+                        (used[variant.name] + cpu_first - cpu_start - cpu_fixed) / n,
+                    )
+                )
+    for variant in rotating:
+        variant.target = lanes[0]
+    return _rows(label, totals)
+
+
 def run() -> list[Row]:
     rows: list[Row] = []
     with ExitStack() as stack:
-        psycopg = [psycopg_variant(stack, name) for name in VARIANTS]
+        lanes: list[Any] = []
+        psycopg = [psycopg_variant(stack, name, lanes) for name in POOL_VARIANTS]
         rows += _measure("psycopg_pool checkout/checkin", psycopg, "cycle", CYCLES)
-        rows += _measure("psycopg_pool + SELECT 1", psycopg, "request", COMMANDS)
-        redis = [redis_variant(stack, name) for name in VARIANTS]
+        rows += _interleaved("psycopg_pool + SELECT 1", psycopg, lanes, COMMANDS)
+        lanes = []
+        redis = [redis_variant(stack, name, lanes) for name in POOL_VARIANTS]
         rows += _measure("redis-py checkout/checkin", redis, "cycle", CYCLES)
-        rows += _measure("redis-py + PING", redis, "request", COMMANDS)
+        rows += _interleaved("redis-py + PING", redis, lanes, COMMANDS)
         process, url = _server()
         stack.callback(process.wait, 10)
         stack.callback(process.terminate)
-        httpx = [httpx_variant(stack, name, url) for name in VARIANTS]
-        rows += _measure("httpx GET", httpx, "request", REQUESTS)
+        lanes = []
+        httpx = [httpx_variant(stack, name, url, lanes) for name in VARIANTS]
+        rows += _interleaved("httpx GET", httpx, lanes, REQUESTS)
         loop = asyncio.new_event_loop()
         stack.callback(loop.close)
-        aiohttp = [aiohttp_variant(stack, name, url, loop) for name in VARIANTS]
+        lanes = []
+        aiohttp = [aiohttp_variant(stack, name, url, loop, lanes) for name in VARIANTS]
         rows += _measure("aiohttp GET", aiohttp, "request", REQUESTS)
     return rows
 
@@ -337,13 +561,14 @@ def main() -> None:
     )
     print(
         f"{'workload':<32}{'variant':<20}{'per op':>8}{'extra us/op':>13}"
-        f"{'1 collection/round':>20}{'collection us':>15}"
+        f"{'1 collection/round':>20}{'collection us':>15}{'CPU extra us':>14}{'implied':>9}"
     )
     for row in rows:
         suffix = f"   (bare: {row.bare_us:.1f} us/op)" if row.variant == "bare" else ""
         print(
             f"{row.workload:<32}{row.variant:<20}{row.ratio:>8.3f}{row.extra_us:>13.2f}"
-            f"{row.all_in:>20.3f}{row.collection_us:>15.0f}{suffix}"
+            f"{row.all_in:>20.3f}{row.collection_us:>15.0f}{row.cpu_extra_us:>14.2f}"
+            f"{row.implied:>9.3f}{suffix}"
         )
 
 
