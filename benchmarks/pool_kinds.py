@@ -127,6 +127,24 @@ def _providers() -> tuple[MeterProvider, TracerProvider, InMemoryMetricReader]:
     return MeterProvider(metric_readers=[reader]), TracerProvider(), reader
 
 
+def _placed(
+    name: str,
+    reader: InMemoryMetricReader,
+    lanes: list[Any],
+    new: Callable[[], Any],
+    contrib: Callable[[Any], object] = lambda target: None,
+) -> Variant:
+    """``contrib`` on a pool or client of its own (``new()``, then ``contrib(it)``), any
+    other variant on the shared ``lanes`` (made with ``new()`` by the first)."""
+    if name == "contrib":
+        target = new()
+        contrib(target)
+        return Variant(name, reader, target)
+    while len(lanes) < LANES:
+        lanes.append(new())
+    return Variant(name, reader, lanes[0])
+
+
 def _ours(variant: Variant, provider: MeterProvider) -> None:
     """Make ``variant`` (if one of this package's) instrument its target for each block."""
     if variant.name.startswith("ours"):
@@ -211,12 +229,7 @@ def psycopg_variant(stack: ExitStack, name: str, lanes: list[Any]) -> Variant:
         pool.wait()
         return pool
 
-    if name == "contrib":
-        variant = Variant(name, reader, new_pool(contrib=True))
-    else:
-        while len(lanes) < LANES:
-            lanes.append(new_pool(contrib=False))
-        variant = Variant(name, reader, lanes[0])
+    variant = _placed(name, reader, lanes, lambda: new_pool(contrib=name == "contrib"))
     _ours(variant, meters)
     _floor(variant, lambda pool: pool, "getconn", "putconn")
 
@@ -249,15 +262,11 @@ def redis_variant(stack: ExitStack, name: str, lanes: list[Any]) -> Variant:
         stack.callback(client.close)
         return client
 
-    if name == "contrib":
-        client = new_client()
+    def contrib(client: Any) -> None:
         RedisInstrumentor.instrument_client(client, tracer_provider=tracers)
         stack.callback(RedisInstrumentor.uninstrument_client, client)
-        variant = Variant(name, reader, client)
-    else:
-        while len(lanes) < LANES:
-            lanes.append(new_client())
-        variant = Variant(name, reader, lanes[0])
+
+    variant = _placed(name, reader, lanes, new_client, contrib)
     _ours(variant, meters)
     _floor(variant, lambda client: client.connection_pool, "get_connection", "release")
 
@@ -289,16 +298,12 @@ def httpx_variant(stack: ExitStack, name: str, url: str, lanes: list[Any]) -> Va
         stack.callback(client.close)
         return client
 
-    if name == "contrib":
-        client = new_client()
+    def contrib(client: Any) -> None:
         HTTPXClientInstrumentor.instrument_client(
             client, tracer_provider=tracers, meter_provider=meters
         )
-        variant = Variant(name, reader, client)
-    else:
-        while len(lanes) < LANES:
-            lanes.append(new_client())
-        variant = Variant(name, reader, lanes[0])
+
+    variant = _placed(name, reader, lanes, new_client, contrib)
     _ours(variant, meters)
 
     def one() -> None:
