@@ -26,8 +26,8 @@ trivial command (``SELECT 1``, ``PING``); httpx (sync) and aiohttp a GET of a
 two-byte answer from a uvicorn server in its own process on loopback.
 
 The cycles (and aiohttp) are timed in blocks (``_measure``): each round runs
-every variant once, in a rotating order, after a few untimed operations that
-warm its caches. The commands and httpx requests alternate one by one
+every variant once, in an order shuffled per round, after a few untimed
+operations that warm its caches. The commands and httpx requests alternate one by one
 (``_interleaved``), which keeps the drift of a round trip's time out of the
 ratios. After its operations each variant's reader collects twice: the first
 collection folds what the operations buffered (the timing samples go into the
@@ -55,13 +55,14 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import statistics
 import subprocess
 import sys
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
@@ -374,9 +375,9 @@ def _timed(variant: Variant, work: Work, n: int) -> Timing:
 def _timed_block(collect: Callable[[], object], work: Work, n: int) -> Timing:
     # Untimed, a few operations first: the variant timed before this one (and its
     # collections) left the caches full of its own code, which would otherwise
-    # be charged to whichever variant follows it in the rotation. Their timings
-    # are folded by the timed collection: charged to the n operations (5% more
-    # values than they buffered, against this package).
+    # be charged to whichever variant follows it. Their timings are folded by
+    # the timed collection: charged to the n operations (5% more values than
+    # they buffered, against this package).
     clock, cpu = time.perf_counter, time.thread_time
     collect()
     work(max(1, n // 20))
@@ -407,8 +408,23 @@ class Row(NamedTuple):
     implied: float  # 1 + cpu_extra_us / bare_us: the ratio the added CPU makes of bare's time
 
 
+_T = TypeVar("_T")
+
+
+def _shuffled(items: list[_T], seed: int) -> list[_T]:
+    """``items`` in an order drawn anew for each ``seed`` (repeatable from run to run).
+
+    Not rotated: a rotation keeps every variant after the same one, and the
+    variant after ``contrib`` (its spans' garbage, its caches) came out 2-3%
+    slower in every run, making the others look faster than ``bare``.
+    """
+    order = list(items)
+    random.Random(seed).shuffle(order)
+    return order
+
+
 def _measure(label: str, variants: list[Variant], pick: str, n: int) -> list[Row]:
-    """Cycle rows (and aiohttp's): each variant times a block of ``n`` in turn, rotating."""
+    """Cycle rows (and aiohttp's): each variant times a block of ``n`` in turn, shuffled."""
     works = {v.name: getattr(v, pick) for v in variants}
     for variant in variants:  # warm: connections open, caches filled
         leave = variant.enter()
@@ -419,8 +435,7 @@ def _measure(label: str, variants: list[Variant], pick: str, n: int) -> list[Row
             leave()
     totals: dict[str, list[Timing]] = {v.name: [] for v in variants}
     for round_ in range(ROUNDS):
-        shift = round_ % len(variants)
-        for v in variants[shift:] + variants[:shift]:
+        for v in _shuffled(variants, round_):
             totals[v.name].append(_timed(v, works[v.name], n))
     return _rows(label, totals)
 
@@ -476,8 +491,8 @@ def _interleaved(label: str, variants: list[Variant], lanes: list[Any], n: int) 
     A command is a round trip to a server process sharing the two busy cores,
     and its time drifts over milliseconds with whatever else runs: timed in
     blocks, one variant after another, that drift decided the ratio. Here the
-    i-th command of every variant runs back to back (their order rotating
-    with i), so drift reaches all of them alike; each is timed by itself (two
+    i-th command of every variant runs back to back (in an order shuffled
+    anew each time), so drift reaches all of them alike; each is timed by itself (two
     clock reads, well under 0.1% of a command, alike for all). The pools or
     clients rotate over the variants round by round (see ``Variant``). Each
     round then collects every variant as ``_timed`` does (per op: commands +
@@ -507,8 +522,7 @@ def _interleaved(label: str, variants: list[Variant], lanes: list[Any], n: int) 
             used = dict.fromkeys(totals, 0.0)
             ones = [(v.name, v.one) for v in playing if v.one is not None]
             for i in range(n):
-                shift = i % len(ones)
-                for name, one in ones[shift:] + ones[:shift]:
+                for name, one in _shuffled(ones, round_ * n + i):
                     cpu_start, start = cpu(), clock()
                     one()
                     spent[name] += clock() - start
