@@ -27,13 +27,15 @@ two-byte answer from a uvicorn server in its own process on loopback.
 
 The cycles (and aiohttp) are timed in blocks (``_measure``): each round runs
 every variant once, in an order shuffled per round, after a few untimed
-operations that warm its caches. The commands and httpx requests alternate one by one
-(``_interleaved``), which keeps the drift of a round trip's time out of the
-ratios. After its operations each variant's reader collects twice: the first
-collection folds what the operations buffered (the timing samples go into the
-histograms there), the second has nothing new to fold: what every collection
-costs whatever the traffic (the SDK exporting each observable series, the
-pool reads). Figures per variant, each the median over rounds of a ratio or
+operations that warm its caches. The commands and httpx requests alternate
+one by one (``_interleaved``), which keeps the drift of a round trip's time
+out of the ratios. After its operations each variant's reader collects twice:
+the first collection folds what the operations buffered (the timing samples
+go into the histograms there); then the same operations run on a pool or
+client nobody instruments, and the second collection has nothing new to fold
+but finds the caches as cold as the first did: what every collection costs
+whatever the traffic (the SDK exporting each observable series, the pool
+reads). Figures per variant, each the median over rounds of a ratio or
 difference to ``bare`` in the same round:
 
 - ``per op``: (operations + first collection - second collection) / n, the
@@ -79,7 +81,7 @@ VARIANTS = ("bare", "ours", "ours, timings off", "contrib")
 #: psycopg_pool and redis-py also run ``floor``: see ``_floor``.
 POOL_VARIANTS = (*VARIANTS, "floor")
 #: Pools or clients shared by the variants that are not ``contrib`` (one per rotated variant).
-LANES = 3
+LANES = 4
 
 Work = Callable[[int], None]
 
@@ -134,14 +136,16 @@ def _placed(
     lanes: list[Any],
     new: Callable[[], Any],
     contrib: Callable[[Any], object] = lambda target: None,
+    count: int = LANES,
 ) -> Variant:
     """``contrib`` on a pool or client of its own (``new()``, then ``contrib(it)``), any
-    other variant on the shared ``lanes`` (made with ``new()`` by the first)."""
+    other variant on the shared ``lanes`` (``count`` of them, made with ``new()`` by the
+    first)."""
     if name == "contrib":
         target = new()
         contrib(target)
         return Variant(name, reader, target)
-    while len(lanes) < LANES:
+    while len(lanes) < count:
         lanes.append(new())
     return Variant(name, reader, lanes[0])
 
@@ -337,18 +341,18 @@ def aiohttp_variant(
             configs.append(create_trace_config(tracer_provider=tracers, meter_provider=meters))
         return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=4), trace_configs=configs)
 
-    session = None if name == "contrib" or not lanes else lanes[0]
-    if session is None:
+    def new_session() -> Any:
         session = loop.run_until_complete(make())
         stack.callback(loop.run_until_complete, session.close())
-        if name != "contrib":
-            lanes.append(session)
-    variant = Variant(name, reader, session)
+        return session
+
+    variant = _placed(name, reader, lanes, new_session, count=2)
     _ours(variant, meters)
 
     async def requests(n: int) -> None:
+        get = variant.target.get
         for _ in range(n):
-            async with session.get(url) as response:
+            async with get(url) as response:
                 await response.read()
 
     variant.request = lambda n: loop.run_until_complete(requests(n))
@@ -360,19 +364,21 @@ class Timing(NamedTuple):
 
     per_op: float  # operations + what the first collection folded, per operation
     all_in: float  # operations + the whole first collection, per operation
-    collection: float  # the second collection: nothing new to fold
+    collection: float  # the second collection: nothing new to fold, caches as cold
     cpu_per_op: float  # per_op in this thread's CPU time
 
 
-def _timed(variant: Variant, work: Work, n: int) -> Timing:
+def _timed(variant: Variant, work: Work, n: int, pollute: Work) -> Timing:
     leave = variant.enter()
     try:
-        return _timed_block(variant.reader.get_metrics_data, work, n)
+        return _timed_block(variant.reader.get_metrics_data, work, n, pollute)
     finally:
         leave()
 
 
-def _timed_block(collect: Callable[[], object], work: Work, n: int) -> Timing:
+def _timed_block(collect: Callable[[], object], work: Work, n: int, pollute: Work) -> Timing:
+    """One variant's block: ``n`` operations, then two collections, both after ``pollute``
+    has run the same operations uninstrumented (see ``_pollution``)."""
     # Untimed, a few operations first: the variant timed before this one (and its
     # collections) left the caches full of its own code, which would otherwise
     # be charged to whichever variant follows it. Their timings are folded by
@@ -385,15 +391,29 @@ def _timed_block(collect: Callable[[], object], work: Work, n: int) -> Timing:
     work(n)
     collect()  # folds what the operations buffered
     first, cpu_first = clock(), cpu()
-    collect()  # nothing new to fold: the cost of any collection
-    second, cpu_second = clock(), cpu()
-    fixed = second - first
+    pollute(_pollution(n))
+    cpu_second_start, second_start = cpu(), clock()
+    collect()  # nothing new to fold: what any collection costs
+    fixed, cpu_fixed = clock() - second_start, cpu() - cpu_second_start
     return Timing(
         (first - start - fixed) / n,
         (first - start) / n,
         fixed,
-        (cpu_first - cpu_start - (cpu_second - cpu_first)) / n,
+        (cpu_first - cpu_start - cpu_fixed) / n,
     )
+
+
+def _pollution(n: int) -> int:
+    """How many uninstrumented operations run between a variant's two collections.
+
+    A collection right after another finds the SDK's code and data in the
+    caches and took half the time of one after the operations (redis-py, 200
+    ``PING``: 450 against 210 µs with timings off, which fold nothing), so
+    ``first - second`` charged about 1.2 µs of cold caches to every command.
+    The same operations on a pool or client nobody instruments leave the caches
+    as the variant's own operations left them, and buffer nothing.
+    """
+    return max(10, n // 10)
 
 
 class Row(NamedTuple):
@@ -423,9 +443,15 @@ def _shuffled(items: list[_T], seed: int) -> list[_T]:
     return order
 
 
-def _measure(label: str, variants: list[Variant], pick: str, n: int) -> list[Row]:
-    """Cycle rows (and aiohttp's): each variant times a block of ``n`` in turn, shuffled."""
+def _measure(label: str, variants: list[Variant], pick: str, n: int, spare: Any) -> list[Row]:
+    """Cycle rows (and aiohttp's): each variant times a block of ``n`` in turn, shuffled.
+
+    ``spare`` is a pool or client no variant instruments, for ``bare``'s operations
+    between two collections (see ``_pollution``).
+    """
     works = {v.name: getattr(v, pick) for v in variants}
+    bare = next(v for v in variants if v.name == "bare")
+    pollute = _on(bare, spare, pick)
     for variant in variants:  # warm: connections open, caches filled
         leave = variant.enter()
         try:
@@ -436,8 +462,21 @@ def _measure(label: str, variants: list[Variant], pick: str, n: int) -> list[Row
     totals: dict[str, list[Timing]] = {v.name: [] for v in variants}
     for round_ in range(ROUNDS):
         for v in _shuffled(variants, round_):
-            totals[v.name].append(_timed(v, works[v.name], n))
+            totals[v.name].append(_timed(v, works[v.name], n, pollute))
     return _rows(label, totals)
+
+
+def _on(variant: Variant, target: Any, pick: str) -> Work:
+    """``variant``'s ``pick`` workload run on ``target`` instead of its own."""
+
+    def work(n: int) -> None:
+        own, variant.target = variant.target, target
+        try:
+            getattr(variant, pick)(n)
+        finally:
+            variant.target = own
+
+    return work
 
 
 def _rows(label: str, totals: dict[str, list[Timing]]) -> list[Row]:
@@ -492,13 +531,14 @@ def _interleaved(label: str, variants: list[Variant], lanes: list[Any], n: int) 
     and its time drifts over milliseconds with whatever else runs: timed in
     blocks, one variant after another, that drift decided the ratio. Here the
     i-th command of every variant runs back to back (in an order shuffled
-    anew each time), so drift reaches all of them alike; each is timed by itself (two
-    clock reads, well under 0.1% of a command, alike for all). The pools or
-    clients rotate over the variants round by round (see ``Variant``). Each
-    round then collects every variant as ``_timed`` does (per op: commands +
-    first collection - second collection, over n).
+    anew each time), so drift reaches all of them alike; each is timed by
+    itself (two clock reads, well under 0.1% of a command, alike for all). The
+    pools or clients rotate over the variants round by round (see
+    ``Variant``). Each round then collects every variant as ``_timed`` does,
+    ``bare``'s commands on its own lane running between the two collections
+    (per op: commands + first collection - second collection, over n).
     """
-    rotating = [v for v in variants if v.name in VARIANTS and v.name != "contrib"]
+    rotating = [v for v in variants if v.name != "contrib"]
     for variant in variants:  # warm: connections open, caches filled
         leave = variant.enter()
         try:
@@ -506,7 +546,7 @@ def _interleaved(label: str, variants: list[Variant], lanes: list[Any], n: int) 
             variant.reader.get_metrics_data()
         finally:
             leave()
-    playing = [v for v in variants if v.name in VARIANTS]
+    playing = variants
     clock, cpu = time.perf_counter, time.thread_time
     totals: dict[str, list[Timing]] = {v.name: [] for v in playing}
     for round_ in range(ROUNDS):
@@ -527,12 +567,15 @@ def _interleaved(label: str, variants: list[Variant], lanes: list[Any], n: int) 
                     one()
                     spent[name] += clock() - start
                     used[name] += cpu() - cpu_start
+            bare = next(v for v in playing if v.name == "bare")  # on a lane nobody instruments
             for variant in playing:
                 cpu_start, start = cpu(), clock()
                 variant.reader.get_metrics_data()  # folds what the commands buffered
                 first, cpu_first = clock(), cpu()
+                bare.request(_pollution(n))
+                cpu_second, second = cpu(), clock()
                 variant.reader.get_metrics_data()  # nothing new to fold
-                fixed, cpu_fixed = clock() - first, cpu() - cpu_first
+                fixed, cpu_fixed = clock() - second, cpu() - cpu_second
                 worked = spent[variant.name] + first - start
                 totals[variant.name].append(
                     Timing(
@@ -552,11 +595,11 @@ def run() -> list[Row]:
     with ExitStack() as stack:
         lanes: list[Any] = []
         psycopg = [psycopg_variant(stack, name, lanes) for name in POOL_VARIANTS]
-        rows += _measure("psycopg_pool checkout/checkin", psycopg, "cycle", CYCLES)
+        rows += _measure("psycopg_pool checkout/checkin", psycopg, "cycle", CYCLES, lanes[1])
         rows += _interleaved("psycopg_pool + SELECT 1", psycopg, lanes, COMMANDS)
         lanes = []
         redis = [redis_variant(stack, name, lanes) for name in POOL_VARIANTS]
-        rows += _measure("redis-py checkout/checkin", redis, "cycle", CYCLES)
+        rows += _measure("redis-py checkout/checkin", redis, "cycle", CYCLES, lanes[1])
         rows += _interleaved("redis-py + PING", redis, lanes, COMMANDS)
         process, url = _server()
         stack.callback(process.wait, 10)
@@ -568,7 +611,7 @@ def run() -> list[Row]:
         stack.callback(loop.close)
         lanes = []
         aiohttp = [aiohttp_variant(stack, name, url, loop, lanes) for name in VARIANTS]
-        rows += _measure("aiohttp GET", aiohttp, "request", REQUESTS)
+        rows += _measure("aiohttp GET", aiohttp, "request", REQUESTS, lanes[1])
     return rows
 
 
