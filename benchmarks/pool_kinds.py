@@ -36,7 +36,9 @@ client nobody instruments, and the second collection has nothing new to fold
 but finds the caches as cold as the first did: what every collection costs
 whatever the traffic (the SDK exporting each observable series, the pool
 reads). Figures per variant, each the median over rounds of a ratio or
-difference to ``bare`` in the same round:
+difference to ``bare`` in the same round (for the interleaved rows, whose
+rounds put every variant on every pool or client alike, the ratio of sums
+over all rounds and the mean difference):
 
 - ``per op``: (operations + first collection - second collection) / n, the
   cost of an operation including its share of the deferred work, against
@@ -479,22 +481,36 @@ def _on(variant: Variant, target: Any, pick: str) -> Work:
     return work
 
 
-def _rows(label: str, totals: dict[str, list[Timing]]) -> list[Row]:
-    """Each variant's medians over rounds of its ratio to ``bare`` in the same round."""
+def _rows(label: str, totals: dict[str, list[Timing]], *, pooled: bool = False) -> list[Row]:
+    """Each variant's medians over rounds of its ratio to ``bare`` in the same round.
+
+    ``pooled``: the ratio of the variant's sums over all rounds to ``bare``'s
+    instead (the medians of a difference likewise become means), for rounds
+    that visit every lane equally often, so that what a lane's server
+    processes add or take away (up to ±10% a round for PostgreSQL) cancels.
+    """
     bare = totals["bare"]
     median = statistics.median
+    mean = statistics.fmean
     bare_us = median(base.per_op for base in bare) * 1e6
     rows = []
     for name, timings in totals.items():
         pairs = list(zip(timings, bare, strict=True))
-        cpu_extra_us = median(mine.cpu_per_op - base.cpu_per_op for mine, base in pairs) * 1e6
+        middle = mean if pooled else median
+        if pooled:
+            ratio = sum(t.per_op for t in timings) / sum(t.per_op for t in bare)
+            all_in = sum(t.all_in for t in timings) / sum(t.all_in for t in bare)
+        else:
+            ratio = median(mine.per_op / base.per_op for mine, base in pairs)
+            all_in = median(mine.all_in / base.all_in for mine, base in pairs)
+        cpu_extra_us = middle(mine.cpu_per_op - base.cpu_per_op for mine, base in pairs) * 1e6
         rows.append(
             Row(
                 label,
                 name,
-                median(mine.per_op / base.per_op for mine, base in pairs),
-                median(mine.per_op - base.per_op for mine, base in pairs) * 1e6,
-                median(mine.all_in / base.all_in for mine, base in pairs),
+                ratio,
+                middle(mine.per_op - base.per_op for mine, base in pairs) * 1e6,
+                all_in,
                 median(mine.collection for mine in timings) * 1e6,
                 bare_us,
                 cpu_extra_us,
@@ -536,7 +552,9 @@ def _interleaved(label: str, variants: list[Variant], lanes: list[Any], n: int) 
     pools or clients rotate over the variants round by round (see
     ``Variant``). Each round then collects every variant as ``_timed`` does,
     ``bare``'s commands on its own lane running between the two collections
-    (per op: commands + first collection - second collection, over n).
+    (per op: commands + first collection - second collection, over n). The
+    rounds are a multiple of the lanes, and the ratios pooled over them (see
+    ``_rows``).
     """
     rotating = [v for v in variants if v.name != "contrib"]
     for variant in variants:  # warm: connections open, caches filled
@@ -549,7 +567,8 @@ def _interleaved(label: str, variants: list[Variant], lanes: list[Any], n: int) 
     playing = variants
     clock, cpu = time.perf_counter, time.thread_time
     totals: dict[str, list[Timing]] = {v.name: [] for v in playing}
-    for round_ in range(ROUNDS):
+    rounds = -(-ROUNDS // len(lanes)) * len(lanes)  # every variant on every lane alike
+    for round_ in range(rounds):
         for index, variant in enumerate(rotating):
             variant.target = lanes[(index + round_) % len(lanes)]
         with ExitStack() as entered:
@@ -587,7 +606,7 @@ def _interleaved(label: str, variants: list[Variant], lanes: list[Any], n: int) 
                 )
     for variant in rotating:
         variant.target = lanes[0]
-    return _rows(label, totals)
+    return _rows(label, totals, pooled=True)
 
 
 def run() -> list[Row]:
