@@ -556,7 +556,8 @@ def _interleaved(label: str, variants: list[Variant], lanes: list[Any], n: int) 
     rounds are a multiple of the lanes, and the ratios pooled over them (see
     ``_rows``).
     """
-    rotating = [v for v in variants if v.name != "contrib"]
+    playing = [v for v in variants if v.name in VARIANTS]  # floor: cycles only
+    rotating = [v for v in playing if v.name != "contrib"]
     for variant in variants:  # warm: connections open, caches filled
         leave = variant.enter()
         try:
@@ -564,7 +565,6 @@ def _interleaved(label: str, variants: list[Variant], lanes: list[Any], n: int) 
             variant.reader.get_metrics_data()
         finally:
             leave()
-    playing = variants
     clock, cpu = time.perf_counter, time.thread_time
     totals: dict[str, list[Timing]] = {v.name: [] for v in playing}
     rounds = -(-ROUNDS // len(lanes)) * len(lanes)  # every variant on every lane alike
