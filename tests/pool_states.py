@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import sys
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -40,6 +41,19 @@ def storage_inline(obj: object, attribute: str) -> bool:
     """
     value = getattr(obj, attribute)
     return any(referent is value for referent in gc.get_referents(obj))
+
+
+def inline_before(library_asks_for_dict: bool) -> bool:
+    """What ``storage_inline`` reads on this Python before this package touches an object.
+
+    False before 3.11 (every instance has a dict); on 3.11 and 3.12 True unless
+    the library itself asked the object for its ``__dict__`` (SQLAlchemy 1.4's
+    ``Pool.__init__`` does); True on 3.13, whose referents list the values
+    either way.
+    """
+    if sys.version_info < (3, 11):
+        return False
+    return sys.version_info >= (3, 13) or not library_asks_for_dict
 
 
 def fresh_class(cls: type[Any]) -> type[Any]:

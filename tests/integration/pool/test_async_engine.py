@@ -4,7 +4,6 @@ and, for its pool and a sync engine's, that instrumenting leaves the pool's attr
 from __future__ import annotations
 
 import asyncio
-import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -22,6 +21,7 @@ from pool_states import (
     USED,
     buckets,
     fresh_class,
+    inline_before,
     slow_connection,
     storage_inline,
     wait_for,
@@ -212,7 +212,7 @@ async def test_async_engine_pool_attributes_stay_inline(
 
 def _instrument_and_uninstrument(target: object, pool: Any, metrics: MetricsCapture) -> None:
     before = storage_inline(pool, "_invoke_creator")
-    assert before is (sys.version_info >= (3, 11) and SQLALCHEMY_2)  # the case is really there
+    assert before is inline_before(library_asks_for_dict=not SQLALCHEMY_2)  # the case is there
     handle = otel_backpressure.instrument(target, meter_provider=metrics.meter_provider)
     try:
         assert metrics.snapshot({NAME: handle.pool_name})[USED] == 0

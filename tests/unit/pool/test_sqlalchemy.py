@@ -6,7 +6,6 @@ import gc
 import logging
 import queue
 import sqlite3
-import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,7 +25,7 @@ from sqlalchemy.pool import (
 
 import otel_backpressure
 from otel_backpressure.testing import FakeClock, MetricsCapture
-from pool_states import IDLE, NAME, USED, buckets, fresh_class, storage_inline
+from pool_states import IDLE, NAME, USED, buckets, fresh_class, inline_before, storage_inline
 from sqlalchemy_compat import SQLALCHEMY_2
 
 # bucket counts for the advice boundaries (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10)
@@ -236,7 +235,7 @@ def test_instrumenting_leaves_the_pool_attributes_inline(
     pool = fresh_class(poolclass)(engine.pool._creator, dialect=engine.dialect)
     engine.pool = pool
     before = storage_inline(pool, "_invoke_creator")
-    assert before is (sys.version_info >= (3, 11) and SQLALCHEMY_2)
+    assert before is inline_before(library_asks_for_dict=not SQLALCHEMY_2)
     handle = otel_backpressure.instrument(engine, meter_provider=metrics.meter_provider)
     try:
         assert metrics.snapshot({NAME: handle.pool_name})[USED] == 0
