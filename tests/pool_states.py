@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+import otel_backpressure
 from otel_backpressure import BackpressureInstrumentor
 from otel_backpressure.testing import FakeClock, MetricsCapture
 
@@ -54,6 +55,22 @@ def inline_before(library_asks_for_dict: bool) -> bool:
     if sys.version_info < (3, 11):
         return False
     return sys.version_info >= (3, 13) or not library_asks_for_dict
+
+
+def instrumenting_keeps_inline(
+    target: object, pool: Any, metrics: MetricsCapture, *, library_asks_for_dict: bool
+) -> None:
+    """Instrument ``target`` (whose pool is ``pool``), collect, uninstrument, and assert
+    that ``pool`` kept its attributes inline (after checking it had them inline before
+    where this Python can show it: see ``inline_before``)."""
+    before = storage_inline(pool, "_invoke_creator")
+    assert before is inline_before(library_asks_for_dict)  # the case is really there
+    handle = otel_backpressure.instrument(target, meter_provider=metrics.meter_provider)
+    try:
+        assert metrics.snapshot({NAME: handle.pool_name})[USED] == 0
+    finally:
+        handle.uninstrument()
+    assert storage_inline(pool, "_invoke_creator") is before
 
 
 def fresh_class(cls: type[Any]) -> type[Any]:

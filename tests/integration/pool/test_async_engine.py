@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from typing import Any
 
 import pytest
 import sqlalchemy
@@ -21,9 +20,8 @@ from pool_states import (
     USED,
     buckets,
     fresh_class,
-    inline_before,
+    instrumenting_keeps_inline,
     slow_connection,
-    storage_inline,
     wait_for,
 )
 from sqlalchemy_compat import SQLALCHEMY_2, SYNC_DRIVER
@@ -188,7 +186,7 @@ def test_sync_engine_pool_attributes_stay_inline(
     pool = fresh_class(QueuePool)(engine.pool._creator, dialect=engine.dialect, pool_size=2)
     engine.pool = pool
     try:
-        _instrument_and_uninstrument(engine, pool, metrics)
+        instrumenting_keeps_inline(engine, pool, metrics, library_asks_for_dict=not SQLALCHEMY_2)
         with engine.connect() as connection:  # the pool still works
             assert connection.execute(text("SELECT 1")).scalar() == 1
     finally:
@@ -205,17 +203,6 @@ async def test_async_engine_pool_attributes_stay_inline(
         sync_engine.pool._creator, dialect=sync_engine.dialect
     )
     sync_engine.pool = pool
-    _instrument_and_uninstrument(engine, pool, metrics)
+    instrumenting_keeps_inline(engine, pool, metrics, library_asks_for_dict=not SQLALCHEMY_2)
     async with engine.connect() as connection:  # the pool still works
         assert (await connection.execute(text("SELECT 1"))).scalar() == 1
-
-
-def _instrument_and_uninstrument(target: object, pool: Any, metrics: MetricsCapture) -> None:
-    before = storage_inline(pool, "_invoke_creator")
-    assert before is inline_before(library_asks_for_dict=not SQLALCHEMY_2)  # the case is there
-    handle = otel_backpressure.instrument(target, meter_provider=metrics.meter_provider)
-    try:
-        assert metrics.snapshot({NAME: handle.pool_name})[USED] == 0
-    finally:
-        handle.uninstrument()
-    assert storage_inline(pool, "_invoke_creator") is before

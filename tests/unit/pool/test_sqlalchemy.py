@@ -25,7 +25,7 @@ from sqlalchemy.pool import (
 
 import otel_backpressure
 from otel_backpressure.testing import FakeClock, MetricsCapture
-from pool_states import IDLE, NAME, USED, buckets, fresh_class, inline_before, storage_inline
+from pool_states import IDLE, NAME, USED, buckets, fresh_class, instrumenting_keeps_inline
 from sqlalchemy_compat import SQLALCHEMY_2
 
 # bucket counts for the advice boundaries (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10)
@@ -234,14 +234,7 @@ def test_instrumenting_leaves_the_pool_attributes_inline(
     engine = create_engine("sqlite://", poolclass=poolclass)
     pool = fresh_class(poolclass)(engine.pool._creator, dialect=engine.dialect)
     engine.pool = pool
-    before = storage_inline(pool, "_invoke_creator")
-    assert before is inline_before(library_asks_for_dict=not SQLALCHEMY_2)
-    handle = otel_backpressure.instrument(engine, meter_provider=metrics.meter_provider)
-    try:
-        assert metrics.snapshot({NAME: handle.pool_name})[USED] == 0
-    finally:
-        handle.uninstrument()
-    assert storage_inline(pool, "_invoke_creator") is before
+    instrumenting_keeps_inline(engine, pool, metrics, library_asks_for_dict=not SQLALCHEMY_2)
     with engine.connect() as connection:  # the pool still works
         assert connection.execute(text("SELECT 1")).scalar() == 1
     engine.dispose()
