@@ -44,6 +44,7 @@ in docs/alerts.md comes from them.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -195,6 +196,26 @@ def scaled(duration: str) -> str:
     match = _DURATION.fullmatch(duration)
     assert match, duration
     return f"{int(match[1]) * _SECONDS[match[2]] * 1000 // SCALE}ms"
+
+
+@functools.cache
+def carry_over(alert: str) -> float:
+    """How long ``alert`` can stay active here after its cause ends, in seconds.
+
+    Its longest range window, scaled (a rate over ``[5m]`` stays up for that
+    long), and two evaluations to notice: an episode that began in the phase
+    before a quiet one may run that far into it without the quiet phase's
+    load having anything to do with it.
+    """
+    for group in yaml.safe_load(ALERTS.read_text())["groups"]:
+        for rule in group["rules"]:
+            if rule.get("alert") == alert:
+                windows = [int(m[1]) * _SECONDS[m[2]] for m in _WINDOW.finditer(rule["expr"])]
+                return max(windows, default=0) / SCALE + 2 * EVALUATION
+    raise KeyError(alert)
+
+
+_WINDOW = re.compile(r"\[(\d+)([smh])\]")
 
 
 def scaled_rules() -> dict[str, Any]:
@@ -519,6 +540,7 @@ def alert_timings(
                 for e in episodes
                 if e.labels["alertname"] == alert
                 and e.active_between(*quiet, state=None if matches(e.labels) else "firing")
+                and not (e.start < quiet[0] and e.end <= quiet[0] + carry_over(alert))
             ],
         }
     return {
