@@ -52,6 +52,7 @@ from otel_backpressure.pool._source import (
     PoolReading,
     PoolSource,
     RecorderSlots,
+    shadowed,
     weak_pool,
 )
 
@@ -93,7 +94,7 @@ class HookedPoolSource(RecorderSlots):
         clock: Callable[[], float] = time.perf_counter,
         on_gone: Callable[[PoolSource], None] | None = None,
     ) -> None:
-        if any(_shadowed(pool, attribute) for attribute in self._hooked()):
+        if any(shadowed(pool, attribute) for attribute in self._hooked()):
             raise ValueError(f"pool {name!r} is already instrumented")
         self.name = name
         self._timeouts = itertools.count()
@@ -229,15 +230,6 @@ class HookedPoolSource(RecorderSlots):
                 originals[self.connect], timing
             )
         return hooks
-
-
-def _shadowed(pool: Any, attribute: str) -> bool:
-    """Whether something other than the class's method answers ``pool.<attribute>`` (a hook).
-
-    Asked through ``getattr``, not ``pool.__dict__`` (see the module docstring).
-    """
-    found = getattr(pool, attribute, None)
-    return found is not None and getattr(found, "__self__", None) is not pool
 
 
 def _parameters(method: Callable[..., Any]) -> list[inspect.Parameter] | None:
