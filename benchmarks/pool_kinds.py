@@ -4,6 +4,8 @@ For each library, every variant has its own SDK ``MeterProvider`` (+
 ``InMemoryMetricReader``) and ``TracerProvider`` (no exporter):
 
 - ``bare``: no instrumentation;
+- ``bare, again``: the same, run as a variant of its own: the A/A control, whose
+  ratio to ``bare`` is what the method alone makes of no difference;
 - ``ours``: ``otel_backpressure.instrument(pool_or_client)``, every metric;
 - ``ours, timings off``: ``instrument(..., timings=False)``;
 - ``contrib``: opentelemetry-python-contrib's instrumentation of that one
@@ -17,7 +19,7 @@ For each library, every variant has its own SDK ``MeterProvider`` (+
   clock three times and stamp the connection, recording nothing: the least
   any per-checkout wait and use time can cost (see ``_floor``).
 
-``bare``, ``ours``, ``ours, timings off`` and ``floor`` share their pools or
+``bare``, ``bare, again``, ``ours``, ``ours, timings off`` and ``floor`` share their pools or
 clients and instrument them only while they run (see ``Variant``).
 
 Workloads: psycopg_pool and redis-py a bare checkout/checkin cycle
@@ -58,6 +60,7 @@ over all rounds and the mean difference):
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import random
 import statistics
@@ -79,11 +82,14 @@ ROUNDS = int(os.environ.get("BENCH_ROUNDS", "41"))
 CYCLES = int(os.environ.get("BENCH_CYCLES", "1000"))
 COMMANDS = int(os.environ.get("BENCH_COMMANDS", "200"))
 REQUESTS = int(os.environ.get("BENCH_REQUESTS", "100"))
-VARIANTS = ("bare", "ours", "ours, timings off", "contrib")
+#: ``bare, again``: a second bare run of the same pools, never instrumented: the A/A
+#: control, whose ratio to ``bare`` shows how far the method itself moves a row.
+VARIANTS = ("bare", "bare, again", "ours", "ours, timings off", "contrib")
 #: psycopg_pool and redis-py also run ``floor``: see ``_floor``.
 POOL_VARIANTS = (*VARIANTS, "floor")
-#: Pools or clients shared by the variants that are not ``contrib`` (one per rotated variant).
-LANES = 4
+#: Pools or clients shared by the variants that are not ``contrib``: one per rotated
+#: variant (bare, bare again, ours, ours with timings off) and a spare nobody times.
+LANES = 5
 
 Work = Callable[[int], None]
 
@@ -107,12 +113,15 @@ class Variant:
 
     ``enter()`` is called before each of the variant's timed blocks and returns
     what undoes it, called after: the variants of this package instrument
-    ``target`` for that block only. ``bare``, ``ours``, ``ours, timings off``
-    (and ``floor``) share their pools or clients (``lanes``): the cycles run all
-    of them on the first, and the commands rotate them over the lanes round by
-    round, so that no variant keeps the server processes (and their places on
-    the two cores) of one pool for a whole run, which moved a command row by up
-    to ±10% when each variant had a pool of its own.
+    ``target`` for that block only. ``bare``, ``bare, again``, ``ours``,
+    ``ours, timings off`` (and ``floor``) share their pools or clients
+    (``lanes``): the cycles run all of them on the first, and the commands
+    rotate them over the lanes round by round, so that no variant keeps the
+    server processes (and their places on the two cores) of one pool for a
+    whole run, which moved a command row by up to ±10% when each variant had a
+    pool of its own. The last lane is the spare: no variant is timed on it,
+    and the untimed operations between two collections run there (see
+    ``_pollution``).
     """
 
     __slots__ = ("cycle", "enter", "name", "one", "reader", "request", "target")
@@ -463,9 +472,44 @@ def _measure(label: str, variants: list[Variant], pick: str, n: int, spare: Any)
             leave()
     totals: dict[str, list[Timing]] = {v.name: [] for v in variants}
     for round_ in range(ROUNDS):
+        _settle()
         for v in _shuffled(variants, round_):
             totals[v.name].append(_timed(v, works[v.name], n, pollute))
     return _rows(label, totals)
+
+
+def _lanes(round_: int, count: int) -> list[int]:
+    """Which lane each of ``count`` rotating variants runs on in ``round_``.
+
+    Every ``count`` rounds make a Latin square, every variant once on every
+    lane, its rows and columns shuffled anew per block: which variant takes
+    over which one's lane changes from block to block. (A fixed rotation gave
+    each variant the lane another had used the round before, always the same
+    one, and what a lane's server processes carried over became one variant's
+    bias rather than noise.)
+    """
+    block, step = divmod(round_, count)
+    draw = random.Random(block)
+    shifts, columns = list(range(count)), list(range(count))
+    draw.shuffle(shifts)
+    draw.shuffle(columns)
+    return [columns[(index + shifts[step]) % count] for index in range(count)]
+
+
+def _settle() -> None:
+    """Start a round with nothing for the garbage collector to scan but the round's own.
+
+    A full collection walks every object alive, here mostly the run's set-up
+    (five SDK providers per library, pools, clients): 31 ms once, charged to
+    whichever operation set it off. Landing at random on one variant's few
+    hundred milliseconds of a round, such pauses moved the A/A control
+    (``bare, again``) to 0.86-0.92 of ``bare`` on the httpx and ``PING`` rows.
+    Collected and frozen at each round's start, what is alive stays out of
+    every later collection, which then scans only what the variants allocate:
+    their own collector cost, still charged to them.
+    """
+    gc.collect()
+    gc.freeze()
 
 
 def _on(variant: Variant, target: Any, pick: str) -> Work:
@@ -551,10 +595,15 @@ def _interleaved(label: str, variants: list[Variant], lanes: list[Any], n: int) 
     itself (two clock reads, well under 0.1% of a command, alike for all). The
     pools or clients rotate over the variants round by round (see
     ``Variant``). Each round then collects every variant as ``_timed`` does,
-    ``bare``'s commands on its own lane running between the two collections
-    (per op: commands + first collection - second collection, over n). The
-    rounds are a multiple of the lanes, and the ratios pooled over them (see
-    ``_rows``).
+    commands on the spare lane running between the two collections (per op:
+    commands + first collection - second collection, over n). The rounds are
+    a multiple of the lanes, and the ratios pooled over them (see ``_rows``).
+
+    The spare is a lane of its own: run on ``bare``'s lane, those commands
+    (a tenth of a round's, five times over) slowed whichever variant had that
+    lane in the next round, by 10-15% with psycopg_pool, where the rotation
+    always put ``ours, timings off``: it read 1.11 with nothing instrumented
+    at all, and the A/A control 1.00.
     """
     playing = [v for v in variants if v.name in VARIANTS]  # floor: cycles only
     rotating = [v for v in playing if v.name != "contrib"]
@@ -567,10 +616,13 @@ def _interleaved(label: str, variants: list[Variant], lanes: list[Any], n: int) 
             leave()
     clock, cpu = time.perf_counter, time.thread_time
     totals: dict[str, list[Timing]] = {v.name: [] for v in playing}
+    *lanes, spare = lanes
+    pollute = _on(next(v for v in playing if v.name == "bare"), spare, "request")
     rounds = -(-ROUNDS // len(lanes)) * len(lanes)  # every variant on every lane alike
     for round_ in range(rounds):
-        for index, variant in enumerate(rotating):
-            variant.target = lanes[(index + round_) % len(lanes)]
+        _settle()
+        for variant, lane in zip(rotating, _lanes(round_, len(lanes)), strict=True):
+            variant.target = lanes[lane]
         with ExitStack() as entered:
             for variant in playing:
                 entered.callback(variant.enter())
@@ -586,12 +638,11 @@ def _interleaved(label: str, variants: list[Variant], lanes: list[Any], n: int) 
                     one()
                     spent[name] += clock() - start
                     used[name] += cpu() - cpu_start
-            bare = next(v for v in playing if v.name == "bare")  # on a lane nobody instruments
             for variant in playing:
                 cpu_start, start = cpu(), clock()
                 variant.reader.get_metrics_data()  # folds what the commands buffered
                 first, cpu_first = clock(), cpu()
-                bare.request(_pollution(n))
+                pollute(_pollution(n))
                 cpu_second, second = cpu(), clock()
                 variant.reader.get_metrics_data()  # nothing new to fold
                 fixed, cpu_fixed = clock() - second, cpu() - cpu_second
@@ -612,13 +663,14 @@ def _interleaved(label: str, variants: list[Variant], lanes: list[Any], n: int) 
 def run() -> list[Row]:
     rows: list[Row] = []
     with ExitStack() as stack:
+        stack.callback(gc.unfreeze)
         lanes: list[Any] = []
         psycopg = [psycopg_variant(stack, name, lanes) for name in POOL_VARIANTS]
-        rows += _measure("psycopg_pool checkout/checkin", psycopg, "cycle", CYCLES, lanes[1])
+        rows += _measure("psycopg_pool checkout/checkin", psycopg, "cycle", CYCLES, lanes[-1])
         rows += _interleaved("psycopg_pool + SELECT 1", psycopg, lanes, COMMANDS)
         lanes = []
         redis = [redis_variant(stack, name, lanes) for name in POOL_VARIANTS]
-        rows += _measure("redis-py checkout/checkin", redis, "cycle", CYCLES, lanes[1])
+        rows += _measure("redis-py checkout/checkin", redis, "cycle", CYCLES, lanes[-1])
         rows += _interleaved("redis-py + PING", redis, lanes, COMMANDS)
         process, url = _server()
         stack.callback(process.wait, 10)
@@ -630,7 +682,7 @@ def run() -> list[Row]:
         stack.callback(loop.close)
         lanes = []
         aiohttp = [aiohttp_variant(stack, name, url, loop, lanes) for name in VARIANTS]
-        rows += _measure("aiohttp GET", aiohttp, "request", REQUESTS, lanes[1])
+        rows += _measure("aiohttp GET", aiohttp, "request", REQUESTS, lanes[-1])
     return rows
 
 
