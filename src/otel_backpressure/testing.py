@@ -22,13 +22,20 @@ import threading
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import (
-    HistogramDataPoint,
-    InMemoryMetricReader,
-    Metric,
-    NumberDataPoint,
-)
+try:  # the SDK is the otlp extra's
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import (
+        HistogramDataPoint,
+        InMemoryMetricReader,
+        Metric,
+        NumberDataPoint,
+    )
+except ModuleNotFoundError as exc:
+    raise ModuleNotFoundError(
+        "otel_backpressure.testing needs the OpenTelemetry SDK: install "
+        "opentelemetry-instrumentation-backpressure[otlp]",
+        name=exc.name,
+    ) from exc
 
 __all__ = ["FakeClock", "LoopbackServer", "MetricsCapture"]
 
@@ -160,7 +167,14 @@ class LoopbackServer:
         keep_alive: float = 5.0,
         start_timeout: float = 10.0,
     ) -> None:
-        import uvicorn
+        try:
+            import uvicorn
+        except ModuleNotFoundError as exc:
+            raise ModuleNotFoundError(
+                "LoopbackServer needs uvicorn: install uvicorn, or "
+                "opentelemetry-instrumentation-backpressure[demo]",
+                name=exc.name,
+            ) from exc
 
         config = uvicorn.Config(
             app,

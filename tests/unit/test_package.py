@@ -59,6 +59,40 @@ def test_each_library_extra_is_the_range_package_py_declares() -> None:
     )
 
 
+def requirement_lines(extra: str) -> set[str]:
+    """Every requirement of ``extra`` without its marker (the wheel's metadata spells
+    an extra that names others, such as ``all``, out in full; a name may repeat)."""
+    found = set()
+    for line in DIST.requires or ():
+        requirement = Requirement(line)
+        if requirement.marker and requirement.marker.evaluate({"extra": extra}):
+            requirement.marker = None
+            found.add(str(requirement))
+    return found
+
+
+# The extras that are not a part to install: the auto-loader's, the bundle itself
+# and the project's own tools. Every other extra is one `all` brings.
+NOT_IN_ALL = {"all", "instruments", "instruments-any", "test", "bench", "dev"}
+
+
+def test_all_brings_every_library_extra_otlp_and_the_demo() -> None:
+    extras = set(DIST.metadata.get_all("Provides-Extra") or ())
+    library_extras = {
+        "otlp" if Requirement(declared).name == "opentelemetry-sdk" else module.replace("_", "-")
+        for module, declared in package._supported.items()
+    }
+    assert library_extras | {"otlp", "demo"} <= extras - NOT_IN_ALL
+    everything = requirement_lines("all")
+    for extra in sorted(extras - NOT_IN_ALL):
+        missing = requirement_lines(extra) - everything
+        assert not missing, f"[all] lacks [{extra}]: {sorted(missing)}"
+    # psycopg_pool does not import without psycopg, which it does not require:
+    # `all` brings psycopg's quick-start build, the psycopg-pool extra none
+    assert "psycopg[binary]>=3.1" in everything
+    assert sorted(requirements("psycopg-pool")) == ["psycopg-pool"]
+
+
 def test_the_metadata_an_index_shows() -> None:
     metadata = DIST.metadata
     classifiers = set(metadata.get_all("Classifier") or ())

@@ -163,6 +163,9 @@ def test_every_extra_the_readme_names_is_one_pip_finds_as_written() -> None:
     )
     assert table, "README's install table has no extras"
     named = set(table)
-    for line in re.findall(r"pip install [^\n]*\[([^\]]+)\]", README):
-        named.update(extra.strip() for extra in line.split(",") if extra != "extras")
+    # the install lines of the README and of docs/ (the demo's, the telemetry set-up's)
+    for text in (README, *(page.read_text(encoding="utf-8") for page in ROOT.glob("docs/*.md"))):
+        for line in re.findall(r"pip install [^\n]*\[([^\]]+)\]", text):
+            named.update(extra.strip() for extra in line.split(",") if extra != "extras")
+    assert {"all", "demo", "otlp", "asyncpg", "sqlalchemy", "dev"} <= named
     assert named <= declared, sorted(named - declared)

@@ -457,3 +457,12 @@ def test_a_short_script_exits_without_waiting_out_the_exporter_timeout(protocol:
         protocol == "grpc"
     ):  # the flush gave up and said so (OTLP/HTTP before SDK 1.35 fails at once)
         assert "Telemetry was not delivered within 1000 ms at shutdown" in result.stderr
+
+
+def test_without_the_sdk_it_names_the_otlp_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    # a None entry in sys.modules makes the import fail, as when the SDK is not installed
+    monkeypatch.setitem(sys.modules, "opentelemetry.sdk.resources", None)
+    with pytest.raises(
+        ImportError, match=r"install opentelemetry-instrumentation-backpressure\[otlp\]$"
+    ):
+        configure_telemetry(service_name="game-api", export=False)
