@@ -24,17 +24,21 @@ Example::
     if settings.pool_enabled:
         ...
 
-The parts read this module; it imports none of them. Values whose syntax a part
-owns (``ERROR_MAPPINGS``) are kept as text here, parsed by that part, and
-reported through ``report_invalid``.
+The parts read this module; it imports none of them at import time. A value
+whose syntax a part owns (``ERROR_MAPPINGS``) is kept as text; its declaration
+names the part's checker (``module:function``), imported only to check a
+value that is not blank, so that a bad value is refused here like any other:
+a ``ValueError`` naming the argument, or a log line naming the variable.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import logging
 import math
 import os
+import re
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -61,6 +65,11 @@ _T = TypeVar("_T")
 
 _TRUE: Final = frozenset({"1", "true", "yes", "on"})
 _FALSE: Final = frozenset({"0", "false", "no", "off"})
+# What the environment may spell a number as: ASCII digits, an optional minus,
+# a decimal point and exponent for numbers. Stricter than int() and float(),
+# which also take "1_000", "+5", " ５ " (full-width digits), "inf" and "nan".
+_WHOLE: Final = re.compile(r"-?[0-9]+")
+_DECIMAL: Final = re.compile(r"-?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][-+]?[0-9]+)?")
 _METADATA_KEY: Final = "otel_backpressure.variable"
 
 
@@ -78,13 +87,15 @@ class Variable:
     """One setting: its environment variable, kind, default, valid range and meaning.
 
     ``kind`` is ``switch`` (bool), ``count`` (int), ``number`` (float) or
-    ``text`` (str, whose syntax ``syntax`` describes and a part checks).
+    ``text`` (str, whose syntax ``syntax`` describes and whose ``checker``, a
+    part's ``module:function`` raising ``ValueError`` with the reason, checks).
     ``minimum``/``maximum`` bound counts and numbers, both inclusive; ``unit``
     is shown after the range (``s`` for seconds). ``field`` is the name of the
     ``Settings`` field it declares. Read-only once ``VARIABLES`` is built.
     """
 
     __slots__ = (
+        "checker",
         "default",
         "field",
         "kind",
@@ -107,6 +118,7 @@ class Variable:
         maximum: float | None = None,
         unit: str = "",
         syntax: str = "",
+        checker: str = "",
     ) -> None:
         self.name = name
         self.field = field
@@ -117,6 +129,7 @@ class Variable:
         self.maximum = maximum
         self.unit = unit
         self.syntax = syntax
+        self.checker = checker
 
     def _key(self) -> tuple[object, ...]:
         return tuple(getattr(self, name) for name in self.__slots__)
@@ -152,9 +165,19 @@ class Variable:
 
     @property
     def expected(self) -> str:
-        """What a bad value should have been, in a log line or an exception."""
+        """What a bad environment value should have been, in a log line."""
         if self.kind == "switch":
             return "true or false (or 1/0, yes/no, on/off)"
+        return self._expected()
+
+    @property
+    def expected_in_code(self) -> str:
+        """What a bad ``Settings(...)`` argument should have been, in an exception."""
+        if self.kind == "switch":
+            return "True or False"
+        return self._expected()
+
+    def _expected(self) -> str:
         if self.kind == "text":
             return self.syntax.replace("`", "")
         kind = "a whole number" if self.kind == "count" else "a number"
@@ -162,9 +185,11 @@ class Variable:
         return f"{kind} from {_show(self.minimum or 0)} to {_show(self.maximum or 0)}{unit}"
 
     def parse(self, raw: str) -> Value:
-        """The value of ``raw`` from the environment; ``ValueError("expected ...")`` if invalid."""
+        """The value of ``raw`` from the environment; ``ValueError("expected ...")`` if invalid
+        (for text, the reason its part's checker gives)."""
         text = raw.strip()
         if self.kind == "text":
+            self._check_text(text)
             return text
         if self.kind == "switch":
             if text.lower() in _TRUE:
@@ -172,17 +197,17 @@ class Variable:
             if text.lower() in _FALSE:
                 return False
             raise ValueError(f"expected {self.expected}")
-        try:
-            number: int | float = int(text) if self.kind == "count" else float(text)
-        except ValueError:
-            raise ValueError(f"expected {self.expected}") from None
+        spelling = _WHOLE if self.kind == "count" else _DECIMAL
+        if not spelling.fullmatch(text):
+            raise ValueError(f"expected {self.expected}")
+        number: int | float = int(text) if self.kind == "count" else float(text)
         if not self._in_range(number):
             raise ValueError(f"expected {self.expected}")
         return number if self.kind == "count" else float(number) + 0.0  # -0.0 reads as 0.0
 
     def check(self, value: object) -> Value:
         """``value`` given in code, normalised; ``ValueError`` naming the field if invalid."""
-        problem = f"{self.field} must be {self.expected}, got {value!r}"
+        problem = f"{self.field} must be {self.expected_in_code}, got {value!r}"
         if self.kind == "switch":
             if not isinstance(value, bool):
                 raise ValueError(problem)
@@ -190,12 +215,23 @@ class Variable:
         if self.kind == "text":
             if not isinstance(value, str):
                 raise ValueError(problem)
+            try:
+                self._check_text(value)
+            except ValueError as exc:  # the checker's reason names the entry
+                raise ValueError(f"{problem} ({exc})") from None
             return value
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ValueError(problem)
         if (self.kind == "count" and not isinstance(value, int)) or not self._in_range(value):
             raise ValueError(problem)
         return value if self.kind == "count" else float(value) + 0.0
+
+    def _check_text(self, text: str) -> None:
+        """Run the part's checker on a text that is not blank (a blank one is the default)."""
+        if not self.checker or not text.strip():
+            return
+        module, _, function = self.checker.partition(":")
+        getattr(importlib.import_module(module), function)(text)
 
     def _in_range(self, number: float) -> bool:
         if self.minimum is None or self.maximum is None:  # _declare forbids this
@@ -231,8 +267,10 @@ def _number(
     return _declare(default, variable)
 
 
-def _text(suffix: str, default: str, meaning: str, *, syntax: str) -> str:
-    variable = Variable(PREFIX + suffix, "", "text", default, meaning, syntax=syntax)
+def _text(suffix: str, default: str, meaning: str, *, syntax: str, checker: str) -> str:
+    variable = Variable(
+        PREFIX + suffix, "", "text", default, meaning, syntax=syntax, checker=checker
+    )
     return _declare(default, variable)
 
 
@@ -314,6 +352,7 @@ class Settings:
         "",
         "Extra exception-to-outcome mappings, checked by the errors part (docs/errors.md).",
         syntax="comma-separated `module.Class=STATUS:HTTP[:ERROR_TYPE]` entries",
+        checker="otel_backpressure.errors._mappings:parse_mappings",
     )
     event_loop_enabled: bool = _switch(
         "EVENT_LOOP_ENABLED", True, "Event-loop delay and utilization on or off."

@@ -31,7 +31,7 @@ GOOD_VALUES: dict[str, tuple[str, Any]] = {
     "RATE_LIMIT_ENABLED": ("no", False),
     "RATE_LIMIT_EVICTION_INTERVAL": ("2.5", 2.5),
     "RATE_LIMIT_IDLE_TIMEOUT": ("30", 30.0),
-    "RATE_LIMIT_MAX_KEYS": ("10_000", 10_000),
+    "RATE_LIMIT_MAX_KEYS": ("10000", 10_000),
     "HTTP_CLIENT_MAX_SERVERS": ("5", 5),
     "ERRORS_ENABLED": ("FALSE", False),
     "ERROR_MAPPINGS": (" app.Missing=unset:404 ", "app.Missing=unset:404"),
@@ -40,7 +40,7 @@ GOOD_VALUES: dict[str, tuple[str, Any]] = {
     "THREAD_POOL_ENABLED": ("0", False),
 }
 
-# variable suffix -> a value that does not parse (text is checked by its part)
+# variable suffix -> a value that does not parse (text: test_a_bad_text_value_...)
 UNPARSEABLE: dict[str, str] = {
     "POOL_ENABLED": "maybe",
     "POOL_TIMINGS": "2",
@@ -238,6 +238,36 @@ def test_switches_accept_only_their_words(
     _assert_default_and_logged(settings, suffix, raw, caplog)
 
 
+COUNTS = sorted(suffix for suffix in RANGES if _variable(suffix).kind == "count")
+NUMBERS = sorted(suffix for suffix in RANGES if _variable(suffix).kind == "number")
+
+
+# int() and float() take more than the README's "whole number" and "number":
+# underscores, a plus sign, other scripts' digits (Arabic-Indic, full-width), padding.
+@pytest.mark.parametrize("suffix", COUNTS)
+@pytest.mark.parametrize("raw", ["1_0", "+10", "\u0661\u0660", "\uff11\uff10", "0x10", "10.0"])
+def test_whole_numbers_take_only_ascii_digits(
+    suffix: str, raw: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = _read(suffix, raw, caplog)
+    _assert_default_and_logged(settings, suffix, raw, caplog)
+
+
+@pytest.mark.parametrize("suffix", NUMBERS)
+@pytest.mark.parametrize("raw", ["0.5_0", "+0.5", "\u0660.\u0665", "0_0.5"])
+def test_numbers_take_only_ascii_decimals(
+    suffix: str, raw: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = _read(suffix, raw, caplog)
+    _assert_default_and_logged(settings, suffix, raw, caplog)
+
+
+@pytest.mark.parametrize("raw", ["0.5", ".5", "5.", "5e-1", "5.E-1", "50E-2", " 0.5 "])
+def test_decimal_spellings_that_are_accepted(raw: str) -> None:
+    settings = Settings.from_env({PREFIX + "RATE_LIMIT_IDLE_TIMEOUT": raw})
+    assert (settings.rate_limit_idle_timeout, settings.problems) == (float(raw), ())
+
+
 @pytest.mark.parametrize(
     ("raw", "expected"),
     [("1", True), ("TRUE", True), (" yes ", True), ("On", True), ("0", False), ("OFF", False)],
@@ -342,6 +372,41 @@ def test_programmatic_settings_raise_naming_the_argument(
 ) -> None:
     with pytest.raises(ValueError, match=named):
         Settings(**kwargs)
+
+
+SWITCHES = sorted(variable.field for variable in VARIABLES if variable.kind == "switch")
+
+
+@pytest.mark.parametrize("field", SWITCHES)
+@pytest.mark.parametrize("value", ["no", "yes", 1, 0, None])
+def test_programmatic_switches_say_exactly_what_they_take(field: str, value: object) -> None:
+    # the environment's words (yes/no, on/off, 1/0) are not booleans in code
+    with pytest.raises(ValueError) as caught:
+        Settings(**{field: value})
+    assert str(caught.value) == f"{field} must be True or False, got {value!r}"
+
+
+def test_a_bad_text_value_raises_in_code_naming_the_argument_and_the_entry() -> None:
+    with pytest.raises(ValueError) as caught:
+        Settings(error_mappings="a.B=unset:404,garbage")
+    message = str(caught.value)
+    assert message.startswith("error_mappings must be comma-separated ")
+    assert "got 'a.B=unset:404,garbage'" in message
+    assert "entry 'garbage'" in message
+    assert PREFIX not in message  # no variable was involved
+
+
+def test_a_bad_text_value_from_the_environment_is_logged_and_the_default_used(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    raw = "a.B=unset:404,garbage"
+    settings = _read("ERROR_MAPPINGS", raw, caplog)
+    assert settings.error_mappings == ""
+    assert [problem[:2] for problem in settings.problems] == [(PREFIX + "ERROR_MAPPINGS", raw)]
+    (message,) = _errors(caplog)
+    assert f"{PREFIX}ERROR_MAPPINGS={raw!r}" in message
+    assert "entry 'garbage'" in message
+    assert "using the default (none)" in message
 
 
 def test_programmatic_numbers_are_normalised() -> None:

@@ -1,11 +1,12 @@
 """The errors part as ``BackpressureInstrumentor`` sees it.
 
-Enabling parses and registers the mappings of
-``OTEL_PYTHON_BACKPRESSURE_ERROR_MAPPINGS`` over the defaults (the settings
-keep the text; its syntax is this part's, so a bad value is reported from
-here, once, and no extra mapping is added) and names the meter provider ``backpressure.exceptions``
-counts into; the instrumentor installs ``PATCHES``. Disabling restores the
-registry exactly as it was.
+Enabling parses and registers the mappings of the ``error_mappings`` setting
+(``OTEL_PYTHON_BACKPRESSURE_ERROR_MAPPINGS``) over the defaults (``Settings``
+already refused a value this part's parser rejects) and names the meter
+provider ``backpressure.exceptions`` counts into; the instrumentor installs
+``PATCHES``. A mapping whose module is already imported but names no exception
+class there is kept and logged once as a likely typo (nothing is imported to
+find out). Disabling restores the registry exactly as it was.
 
 Every process ``opentelemetry-instrument`` starts has imported the SDK's
 ``Span`` by the time this part is enabled, so its two patches are installed at
@@ -24,18 +25,21 @@ Example::
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, Final
 
 from otel_backpressure._patching import InstrumentationContext, Patch
 from otel_backpressure._shared import Wrapper
 from otel_backpressure.errors._metrics import set_default_meter_provider
-from otel_backpressure.settings import PREFIX, report_invalid
+from otel_backpressure.settings import PREFIX
 
 if TYPE_CHECKING:
     from otel_backpressure.errors._outcome import ErrorOutcome
     from otel_backpressure.errors._registry import ErrorRegistry
 
 __all__ = ["PATCHES", "ErrorsIntegration"]
+
+_logger = logging.getLogger(__name__)
 
 _MAPPINGS_VARIABLE: Final = PREFIX + "ERROR_MAPPINGS"
 
@@ -109,16 +113,22 @@ class ErrorsIntegration:
             spans_of(context.tracer_provider)  # refuse a provider whose spans cannot be told apart
         if "error_registry" in context.options:
             _registry_of(context)  # refuse a wrong one now, not at the first exception
-        text = context.settings.error_mappings
-        try:
-            mappings = _parse(text)
-        except ValueError as exc:  # the setting's default: no extra mappings
-            report_invalid(_MAPPINGS_VARIABLE, text, str(exc))
-            mappings = ()
+        mappings = _parse(context.settings.error_mappings)  # checked by Settings
         if mappings:
+            from otel_backpressure.errors._registry import missing_from_loaded
+
             registry = self._registry = _registry_of(context)
             for path, outcome in mappings:
                 self._registered.append((path, registry.register(path, outcome)))
+                missing = missing_from_loaded(path)
+                if missing is not None:
+                    _logger.warning(
+                        "error_mappings (%s) maps %r, but %s: a typo? The mapping is kept "
+                        "and matches if such a class appears",
+                        _MAPPINGS_VARIABLE,
+                        path,
+                        missing,
+                    )
         set_default_meter_provider(context.meter_provider)
 
     def disable(self) -> None:

@@ -23,12 +23,13 @@ import logging
 import sys
 import threading
 from collections.abc import Iterable
+from types import ModuleType
 from typing import Final
 
 from otel_backpressure._shared import newest_builtin, type_name
 from otel_backpressure.errors._outcome import ErrorOutcome
 
-__all__ = ["ErrorRegistry", "Target", "target_key"]
+__all__ = ["ErrorRegistry", "Target", "missing_from_loaded", "target_key"]
 
 _logger = logging.getLogger(__name__)
 
@@ -66,6 +67,47 @@ def _resolve_loaded(path: str) -> type[BaseException] | None:
         if isinstance(owner, type) and issubclass(owner, BaseException):
             return owner
         return None
+    return None
+
+
+_MISSING: Final = object()
+
+
+def missing_from_loaded(path: str) -> str | None:
+    """Why ``path`` certainly names no exception class now, or None when it may.
+
+    Only what is already imported is looked at, and only where the answer is
+    sure: the longest prefix of ``path`` in ``sys.modules``, fully initialised,
+    is followed name by name through its namespace (``__dict__``, so a lazy
+    module's ``__getattr__`` is never called to import something). The answer
+    is None, "may", when no prefix is imported, when a module is still being
+    imported or answers names through ``__getattr__`` (PEP 562), and when a
+    missing name may be a submodule of a package that is not imported yet.
+    """
+    parts = path.split(".")
+    for split in range(len(parts) - 1, 0, -1):
+        module_name = ".".join(parts[:split])
+        owner: object = sys.modules.get(module_name)
+        if owner is None:
+            continue
+        where = module_name
+        for name in parts[split:]:
+            if isinstance(owner, ModuleType):
+                namespace = owner.__dict__
+                if getattr(owner.__spec__, "_initializing", False) or "__getattr__" in namespace:
+                    return None  # mid-import (importlib's own flag), or names made on demand
+                if name not in namespace and "__path__" in namespace:
+                    return None  # perhaps a submodule, imported later
+                found = namespace.get(name, _MISSING)
+            else:  # a class: its attributes, inherited ones too
+                found = getattr(owner, name, _MISSING)
+            if found is _MISSING:
+                return f"{where} has no {name!r}"
+            owner = found
+            where = f"{where}.{name}"
+        if isinstance(owner, type) and issubclass(owner, BaseException):
+            return None
+        return f"{path} is {type(owner).__name__!r}, not an exception class"
     return None
 
 

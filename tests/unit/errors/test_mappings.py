@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+import sys
 
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
@@ -69,9 +70,11 @@ def test_settings_keep_a_valid_value() -> None:
 def test_a_bad_value_is_logged_once_and_adds_no_mapping_while_the_part_works(
     caplog: pytest.LogCaptureFixture, tracer_provider: TracerProvider
 ) -> None:
-    settings = Settings.from_env({VARIABLE: "a.B=unset:404,oops"})
-    assert settings.problems == ()  # the settings keep the text; its syntax is ours
-    assert settings.error_mappings == "a.B=unset:404,oops"
+    with caplog.at_level(logging.ERROR):
+        settings = Settings.from_env({VARIABLE: "a.B=unset:404,oops"})
+    # refused where every setting is, naming the variable that was set
+    assert settings.error_mappings == ""
+    assert [problem[:2] for problem in settings.problems] == [(VARIABLE, "a.B=unset:404,oops")]
     instrumentor = BackpressureInstrumentor()
     with caplog.at_level(logging.ERROR):
         for _ in range(3):
@@ -90,3 +93,62 @@ def test_a_bad_value_is_logged_once_and_adds_no_mapping_while_the_part_works(
     assert VARIABLE in errors[0]
     assert "'oops'" in errors[0]
     assert "using the default (none)" in errors[0]
+
+
+def test_a_bad_value_in_code_raises_naming_the_argument_not_the_variable() -> None:
+    with pytest.raises(ValueError, match=r"^error_mappings must be ") as caught:
+        Settings(error_mappings="garbage")
+    assert "entry 'garbage'" in str(caught.value)
+    assert VARIABLE not in str(caught.value)
+
+
+class Mistyped(Exception):
+    """Lives in this module, which is imported: a path to a name it lacks is a typo."""
+
+
+TYPO_WARNING = "error_mappings (OTEL_PYTHON_BACKPRESSURE_ERROR_MAPPINGS) maps"
+
+
+def _warnings_enabling(text: str, caplog: pytest.LogCaptureFixture) -> list[str]:
+    instrumentor = BackpressureInstrumentor()
+    with caplog.at_level(logging.WARNING, logger="otel_backpressure.errors._integration"):
+        instrumentor.instrument(settings=Settings(error_mappings=text))
+    try:
+        return [r.getMessage() for r in caplog.records if r.name.startswith("otel_backpressure")]
+    finally:
+        instrumentor.uninstrument()
+
+
+@pytest.mark.parametrize(
+    ("entry", "reason"),
+    [
+        (f"{__name__}.Mistypo=error:500", f"{__name__} has no 'Mistypo'"),
+        (f"{__name__}.Mistyped.Inner=error:500", f"{__name__}.Mistyped has no 'Inner'"),
+        (f"{__name__}.VARIABLE=error:500", f"{__name__}.VARIABLE is 'str', not an exception"),
+        ("json.decoder.JSONDecodeErr=error:500", "json.decoder has no 'JSONDecodeErr'"),
+    ],
+)
+def test_a_mapping_naming_nothing_in_an_imported_module_is_logged_once(
+    entry: str, reason: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    (message,) = _warnings_enabling(f"{__name__}.Mistyped=error:500,{entry}", caplog)
+    path = entry.partition("=")[0]
+    assert message.startswith(f"{TYPO_WARNING} {path!r}, but {reason}")
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        f"{__name__}.Mistyped=error:500",  # right
+        "json.JSONDecodeError=error:500",  # re-exported
+        "nosuch.mod.Cls=error:500",  # not imported: nothing is imported to find out
+        "json.nosuch.Cls=error:500",  # json is a package: perhaps a submodule, later
+        "otel_backpressure.Nope=error:500",  # answers names on demand (PEP 562)
+    ],
+)
+def test_a_mapping_that_may_still_match_is_not_logged(
+    entry: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    before = set(sys.modules)
+    assert _warnings_enabling(entry, caplog) == []
+    assert "nosuch" not in {name.partition(".")[0] for name in set(sys.modules) - before}
