@@ -11,10 +11,11 @@ import builtins
 import importlib
 import sys
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
-from typing import Any, Final
+from typing import Any, Final, cast
 
 from opentelemetry import metrics
 from opentelemetry.metrics import Meter, MeterProvider
+from opentelemetry.trace import TracerProvider
 
 from otel_backpressure.version import __version__
 
@@ -26,6 +27,8 @@ __all__ = [
     "Scope",
     "Send",
     "Wrapper",
+    "check_meter_provider",
+    "check_tracer_provider",
     "get_meter",
     "newest_builtin",
     "python_name",
@@ -54,6 +57,38 @@ def get_meter(meter_provider: MeterProvider | None = None) -> Meter:
     """
     provider = meter_provider if meter_provider is not None else metrics.get_meter_provider()
     return provider.get_meter(SCOPE, __version__)
+
+
+def _check_provider(provider: Any, argument: str, kind: str, method: str) -> Any:
+    if provider is None or (
+        not isinstance(provider, type) and callable(getattr(provider, method, None))
+    ):
+        return provider
+    raise TypeError(f"{argument} must be a {kind} (with {method}), got {type(provider).__name__}")
+
+
+def check_meter_provider(
+    meter_provider: Any, argument: str = "meter_provider"
+) -> MeterProvider | None:
+    """``meter_provider`` if it is None or a provider; else ``TypeError`` naming ``argument``.
+
+    Any object with ``get_meter`` is a provider (the API's, the SDK's, a
+    proxy), as ``metrics.get_meter`` takes it; a class is not.
+    """
+    return cast(
+        "MeterProvider | None",
+        _check_provider(meter_provider, argument, "MeterProvider", "get_meter"),
+    )
+
+
+def check_tracer_provider(
+    tracer_provider: Any, argument: str = "tracer_provider"
+) -> TracerProvider | None:
+    """``tracer_provider`` if it is None or a provider; else ``TypeError`` naming ``argument``."""
+    return cast(
+        "TracerProvider | None",
+        _check_provider(tracer_provider, argument, "TracerProvider", "get_tracer"),
+    )
 
 
 # Classes that an older supported Python defines apart from, or names

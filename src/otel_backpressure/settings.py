@@ -67,7 +67,8 @@ _TRUE: Final = frozenset({"1", "true", "yes", "on"})
 _FALSE: Final = frozenset({"0", "false", "no", "off"})
 # What the environment may spell a number as: ASCII digits, an optional minus,
 # a decimal point and exponent for numbers. Stricter than int() and float(),
-# which also take "1_000", "+5", " ５ " (full-width digits), "inf" and "nan".
+# which also take "1_000", "+5", other scripts' digits (full-width,
+# Arabic-Indic), "inf" and "nan": the README says "whole number".
 _WHOLE: Final = re.compile(r"-?[0-9]+")
 _DECIMAL: Final = re.compile(r"-?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][-+]?[0-9]+)?")
 _METADATA_KEY: Final = "otel_backpressure.variable"

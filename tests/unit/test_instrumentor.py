@@ -16,6 +16,9 @@ from importlib.metadata import entry_points
 from typing import Any
 
 import pytest
+from opentelemetry.metrics import NoOpMeterProvider
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.trace import TracerProvider
 
 from child_python import run_under_opentelemetry_instrument
 from otel_backpressure import BackpressureInstrumentor, Settings, instrumentor
@@ -190,7 +193,7 @@ def test_a_bad_variable_keeps_its_default_and_every_part_starts(
 def test_providers_and_options_reach_the_parts(
     parts: dict[str, RecordingIntegration], backpressure: BackpressureInstrumentor
 ) -> None:
-    meter_provider, tracer_provider = object(), object()
+    meter_provider, tracer_provider = NoOpMeterProvider(), TracerProvider()
     settings = Settings(pool_timings=False)
     backpressure.instrument(
         settings=settings,
@@ -204,6 +207,55 @@ def test_providers_and_options_reach_the_parts(
     assert context.meter_provider is meter_provider
     assert context.tracer_provider is tracer_provider
     assert context.options == {"engines": ["e"]}
+
+
+@pytest.mark.parametrize("bad", ["x", 42, MeterProvider, object()])
+def test_a_bad_meter_provider_is_logged_naming_it_and_the_global_one_used(
+    parts: dict[str, RecordingIntegration],
+    log: list[str],
+    backpressure: BackpressureInstrumentor,
+    caplog: pytest.LogCaptureFixture,
+    bad: object,
+) -> None:
+    with caplog.at_level(logging.ERROR, logger="otel_backpressure.instrumentor"):
+        backpressure.instrument(meter_provider=bad)
+    assert log == ["enable pool", "enable rate_limit", "enable errors"]
+    assert all(part.context and part.context.meter_provider is None for part in parts.values())
+    (message,) = [record.getMessage() for record in caplog.records]
+    assert message == (
+        "BackpressureInstrumentor: meter_provider must be a MeterProvider (with get_meter), "
+        f"got {type(bad).__name__}; using the global meter provider"
+    )
+
+
+def test_bad_settings_are_logged_naming_them_and_the_environment_used(
+    parts: dict[str, RecordingIntegration],
+    backpressure: BackpressureInstrumentor,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    monkeypatch.setenv("OTEL_PYTHON_BACKPRESSURE_POOL_TIMINGS", "off")
+    with caplog.at_level(logging.ERROR, logger="otel_backpressure.instrumentor"):
+        backpressure.instrument(settings={"pool_timings": False})
+    context = parts["pool"].context
+    assert context is not None
+    assert context.settings == Settings(pool_timings=False)
+    assert "settings must be a Settings, got dict; using the environment's" in caplog.text
+
+
+def test_an_unknown_option_is_logged_by_name_and_the_rest_apply(
+    parts: dict[str, RecordingIntegration],
+    backpressure: BackpressureInstrumentor,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="otel_backpressure.instrumentor"):
+        backpressure.instrument(engins=["e"], meter_provider=None)
+    assert "ignores the unknown option(s) engins (it takes engine, engines, " in caplog.text
+    assert log_of(parts) == ["enable pool", "enable rate_limit", "enable errors"]
+
+
+def log_of(parts: dict[str, RecordingIntegration]) -> list[str]:
+    return next(iter(parts.values())).log
 
 
 def test_a_failing_part_is_logged_and_does_not_stop_the_others(

@@ -29,6 +29,7 @@ from collections import deque
 from datetime import datetime, timezone
 from typing import Any, Literal, TypedDict
 
+from otel_backpressure.pool._kinds import targets
 from otel_backpressure.pool._registry import REGISTRY
 from otel_backpressure.pool._source import PoolReading
 from otel_backpressure.settings import Settings, check_fraction, check_positive
@@ -97,10 +98,7 @@ def _thresholds(warning: float | None, critical: float | None) -> tuple[float, f
 
 def _check_target(target: object) -> None:
     if not REGISTRY.knows(target):
-        raise TypeError(
-            "target must be a SQLAlchemy Engine, AsyncEngine or Pool, or an asyncpg.Pool, "
-            f"got {type(target).__name__}"
-        )
+        raise TypeError(f"target must be {targets(readable=True)}, got {type(target).__name__}")
 
 
 def _status(
@@ -146,8 +144,8 @@ def pool_health(
     warning_threshold: float | None = None,
     critical_threshold: float | None = None,
 ) -> PoolHealthSnapshot:
-    """The health of ``target``'s pool now (``Engine``, ``AsyncEngine``, a SQLAlchemy
-    ``Pool`` or an ``asyncpg.Pool``; instrumented or not), as a ``PoolHealthSnapshot``.
+    """The health of ``target``'s pool now (anything ``instrument()`` takes, or a bare
+    SQLAlchemy ``Pool``; instrumented or not), as a ``PoolHealthSnapshot``.
     A thread pool (``anyio.CapacityLimiter``, ``ThreadPoolExecutor``) gives the
     same snapshot: threads or tokens in use, free ones as ``available``, calls
     waiting as ``pending`` (docs/runtime.md).

@@ -7,6 +7,12 @@ any time), ``create_async_engine`` (through its own ``create_engine``) and
 copies (which share the pool) do not. asyncpg pools are caught at
 ``asyncpg.pool.Pool.__init__``, which ``asyncpg.create_pool`` calls.
 
+The ``engine`` option is one pool, ``engines`` a list of them (or one);
+either may hold anything ``otel_backpressure.instrument()`` takes. A value
+that is none of these is logged naming the option and left out, and the part
+still starts: an application under ``opentelemetry-instrument`` cannot catch
+an exception from here.
+
 Example::
 
     BackpressureInstrumentor().instrument(meter_provider=provider, engines=[engine])
@@ -16,14 +22,14 @@ from __future__ import annotations
 
 import logging
 import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry.metrics import MeterProvider
 
 from otel_backpressure._patching import InstrumentationContext, Patch
 from otel_backpressure._shared import Wrapper
-from otel_backpressure.pool._kinds import SOURCES
+from otel_backpressure.pool._kinds import SOURCES, targets
 
 if TYPE_CHECKING:
     from otel_backpressure.pool._registry import PoolInstrumentation
@@ -33,28 +39,53 @@ __all__ = ["PoolIntegration"]
 _logger = logging.getLogger(__name__)
 
 
-def _engines(engines: object) -> list[Any]:
-    """The ``engines`` option as a list, every item checked to be a pool we can read."""
-    if engines is None:
-        return []
-    if not isinstance(engines, Iterable) or isinstance(engines, (str, bytes)):
-        raise TypeError(f"engines must be a list of engines, got {type(engines).__name__}")
-    engines = list(engines)
-    if not engines:
-        return engines
+def _takes(target: object) -> bool:
+    """Whether ``instrument()`` takes ``target`` (a pool some source knows, or a thread pool)."""
     from otel_backpressure.pool._registry import REGISTRY
+    from otel_backpressure.runtime import is_thread_pool
 
-    for engine in engines:
-        if not REGISTRY.accepts(engine):
-            raise TypeError(
-                "engines must hold SQLAlchemy Engines/AsyncEngines or asyncpg Pools, "
-                f"got {type(engine).__name__}"
+    return REGISTRY.accepts(target) or is_thread_pool(target)
+
+
+def _pools(options: Mapping[str, Any]) -> list[Any]:
+    """The pools of the ``engine`` and ``engines`` options, in order.
+
+    ``engines`` is a list of pools, or one pool (as ``engine`` is). Anything
+    else is logged, naming the option (``engines[2]`` for one item), and left
+    out: the rest are instrumented, and so is every pool created later.
+    """
+    given: list[tuple[str, Any]] = []
+    if options.get("engine") is not None:
+        given.append(("engine", options["engine"]))
+    engines = options.get("engines")
+    if engines is not None:
+        if _takes(engines):
+            given.append(("engines", engines))
+        elif isinstance(engines, Iterable) and not isinstance(engines, (str, bytes, Mapping)):
+            given.extend((f"engines[{index}]", item) for index, item in enumerate(engines))
+        else:
+            _logger.error(
+                "Backpressure pool telemetry: engines must be a list of pools, each %s; "
+                "got %s, ignored",
+                targets(),
+                type(engines).__name__,
             )
-    return engines
+    pools = []
+    for option, target in given:
+        if _takes(target):
+            pools.append(target)
+        else:
+            _logger.error(
+                "Backpressure pool telemetry: %s must be %s; got %s, ignored",
+                option,
+                targets(),
+                type(target).__name__,
+            )
+    return pools
 
 
 class PoolIntegration:
-    """Instruments the ``engines`` option, then every engine and asyncpg pool created."""
+    """Instruments the ``engine``/``engines`` options, then every pool created."""
 
     __slots__ = ("_context", "_handles")
 
@@ -69,22 +100,21 @@ class PoolIntegration:
         return tuple(Patch(*line.created_at, self._wrapper) for line in SOURCES)
 
     def enable(self, context: InstrumentationContext) -> None:
-        engines = _engines(context.options.get("engines"))
         self._context = context
-        for engine in engines:
-            self._instrument(engine, context.meter_provider)
+        for target in _pools(context.options):
+            self._instrument(target, context.meter_provider)
 
-    def adopt(self, engines: object, meter_provider: MeterProvider | None) -> None:
-        """Instrument ``engines`` handed to a later ``instrument()`` call, while enabled.
+    def adopt(self, options: Mapping[str, Any], meter_provider: MeterProvider | None) -> None:
+        """Instrument the ``engine``/``engines`` of a later ``instrument()`` call, while enabled.
 
         ``meter_provider`` None means the provider the part was enabled with.
-        Raises ``TypeError`` for an ``engines`` that is not a list of pools.
+        A bad option is logged naming it; the others are instrumented.
         """
         context = self._context
         if context is None:
             raise RuntimeError("the pool part is not enabled")
-        for engine in _engines(engines):
-            self._instrument(engine, meter_provider)
+        for target in _pools(options):
+            self._instrument(target, meter_provider)
 
     def disable(self) -> None:
         for handle in list(self._handles):

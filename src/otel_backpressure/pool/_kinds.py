@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Final, cast
 if TYPE_CHECKING:
     from otel_backpressure.pool._source import PoolSourceClass
 
-__all__ = ["SOURCES", "SourceKind"]
+__all__ = ["READ_ONLY_TARGETS", "SOURCES", "TARGETS", "SourceKind", "targets"]
 
 
 # A plain class, not a dataclass or a NamedTuple: this module is imported
@@ -98,3 +98,27 @@ SOURCES: Final = (
         ("aiohttp.connector", "BaseConnector.__init__"),
     ),
 )
+
+
+#: What a caller may hand over, in an error message's words. One list, so that
+#: ``instrument()``, ``pool_health()`` and the instrumentor's ``engines=``
+#: cannot disagree about it (tests/unit/pool/test_kinds.py holds it to SOURCES).
+TARGETS: Final = (
+    "a SQLAlchemy Engine or AsyncEngine",
+    "an asyncpg.Pool",
+    "a psycopg_pool pool",
+    "a redis-py client or pool",
+    "an httpx client or transport or an httpcore pool",
+    "an aiohttp ClientSession or connector",
+    # the runtime part's, through the same calls (docs/runtime.md)
+    "an anyio.CapacityLimiter or ThreadPoolExecutor",
+)
+
+#: What ``pool_health()`` reads besides (a pool nobody can instrument alone).
+READ_ONLY_TARGETS: Final = ("a SQLAlchemy Pool",)
+
+
+def targets(*, readable: bool = False) -> str:
+    """``TARGETS`` as one phrase; with ``readable``, ``READ_ONLY_TARGETS`` too."""
+    names = [*TARGETS, *(READ_ONLY_TARGETS if readable else ())]
+    return f"{', '.join(names[:-1])}, or {names[-1]}"

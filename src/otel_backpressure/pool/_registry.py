@@ -84,7 +84,7 @@ from typing import TYPE_CHECKING, Any, Final, overload
 
 from opentelemetry.metrics import MeterProvider, get_meter_provider
 
-from otel_backpressure.pool._kinds import SOURCES, SourceKind
+from otel_backpressure.pool._kinds import SOURCES, SourceKind, targets
 from otel_backpressure.pool._metrics import FAMILIES, MetricFamily
 from otel_backpressure.pool._source import PoolReading, PoolSource, PoolSourceClass
 from otel_backpressure.settings import Settings
@@ -95,13 +95,6 @@ if TYPE_CHECKING:
 __all__ = ["REGISTRY", "SOURCES", "PoolInstrumentation", "PoolRegistry", "SourceKind", "instrument"]
 
 _logger = logging.getLogger(__name__)
-
-
-_KINDS_TEXT = (
-    "a SQLAlchemy Engine or AsyncEngine, an asyncpg.Pool, a psycopg_pool pool, "
-    "a redis-py client or pool, an httpx client or httpcore pool, "
-    "or an aiohttp ClientSession or connector"
-)
 
 
 class PoolInstrumentation:
@@ -216,7 +209,7 @@ class PoolRegistry:
         """The handle reporting ``target``'s pool to ``meter_provider``, made once."""
         kind, key = self._kind_of(target)
         if kind is None:
-            raise TypeError(f"target must be {_KINDS_TEXT}, got {type(target).__name__}")
+            raise TypeError(f"target must be {targets()}, got {type(target).__name__}")
         with self._lock:
             self._sweep()
             entry = self._entries.get(id(key))

@@ -58,17 +58,82 @@ def test_pool_part_can_be_switched_off(
     assert pool_names(metrics) == []
 
 
-def test_a_bad_engines_option_is_logged_not_raised(
+POOL_LOGGER = "otel_backpressure.pool._integration"
+
+
+def _errors(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+def test_one_engine_as_engines_or_engine_is_instrumented(
+    tmp_path: Path, metrics: MetricsCapture, instrumentor: BackpressureInstrumentor
+) -> None:
+    first = sqlalchemy.create_engine(f"sqlite:///{tmp_path}/first.sqlite")
+    second = sqlalchemy.create_engine(f"sqlite:///{tmp_path}/second.sqlite")
+    third = sqlalchemy.create_engine(f"sqlite:///{tmp_path}/third.sqlite")
+    try:
+        # contrib's SQLAlchemyInstrumentor takes engine= and engines=
+        instrumentor.instrument(meter_provider=metrics.meter_provider, engines=first)
+        instrumentor.instrument(meter_provider=metrics.meter_provider, engine=second)
+        instrumentor.instrument(engine=third)  # the first call's provider
+        assert pool_names(metrics) == ["first.sqlite", "second.sqlite", "third.sqlite"]
+    finally:
+        for engine in (first, second, third):
+            engine.dispose()
+
+
+@pytest.mark.parametrize(
+    ("options", "named"),
+    [
+        ({"engines": 42}, "engines must be a list of pools"),
+        ({"engines": "sqlite://"}, "engines must be a list of pools"),
+        ({"engines": {"main": "sqlite://"}}, "engines must be a list of pools"),
+        ({"engines": ["sqlite://"]}, "engines[0] must be a SQLAlchemy Engine or AsyncEngine, "),
+        ({"engine": "sqlite://"}, "engine must be a SQLAlchemy Engine or AsyncEngine, "),
+    ],
+)
+def test_a_bad_pool_option_is_logged_naming_it_and_the_part_still_starts(
+    tmp_path: Path,
+    metrics: MetricsCapture,
+    instrumentor: BackpressureInstrumentor,
+    caplog: pytest.LogCaptureFixture,
+    options: dict[str, object],
+    named: str,
+) -> None:
+    # opentelemetry-instrument would turn an exception into a failed start
+    with caplog.at_level(logging.ERROR):
+        instrumentor.instrument(meter_provider=metrics.meter_provider, **options)
+    (message,) = _errors(caplog)
+    assert message.startswith(f"Backpressure pool telemetry: {named}")
+    assert message.endswith(", ignored")
+    assert "failed to start" not in caplog.text
+    engine = sqlalchemy.create_engine(f"sqlite:///{tmp_path}/after.sqlite")
+    try:
+        assert REGISTRY.source_of(engine) is not None  # engines made later: instrumented
+    finally:
+        engine.dispose()
+
+
+def test_a_bad_item_of_engines_is_left_out_and_the_others_instrumented(
     tmp_path: Path,
     metrics: MetricsCapture,
     instrumentor: BackpressureInstrumentor,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    # opentelemetry-instrument would turn an exception into a failed start
-    instrumentor.instrument(meter_provider=metrics.meter_provider, engines=["sqlite://"])
-    assert "engines must hold SQLAlchemy Engines" in caplog.text
-    engine = sqlalchemy.create_engine(f"sqlite:///{tmp_path}/after.sqlite")
-    assert REGISTRY.source_of(engine) is None  # the pool part did not start half-way
+    first = sqlalchemy.create_engine(f"sqlite:///{tmp_path}/first.sqlite")
+    second = sqlalchemy.create_engine(f"sqlite:///{tmp_path}/second.sqlite")
+    try:
+        with caplog.at_level(logging.ERROR):
+            instrumentor.instrument(
+                meter_provider=metrics.meter_provider, engines=[first, object(), second]
+            )
+        assert pool_names(metrics) == ["first.sqlite", "second.sqlite"]
+        (message,) = _errors(caplog)
+        assert "engines[1] must be " in message
+        assert "got object" in message
+    finally:
+        first.dispose()
+        second.dispose()
 
 
 def test_a_second_instrument_call_instruments_its_engines(
@@ -125,6 +190,7 @@ def test_a_bad_engines_option_in_a_second_call_is_logged_not_raised(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     instrumentor.instrument(meter_provider=metrics.meter_provider)
-    instrumentor.instrument(meter_provider=metrics.meter_provider, engines=[object()])
-    assert "engines must hold SQLAlchemy Engines" in caplog.text
-    assert "engines= was ignored" in caplog.text
+    with caplog.at_level(logging.ERROR):
+        instrumentor.instrument(meter_provider=metrics.meter_provider, engines=[object()])
+    (message,) = _errors(caplog)
+    assert message.startswith("Backpressure pool telemetry: engines[0] must be ")
