@@ -36,6 +36,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 from opentelemetry import metrics, trace
 
+from otel_backpressure._shared import check_meter_provider, check_tracer_provider
+
 if TYPE_CHECKING:  # the SDK is the otlp extra's: imported when configure_telemetry runs
     from opentelemetry.sdk.metrics import MeterProvider
     from opentelemetry.sdk.metrics.export import MetricExporter, MetricReader
@@ -176,6 +178,8 @@ class Telemetry:
         metric_readers: Sequence[MetricReader] = (),
         instrumentor: Any = None,
     ) -> None:
+        check_tracer_provider(tracer_provider)
+        check_meter_provider(meter_provider)
         self.tracer_provider = tracer_provider
         self.meter_provider = meter_provider
         # exporter entry-point name (otlp_proto_grpc, ...) -> the exporter built for it
@@ -354,12 +358,16 @@ def configure_telemetry(
     ones. ``instrument=True`` also runs ``BackpressureInstrumentor`` on these
     providers (``instrument_options`` go to it) and ``shutdown()`` undoes it.
 
-    Raises ValueError naming the argument or variable that is invalid: this
+    Raises ValueError naming the argument or variable that is invalid, and
+    TypeError naming an argument of the wrong kind (a single reader where a
+    list belongs, an instrumentor option without ``instrument=True``, a
+    ``meter_provider`` or ``tracer_provider``, which this function builds): this
     runs at start-up, where a wrong exporter setting should stop the deploy.
     Raises ImportError naming the ``otlp`` extra when the SDK is not installed.
     """
     _require_sdk()
     _check_arguments(service_name, metric_export_interval, protocol)
+    _check_kinds(resource, metric_readers, span_processors, instrument, instrument_options)
     span_exporters: dict[str, SpanExporter] = {}
     metric_exporters: dict[str, MetricExporter] = {}
     if export:
@@ -417,6 +425,46 @@ def _check_arguments(
         raise ValueError(f"protocol must be one of {sorted(_OTLP_PROTOCOLS)}, got {protocol!r}")
     if service_name is not None and not (isinstance(service_name, str) and service_name):
         raise ValueError(f"service_name must be a non-empty string, got {service_name!r}")
+
+
+def _check_kinds(
+    resource: object,
+    metric_readers: object,
+    span_processors: object,
+    instrument: bool,
+    instrument_options: dict[str, Any],
+) -> None:
+    """Raise TypeError naming the first of configure_telemetry's arguments of the wrong kind."""
+    from opentelemetry.sdk.metrics.export import MetricReader
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import SpanProcessor
+
+    if resource is not None and not isinstance(resource, Resource):
+        raise TypeError(f"resource must be a Resource, got {type(resource).__name__}")
+    for argument, items, kind in (
+        ("metric_readers", metric_readers, MetricReader),
+        ("span_processors", span_processors, SpanProcessor),
+    ):
+        if not isinstance(items, (list, tuple)):
+            raise TypeError(
+                f"{argument} must be a list of {kind.__name__}s, got {type(items).__name__}"
+            )
+        for index, item in enumerate(items):
+            if not isinstance(item, kind):
+                raise TypeError(
+                    f"{argument}[{index}] must be a {kind.__name__}, got {type(item).__name__}"
+                )
+    for built in ("meter_provider", "tracer_provider"):
+        if built in instrument_options:
+            raise TypeError(
+                f"{built} is not an argument of configure_telemetry, which builds the "
+                "providers (metric_readers= and span_processors= see their data)"
+            )
+    if instrument_options and not instrument:
+        raise TypeError(
+            f"configure_telemetry got {', '.join(sorted(instrument_options))} without "
+            "instrument=True (options of BackpressureInstrumentor().instrument())"
+        )
 
 
 def _resource(service_name: str | None, resource: Resource | None) -> Resource:

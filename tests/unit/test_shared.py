@@ -18,6 +18,8 @@ import re
 import select
 import socket
 import sys
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 from opentelemetry.sdk.metrics import MeterProvider
@@ -133,3 +135,63 @@ def test_every_public_name_of_a_lazy_package_is_exported_and_defined(package: st
     assert set(module.__all__) <= set(dir(module))
     with pytest.raises(AttributeError):
         getattr(module, "no_such_name")  # noqa: B009
+
+
+# Every public call that takes a provider, called right but for the provider: an
+# explicit call by the developer raises, naming the argument (the instrumentor,
+# which must never break an application, logs instead: test_instrumentor.py).
+def _provider_calls() -> dict[str, Callable[[Any], object]]:
+    import anyio
+    from sqlalchemy import create_engine
+
+    import otel_backpressure
+    from otel_backpressure import (
+        ErrorMappingMiddleware,
+        Policy,
+        RateLimiter,
+        mapped_errors,
+        record_error,
+    )
+    from otel_backpressure.runtime import instrument_thread_pool
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        pass
+
+    return {
+        "instrument(engine)": lambda p: otel_backpressure.instrument(
+            create_engine("sqlite://"), meter_provider=p
+        ),
+        "instrument(limiter)": lambda p: otel_backpressure.instrument(
+            anyio.CapacityLimiter(2), meter_provider=p
+        ),
+        "instrument_thread_pool": lambda p: instrument_thread_pool(
+            concurrent.futures.ThreadPoolExecutor(1), meter_provider=p
+        ),
+        "RateLimiter": lambda p: RateLimiter([Policy("p", rate=1, period=1.0)], meter_provider=p),
+        "ErrorMappingMiddleware": lambda p: ErrorMappingMiddleware(app, meter_provider=p),
+        "record_error": lambda p: record_error(ValueError("x"), meter_provider=p),
+        "mapped_errors": lambda p: mapped_errors(meter_provider=p),
+    }
+
+
+@pytest.mark.parametrize("call", sorted(_provider_calls()))
+@pytest.mark.parametrize("provider", ["x", 3, MeterProvider, object()])
+def test_every_public_call_refuses_what_is_no_meter_provider_naming_it(
+    call: str, provider: object
+) -> None:
+    with pytest.raises(TypeError) as caught:
+        _provider_calls()[call](provider)
+    assert str(caught.value) == (
+        f"meter_provider must be a MeterProvider (with get_meter), got {type(provider).__name__}"
+    )
+
+
+@pytest.mark.parametrize("call", sorted(_provider_calls()))
+def test_every_public_call_takes_a_meter_provider(call: str) -> None:
+    provider = MeterProvider()
+    try:
+        handle = _provider_calls()[call](provider)
+        if hasattr(handle, "uninstrument"):
+            handle.uninstrument()
+    finally:
+        provider.shutdown()

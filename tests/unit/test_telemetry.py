@@ -191,6 +191,66 @@ def test_bad_arguments_raise_naming_them(kwargs: dict[str, Any], named: str) -> 
 
 
 @pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"resource": {"service.name": "x"}}, "resource must be a Resource, got dict"),
+        (
+            {"metric_readers": InMemoryMetricReader()},
+            "metric_readers must be a list of MetricReaders, got InMemoryMetricReader",
+        ),
+        (
+            {"metric_readers": [InMemoryMetricReader(), "reader"]},
+            "metric_readers[1] must be a MetricReader, got str",
+        ),
+        (
+            {"span_processors": SimpleSpanProcessor(InMemorySpanExporter())},
+            "span_processors must be a list of SpanProcessors, got SimpleSpanProcessor",
+        ),
+        (
+            {"span_processors": [InMemorySpanExporter()]},
+            "span_processors[0] must be a SpanProcessor, got InMemorySpanExporter",
+        ),
+        (
+            {"instrument": True, "meter_provider": object()},
+            "meter_provider is not an argument of configure_telemetry, which builds",
+        ),
+        (
+            {"instrument": True, "tracer_provider": object()},
+            "tracer_provider is not an argument of configure_telemetry, which builds",
+        ),
+        (
+            {"engines": []},  # an instrumentor option, silently dropped before
+            "configure_telemetry got engines without instrument=True",
+        ),
+        ({"servce_name": "x"}, "configure_telemetry got servce_name without instrument=True"),
+    ],
+)
+def test_arguments_of_the_wrong_kind_raise_naming_them_before_anything_is_built(
+    kwargs: dict[str, Any], message: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[object] = []
+    monkeypatch.setattr("otel_backpressure.telemetry._set_global", calls.append)
+    with pytest.raises(TypeError) as caught:
+        configure_telemetry(export=False, **kwargs)
+    assert str(caught.value).startswith(message)
+    assert calls == []  # the global providers were left alone
+
+
+@pytest.mark.parametrize("argument", ["tracer_provider", "meter_provider"])
+def test_telemetry_refuses_what_is_no_provider_naming_it(argument: str) -> None:
+    providers: dict[str, Any] = {"tracer_provider": None, "meter_provider": None}
+    providers[argument] = "x"
+    kind = (
+        "TracerProvider (with get_tracer)"
+        if argument == "tracer_provider"
+        else ("MeterProvider (with get_meter)")
+    )
+    with pytest.raises(TypeError) as caught:
+        Telemetry(span_exporters={}, metric_exporters={}, **providers)
+    assert str(caught.value) == f"{argument} must be a {kind}, got str"
+
+
+@pytest.mark.parametrize(
     ("variable", "value"),
     [
         ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json"),

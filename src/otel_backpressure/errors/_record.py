@@ -29,7 +29,7 @@ from opentelemetry import trace
 from opentelemetry.metrics import MeterProvider
 from opentelemetry.trace import Span, StatusCode
 
-from otel_backpressure._shared import type_name
+from otel_backpressure._shared import check_meter_provider, type_name
 from otel_backpressure.errors._defaults import registry as default_registry
 from otel_backpressure.errors._metrics import count_exception
 from otel_backpressure.errors._outcome import ErrorOutcome
@@ -65,11 +65,14 @@ def record_error(
     from a server span, adds nothing to ``backpressure.exceptions``.
 
     An unmapped exception is recorded as an Error with its class as
-    ``error.type`` and a fixed description (never its message). Never raises
-    into the caller; returns the outcome it applied.
+    ``error.type`` and a fixed description (never its message). Returns the
+    outcome it applied; raises only ``TypeError`` for an ``exc`` that is no
+    exception or a ``meter_provider`` without ``get_meter`` (a mistake in the
+    call, not in the telemetry).
     """
     if not isinstance(exc, BaseException):
         raise TypeError(f"exc must be an exception, got {type(exc).__name__}")
+    check_meter_provider(meter_provider)
     outcome = fallback_outcome(exc)
     try:
         outcome = (registry or default_registry).lookup(exc) or outcome
@@ -104,6 +107,7 @@ class mapped_errors:  # lower case, like contextlib.suppress
             raise TypeError(f"suppress must be a bool, got {suppress!r}")
         if registry is not None and not isinstance(registry, ErrorRegistry):
             raise TypeError(f"registry must be an ErrorRegistry, got {registry!r}")
+        check_meter_provider(meter_provider)
         self._span = span
         self._suppress = suppress
         self._registry = registry or default_registry

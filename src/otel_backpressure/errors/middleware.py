@@ -27,7 +27,15 @@ from typing import Any
 from opentelemetry import trace
 from opentelemetry.metrics import MeterProvider
 
-from otel_backpressure._shared import ASGIApp, Message, Receive, Scope, Send, type_name
+from otel_backpressure._shared import (
+    ASGIApp,
+    Message,
+    Receive,
+    Scope,
+    Send,
+    check_meter_provider,
+    type_name,
+)
 from otel_backpressure.errors._defaults import registry as default_registry
 from otel_backpressure.errors._hierarchy import RateLimitExceededError
 from otel_backpressure.errors._metrics import count_exception
@@ -111,6 +119,7 @@ class ErrorMappingMiddleware:
             raise TypeError(f"app must be an ASGI application, got {app!r}")
         if registry is not None and not isinstance(registry, ErrorRegistry):
             raise TypeError(f"registry must be an ErrorRegistry, got {registry!r}")
+        check_meter_provider(meter_provider)
         self._app = app
         self._registry = registry or default_registry
         self._meter_provider = meter_provider

@@ -84,6 +84,7 @@ from typing import TYPE_CHECKING, Any, Final, overload
 
 from opentelemetry.metrics import MeterProvider, get_meter_provider
 
+from otel_backpressure._shared import check_meter_provider
 from otel_backpressure.pool._kinds import SOURCES, SourceKind, targets
 from otel_backpressure.pool._metrics import FAMILIES, MetricFamily
 from otel_backpressure.pool._source import PoolReading, PoolSource, PoolSourceClass
@@ -433,11 +434,13 @@ def instrument(
     monotonic clock in seconds, for tests. Instrumenting the same pool again
     for the same provider returns the same handle.
 
-    Raises ``TypeError`` for a ``target`` no source knows or a non-bool
-    ``timings``, ``ValueError`` for an empty ``pool_name``.
+    Raises ``TypeError`` for a ``target`` no source knows, a ``meter_provider``
+    without ``get_meter`` or a non-bool ``timings``, ``ValueError`` for an
+    empty ``pool_name``.
     """
     from otel_backpressure.runtime import instrument_thread_pool, is_thread_pool
 
+    check_meter_provider(meter_provider)
     if is_thread_pool(target):  # the runtime part's seam
         return instrument_thread_pool(target, pool_name=pool_name, meter_provider=meter_provider)
     if pool_name is not None and (not isinstance(pool_name, str) or not pool_name.strip()):

@@ -23,6 +23,7 @@ from typing import NamedTuple
 
 from opentelemetry.metrics import MeterProvider, NoOpMeterProvider
 
+from otel_backpressure._shared import check_meter_provider
 from otel_backpressure.ratelimit import gcra
 from otel_backpressure.ratelimit._checks import MAX_COUNT, check_whole
 from otel_backpressure.ratelimit._fields import RateLimitFields
@@ -85,9 +86,10 @@ class RateLimiter:
     - ``clock``: a callable returning monotonic seconds, for the default
       store (tests); with a ``store`` given, the store keeps the time.
 
-    Raises ``TypeError`` for policies that are not a sequence of ``Policy`` or
-    a store of another kind, and ``ValueError`` for no policies, a repeated
-    policy name or a ``clock`` given with a ``store``. A default store's
+    Raises ``TypeError`` for policies that are not a sequence of ``Policy``, a
+    store of another kind or a ``meter_provider`` without ``get_meter``, and
+    ``ValueError`` for no policies, a repeated policy name or a ``clock``
+    given with a ``store``. A default store's
     settings come from the environment, where a bad value is logged and its
     default used, so building a limiter never fails on the environment.
     """
@@ -114,6 +116,7 @@ class RateLimiter:
         clock: Callable[[], float] | None = None,
     ) -> None:
         self._policies = _check_policies(policies, "policies")
+        check_meter_provider(meter_provider)
         if store is None:
             store = MemoryStore(clock=clock)
         elif not isinstance(store, (MemoryStore, RedisStore)):

@@ -24,6 +24,7 @@ from typing import Any
 
 from opentelemetry.metrics import MeterProvider
 
+from otel_backpressure._shared import check_meter_provider
 from otel_backpressure.runtime._integration import ANYIO, DEFAULT_EXECUTOR
 from otel_backpressure.runtime._metrics import ThreadPoolMetrics
 from otel_backpressure.runtime._threads import (
@@ -98,10 +99,12 @@ def instrument_thread_pool(
     ``pool_name`` becomes ``backpressure.thread_pool.name``; it defaults to the
     executor's thread name prefix (``ThreadPoolExecutor-0``) or
     ``anyio.CapacityLimiter``. Pools sharing a name are reported summed.
-    Raises ``TypeError`` for anything else and ``ValueError`` for an empty name.
+    Raises ``TypeError`` for anything else or a ``meter_provider`` without
+    ``get_meter``, and ``ValueError`` for an empty name.
     """
     if pool_name is not None and (not isinstance(pool_name, str) or not pool_name.strip()):
         raise ValueError(f"pool_name must be a non-empty string, got {pool_name!r}")
+    check_meter_provider(meter_provider)
     if not is_thread_pool(target):
         raise TypeError(
             "target must be an anyio.CapacityLimiter or a concurrent.futures.ThreadPoolExecutor, "
