@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import uuid
 from collections.abc import Iterator
@@ -200,6 +201,30 @@ def test_instrumentor_catches_pools_the_app_creates(
         instrumentor.uninstrument()
         assert counts_of(metrics, "127.0.0.1:5432/test") == {}
         assert "getconn" not in pool.__dict__
+
+
+def test_pools_made_before_are_taken_as_engine_and_engines_and_a_bad_item_named(
+    application_name: str,
+    metrics: MetricsCapture,
+    instrumentor: BackpressureInstrumentor,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    conninfo = f"host=127.0.0.1 port=5432 user=postgres application_name={application_name}"
+    with (
+        psycopg_pool.ConnectionPool(f"{conninfo} dbname=test", min_size=1, max_size=3) as one,
+        psycopg_pool.ConnectionPool(f"{conninfo} dbname=postgres", min_size=1, max_size=3) as two,
+    ):
+        one.wait()
+        two.wait()
+        with caplog.at_level(logging.ERROR):
+            instrumentor.instrument(
+                meter_provider=metrics.meter_provider, engine=one, engines=[two, conninfo]
+            )
+        assert counts_of(metrics, "127.0.0.1:5432/test")[IDLE] == 1
+        assert counts_of(metrics, "127.0.0.1:5432/postgres")[IDLE] == 1
+        (message,) = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+        assert message.startswith("Backpressure pool telemetry: engines[1] must be ")
+        assert "a psycopg_pool pool" in message
 
 
 @pytest.mark.parametrize(

@@ -223,6 +223,28 @@ def test_instrumentor_catches_pools_the_app_creates(
         client.close()
 
 
+def test_a_client_made_before_is_taken_alone_as_engines(
+    redis_url: str,
+    client_name: str,
+    metrics: MetricsCapture,
+    instrumentor: BackpressureInstrumentor,
+) -> None:
+    # one client, not a list: taken as a list of one, and later pools still caught
+    client = redis.Redis.from_url(redis_url.rsplit("/", 1)[0] + "/4", client_name=client_name)
+    try:
+        instrumentor.instrument(meter_provider=metrics.meter_provider, engines=client)
+        client.ping()
+        assert counts_of(metrics, "127.0.0.1:6379/4")[IDLE] == 1
+        later = redis.Redis.from_url(redis_url.rsplit("/", 1)[0] + "/5", client_name=client_name)
+        try:
+            later.ping()
+            assert counts_of(metrics, "127.0.0.1:6379/5")[IDLE] == 1
+        finally:
+            later.close()
+    finally:
+        client.close()
+
+
 def test_timings_off_hooks_only_what_counts_timeouts(
     redis_url: str, client_name: str, metrics: MetricsCapture
 ) -> None:
