@@ -64,6 +64,7 @@ def assert_backpressure_happened(stdout: str, summary: dict[str, Any]) -> None:
     assert handled.get("not_found", 0) + handled.get("validation_error", 0) >= 1, handled
     assert handled.get("pool_exhausted", 0) >= 1, handled
     assert summary["requests"].get("503", 0) >= 1
+    assert summary["requests"].get("429", 0) == sum(rejected.values()), (rejected, summary)
     assert summary["client_failures"] == {}
     # the terminal shows the same facts
     assert re.search(r"^\[\s*\d+\.\ds/8s\] requests \d+", stdout, re.MULTILINE), stdout
@@ -71,6 +72,46 @@ def assert_backpressure_happened(stdout: str, summary: dict[str, Any]) -> None:
     assert re.search(r"timeouts=[1-9]", stdout), stdout
     assert re.search(r"rate limit (player|leaderboard): allowed=\d+ .*rejected=[1-9]", stdout)
     assert re.search(r"exceptions (not_found|validation_error): handled=[1-9]", stdout), stdout
+
+
+def rejections(summary: dict[str, Any]) -> int:
+    """Requests some enforced policy rejected, over every rate limiter of the demo."""
+    return sum(int(results.get("rejected", 0)) for results in summary["rate_limits"].values())
+
+
+def test_the_summary_s_429s_are_the_rate_limiters_rejections(tmp_path: Path) -> None:
+    """The warm-up before the clock starts is not counted by the limiters, so the figures agree.
+
+    It used to spend player 0's budget: the view opened on "allowed 4,
+    rejected 1" at 0.0 s and the summary had one rejection more than 429s.
+    """
+    stdout, summary = run_demo(tmp_path)
+    assert rejections(summary) >= 1, summary  # the storms: not a comparison of zeros
+    assert summary["requests"].get("429", 0) == rejections(summary), summary
+    # the first progress report, before any player's request: every rate-limit figure zero
+    first = stdout.split("[  0.0s/8s] requests 0 ()\n", 1)[1].split("\n[", 1)[0]
+    rows = re.findall(r"^  rate limits (\S+): (.*(?:\n      .*)?)", first, re.MULTILINE)
+    assert rows, stdout
+    for policy, figures in rows:
+        counts = re.findall(r"(allowed|rejected|dry run rej\.) (\S+?),", figures)
+        assert counts, figures
+        assert {value for _, value in counts} <= {"0", "-"}, (policy, figures)
+
+
+def test_an_unreachable_database_is_one_line_not_a_traceback(tmp_path: Path) -> None:
+    env = {key: value for key, value in os.environ.items() if not key.startswith("OTEL_")}
+    url = "postgresql+asyncpg://postgres:secret@127.0.0.1:1/test"  # nothing listens on port 1
+    result = subprocess.run(
+        [sys.executable, "-m", "otel_backpressure.demo", "--database-url", url],
+        capture_output=True, text=True, env=env, timeout=120, check=False,
+    )  # fmt: skip
+    assert result.returncode == 1, result.stdout + result.stderr
+    (line,) = result.stderr.splitlines()
+    assert line.startswith(
+        "python -m otel_backpressure.demo: error: --database-url: cannot use "
+        "postgresql+asyncpg://postgres:***@127.0.0.1:1/test: ConnectionRefusedError: "
+    ), line
+    assert "secret" not in result.stdout
 
 
 def test_demo_on_sqlite_feeds_a_collector(tmp_path: Path, collector: Collector) -> None:

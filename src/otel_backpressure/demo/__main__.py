@@ -23,15 +23,18 @@ import argparse
 import asyncio
 import json
 import logging
+import math
 import os
 import random
 import sys
 import tempfile
 import textwrap
 import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
@@ -49,14 +52,19 @@ _ENDPOINT_VARIABLES = (
 _EXPORTER_VARIABLES = ("OTEL_METRICS_EXPORTER", "OTEL_TRACES_EXPORTER")
 
 
+PROG = "python -m otel_backpressure.demo"
+#: seconds the first connection to the database may take
+CONNECT_SECONDS = 15.0
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m otel_backpressure.demo",
+        prog=PROG,
         description="A small game service under load: pool pressure, rate limits, mapped errors.",
     )
-    parser.add_argument("--duration", type=_positive(float), default=20.0, help="seconds (20)")
+    parser.add_argument("--duration", type=_seconds_above_zero, default=20.0, help="seconds (20)")
     parser.add_argument(
-        "--players", type=_positive(int), default=20, help="concurrent players (20)"
+        "--players", type=_player_count, default=20, help="concurrent players, 1 or more (20)"
     )
     parser.add_argument(
         "--database-url",
@@ -66,6 +74,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--otlp-endpoint",
+        type=_otlp_endpoint,
         default=None,
         help="OTLP collector, e.g. http://localhost:4317 (default: the OTEL_* variables)",
     )
@@ -77,39 +86,212 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--interval",
-        type=_positive(float),
+        type=_seconds_above_zero,
         default=2.0,
         help="seconds between plain progress reports when stdout is not a terminal (2)",
     )
-    parser.add_argument("--pool-size", type=_positive(int), default=4, help="pool_size (4)")
-    parser.add_argument("--max-overflow", type=_positive(int), default=2, help="max_overflow (2)")
     parser.add_argument(
-        "--pool-timeout", type=_positive(float), default=0.25, help="pool checkout timeout (0.25 s)"
+        "--pool-size", type=_pool_size, default=4, help="pool_size; 0: no limit (4)"
+    )
+    parser.add_argument(
+        "--max-overflow",
+        type=_max_overflow,
+        default=2,
+        help="max_overflow; 0: no overflow, -1: no limit (2)",
+    )
+    parser.add_argument(
+        "--pool-timeout",
+        type=_seconds_from_zero,
+        default=0.25,
+        help="pool checkout timeout; 0: fail at once when the pool is full (0.25 s)",
     )
     parser.add_argument(
         "--redis-url",
+        type=_redis_url,
         default=os.environ.get("BACKPRESSURE_DEMO_REDIS_URL"),
         help="cache player profiles in this Redis (a second pool to watch); default: none",
     )
     parser.add_argument(
         "--limiter-redis-url",
+        type=_redis_url,
         default=None,
         help="keep the rate limiter's counters in this Redis (RedisStore) instead of memory; "
         "stop it in the outage phase to see the limiter fail open (default: in memory)",
     )
-    parser.add_argument("--seed", type=int, default=7, help="random seed of the players (7)")
-    parser.add_argument("--summary-json", type=Path, default=None, help="also write the summary")
-    return parser.parse_args(argv)
+    parser.add_argument(
+        "--seed", type=_whole_number, default=7, help="random seed of the players (7)"
+    )
+    parser.add_argument(
+        "--summary-json",
+        type=_summary_path,
+        default=None,
+        help="also write the summary to this file",
+    )
+    args = parser.parse_args(argv)
+    problem = _database_problem(args)
+    if problem is not None:
+        parser.error(f"argument --database-url: {problem}")
+    return args
 
 
-def _positive(kind: type[Any]) -> Any:
-    def convert(text: str) -> Any:
-        value = kind(text)
-        if not value > 0:
-            raise argparse.ArgumentTypeError(f"must be positive, got {text!r}")
+# Argument types: each names what it expects (argparse prints the message of
+# an ArgumentTypeError as it is; any other error would print the function's name).
+
+
+def _number(text: str, expected: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+    return value
+
+
+def _integer(text: str, expected: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+
+
+def _seconds_above_zero(text: str) -> float:
+    expected = "a number of seconds > 0"
+    value = _number(text, expected)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+    return value
+
+
+def _seconds_from_zero(text: str) -> float:
+    expected = "a number of seconds >= 0"
+    value = _number(text, expected)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+    return value
+
+
+def _at_least(minimum: int, expected: str) -> Callable[[str], int]:
+    def check(text: str) -> int:
+        value = _integer(text, expected)
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
         return value
 
-    return convert
+    return check
+
+
+# SQLAlchemy's QueuePool: pool_size 0 keeps every connection (no limit),
+# max_overflow 0 opens none beyond pool_size and -1 any number.
+_player_count = _at_least(1, "a whole number of players >= 1")
+_pool_size = _at_least(0, "a whole number >= 0 (0: no limit)")
+_max_overflow = _at_least(-1, "a whole number >= -1 (0: no overflow, -1: no limit)")
+
+
+def _whole_number(text: str) -> int:
+    return _integer(text, "a whole number")
+
+
+def _otlp_endpoint(text: str) -> str:
+    try:
+        parts = urlsplit(text)
+    except ValueError:  # a bracket with no IPv6 address in it
+        parts = urlsplit("")
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise argparse.ArgumentTypeError(
+            f"expected an http:// or https:// URL such as http://localhost:4317, got {text!r}"
+        )
+    return text
+
+
+def _redis_url(text: str) -> str:
+    try:
+        from redis.asyncio.connection import parse_url
+    except ImportError:
+        raise argparse.ArgumentTypeError(
+            "needs redis-py: pip install 'opentelemetry-instrumentation-backpressure[all]'"
+        ) from None
+    try:
+        parse_url(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(
+            f"expected a redis://, rediss:// or unix:// URL such as redis://127.0.0.1:6379/0, "
+            f"got {_hide_password(text)!r} ({exc})"
+        ) from None
+    return text
+
+
+def _summary_path(text: str) -> Path:
+    path = Path(text)
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"expected a file to write, got the directory {text!r}")
+    if not path.parent.is_dir():
+        raise argparse.ArgumentTypeError(
+            f"expected a file in an existing directory, got {text!r} "
+            f"(no directory {str(path.parent)!r})"
+        )
+    return path
+
+
+def _hide_password(url: str) -> str:
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return url
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def _database_problem(args: argparse.Namespace) -> str | None:
+    """What makes ``--database-url`` unusable with the pool arguments, or None.
+
+    An engine is built and thrown away: that parses the URL, loads the dialect
+    and its driver, checks the driver is async and that the URL's pool takes
+    the pool arguments. Nothing connects yet (see ``run``).
+    """
+    if args.database_url is None:
+        return None
+    from sqlalchemy import exc
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    try:
+        url = make_url(args.database_url)
+    except exc.ArgumentError:
+        return (
+            f"expected a SQLAlchemy URL (dialect+driver://user@host/database), "
+            f"got {_hide_password(args.database_url)!r}"
+        )
+    shown = url.render_as_string(hide_password=True)
+    try:
+        engine = create_async_engine(
+            url,
+            pool_size=args.pool_size,
+            max_overflow=args.max_overflow,
+            pool_timeout=args.pool_timeout,
+        )
+    except exc.NoSuchModuleError:
+        return (
+            f"SQLAlchemy has no dialect+driver {url.drivername!r} (in {shown!r}); "
+            "use an async one, e.g. postgresql+asyncpg:// or sqlite+aiosqlite://"
+        )
+    except ImportError as error:
+        return f"{shown}: its driver is not installed ({error})"
+    except exc.InvalidRequestError:  # a sync driver
+        return (
+            f"{shown}: driver {url.get_driver_name()!r} is not async; "
+            "use an async one, e.g. postgresql+asyncpg:// or sqlite+aiosqlite://"
+        )
+    except TypeError:  # a pool that takes no size (SQLite in memory: one connection)
+        return (
+            f"{shown}: its pool takes no --pool-size/--max-overflow/--pool-timeout "
+            "(an in-memory SQLite database has one connection); give a file, "
+            "e.g. sqlite+aiosqlite:///game.db"
+        )
+    engine.sync_engine.dispose()
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -185,8 +367,18 @@ async def run(args: argparse.Namespace) -> int:
         + (f"exporting to {destination}" if export else "no OTLP endpoint: summary only"),
         flush=True,
     )
+    schema = False
     try:
-        await service.create_schema(args.players)
+        problem = await _create_schema(service, args.players)
+        if problem is not None:
+            print(
+                f"{PROG}: error: --database-url: cannot use "
+                f"{engine.url.render_as_string(hide_password=True)}: {problem}",
+                file=sys.stderr,
+                flush=True,
+            )
+            return 1
+        schema = True
         traffic = await _drive(
             args,
             build_app(service, limiter, proposed, profiles),
@@ -198,7 +390,9 @@ async def run(args: argparse.Namespace) -> int:
         summary.update(read_snapshot(reader))
         telemetry.force_flush()  # export the pools' last readings while they still exist
     finally:
-        await _close(service, limiter)
+        if schema:
+            await _drop_schema(service)
+        await _close_store(limiter)
         await _close_store(proposed)
         await profiles.aclose()
         upstream.__exit__(None, None, None)
@@ -289,32 +483,62 @@ async def _drive(
     return traffic
 
 
-async def _warm_up(client: Any) -> None:
-    """One request per route, one at a time, before the clock starts.
+WARM_UP: tuple[tuple[str, str, Any], ...] = (
+    ("GET", "/players/1", None),
+    ("POST", "/players/1/score", {"points": 0}),
+    ("GET", "/players/1/profile", None),
+    ("GET", "/leaderboard", None),
+    ("GET", "/export", None),
+)
+
+
+async def _warm_up(client: Any) -> list[int]:
+    """One request per route, one at a time, before the clock starts; their statuses.
 
     A route's first request imports lazily and opens the first connections of
     its pools; with every player arriving at once that stalls the loop and
-    the calm phase would start with slow checkouts. Not counted in the traffic.
+    the calm phase would start with slow checkouts. Not counted in the traffic,
+    nor by the rate limiters: the requests carry no player id, which
+    ``player_key`` exempts, so they spend no player's budget and the
+    rate-limit figures count the players' requests only (the summary's 429s
+    are the limiters' rejections).
     """
-    from otel_backpressure.demo.app import PLAYER_ID_HEADER
-
-    headers = {PLAYER_ID_HEADER: "0"}
-    for method, path, body in (
-        ("GET", "/players/1", None),
-        ("POST", "/players/1/score", {"points": 0}),
-        ("GET", "/players/1/profile", None),
-        ("GET", "/leaderboard", None),
-        ("GET", "/export", None),
-    ):
-        await client.request(method, path, json=body, headers=headers)
+    return [
+        (await client.request(method, path, json=body)).status_code
+        for method, path, body in WARM_UP
+    ]
 
 
-async def _close(service: Any, limiter: Any) -> None:
+async def _create_schema(service: Any, players: int) -> str | None:
+    """Connect and create the demo's table: what went wrong, in one line, or None.
+
+    The first connection is where a database that is down, unknown or
+    refusing the user shows; the demo stops there with one line rather than a
+    traceback, and waits at most ``CONNECT_SECONDS`` for a host that does not
+    answer (asyncpg alone would wait a minute).
+    """
+    from sqlalchemy.exc import DBAPIError
+
+    try:
+        await asyncio.wait_for(service.create_schema(players), CONNECT_SECONDS)
+    except asyncio.TimeoutError:  # not the builtin TimeoutError before Python 3.11
+        return f"no answer within {CONNECT_SECONDS:g} s"
+    except Exception as exc:  # whatever the driver raises: none of it is the demo's
+        error: BaseException = exc
+        if isinstance(exc, DBAPIError) and exc.orig is not None:
+            # the driver's own error, without SQLAlchemy's SQL and links (the
+            # async adapters wrap it once more: asyncpg's is the cause)
+            error = exc.orig.__cause__ or exc.orig
+        lines = str(error).strip().splitlines()
+        return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
+    return None
+
+
+async def _drop_schema(service: Any) -> None:
     try:
         await service.drop_schema()
     except Exception as exc:  # the database may be the thing that broke
         print(f"could not drop the demo table: {type(exc).__name__}", file=sys.stderr)
-    await _close_store(limiter)
 
 
 async def _close_store(limiter: Any) -> None:

@@ -16,8 +16,10 @@ Routes, and the backpressure each one produces:
   mistake: a sync call inside ``async def``), so every request waits behind it
   (``backpressure.event_loop.delay``).
 
-Every request is rate limited per player (``player`` policy) and the
-leaderboard also per ``leaderboard`` policy.
+Every request of a player (one carrying the ``x-player-id`` header) is rate
+limited per player (``player`` policy) and the leaderboard also per
+``leaderboard`` policy; a request without it is not limited (the demo's
+warm-up sends those).
 """
 
 from __future__ import annotations
@@ -196,7 +198,7 @@ def _signup_limiter() -> tuple[Any, Any]:
 
 
 def player_key(scope: Any) -> str | None:
-    """Rate-limit per player (the demo's players share one address)."""
+    """Rate-limit per player (the demo's players share one address); no player id: exempt."""
     for name, value in scope.get("headers", ()):
         if name == PLAYER_ID_HEADER.encode():
             return "player:" + bytes(value).decode("latin-1")
