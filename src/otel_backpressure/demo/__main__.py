@@ -314,15 +314,21 @@ async def run(args: argparse.Namespace) -> int:
         os.environ.get(v) for v in (*_ENDPOINT_VARIABLES, *_EXPORTER_VARIABLES)
     )
     reader = InMemoryMetricReader()
-    telemetry = configure_telemetry(
-        service_name=os.environ.get("OTEL_SERVICE_NAME") or "backpressure-demo",
-        endpoint=args.otlp_endpoint,
-        protocol=args.otlp_protocol,
-        export=export,
-        metric_export_interval=5.0 if "OTEL_METRIC_EXPORT_INTERVAL" not in os.environ else None,
-        metric_readers=[reader],
-        instrument=True,
-    )
+    try:
+        telemetry = configure_telemetry(
+            service_name=os.environ.get("OTEL_SERVICE_NAME") or "backpressure-demo",
+            endpoint=args.otlp_endpoint,
+            protocol=args.otlp_protocol,
+            export=export,
+            metric_export_interval=5.0 if "OTEL_METRIC_EXPORT_INTERVAL" not in os.environ else None,
+            metric_readers=[reader],
+            instrument=True,
+        )
+    except (ValueError, ImportError) as error:
+        # a bad OTEL_* variable or an exporter not installed (parse_args checked the
+        # arguments): the message names it; one line, as for them, not a traceback
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     workdir = None
     url = args.database_url
     if url is None:

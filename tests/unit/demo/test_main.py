@@ -10,7 +10,7 @@ import httpx
 import pytest
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from otel_backpressure.demo.__main__ import WARM_UP, _warm_up, parse_args
+from otel_backpressure.demo.__main__ import WARM_UP, _warm_up, main, parse_args
 from otel_backpressure.demo.app import GameService, build_app, player_policy, proposed_policy
 from otel_backpressure.demo.outbound import Profiles, ProfileService
 from otel_backpressure.demo.summary import DemoSummary, read_snapshot
@@ -163,3 +163,16 @@ async def test_the_warm_up_reaches_every_route_and_no_rate_limit_figure(
     }
     assert counted == {policy: {} for policy in counted}, counted
     assert statuses == [200] * len(WARM_UP)
+
+
+def test_a_bad_otel_variable_is_one_error_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The arguments are checked by parse_args; the OTEL_* variables the demo reads through
+    configure_telemetry() end the same way: one line naming the variable, exit 2."""
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:1")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "bogus")
+    assert main(["--duration", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "error: OTEL_EXPORTER_OTLP_PROTOCOL='bogus' is not supported" in err
+    assert "Traceback" not in err
