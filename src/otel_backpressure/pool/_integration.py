@@ -4,8 +4,12 @@ Every engine is caught once, however it was made: the patch point is
 ``Engine.__init__``, which ``create_engine`` (under any import spelling taken at
 any time), ``create_async_engine`` (through its own ``create_engine``) and
 ``engine_from_config`` all reach exactly once, while ``Engine.execution_options()``
-copies (which share the pool) do not. asyncpg pools are caught at
-``asyncpg.pool.Pool.__init__``, which ``asyncpg.create_pool`` calls.
+copies (which share the pool) do not. Every other pool kind is caught where
+its pools are made, one ``__init__`` per kind as ``pool/_kinds.py`` lists them
+(``SOURCES``): asyncpg's ``Pool`` (which ``asyncpg.create_pool`` makes),
+psycopg_pool's sync and async pools, redis-py's sync and asyncio connection
+pools, httpcore's connection pools (under httpx) and aiohttp's connectors
+(``BaseConnector``, under ``TCPConnector``).
 
 The ``engine`` option is one pool, ``engines`` a list of them (or one);
 either may hold anything ``otel_backpressure.instrument()`` takes. A value
