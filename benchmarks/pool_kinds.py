@@ -44,7 +44,13 @@ over all rounds and the mean difference):
 
 - ``per op``: (operations + first collection - second collection) / n, the
   cost of an operation including its share of the deferred work, against
-  which the targets are set;
+  which the targets are set. Folding a batch also has a part that does not
+  grow with the batch (its code and the histograms' state, cold once per
+  collection: about 170 µs for a redis-py pool's two histograms), which n
+  spreads: at 200 commands per collection it came to 0.85 µs a command, at
+  2,000 to 0.09 µs. An exporter collects every 10-60 s, thousands of
+  operations apart wherever an overhead per operation matters, so n is
+  10,000 cycles and 2,000 commands (``BENCH_CYCLES``, ``BENCH_COMMANDS``);
 - ``1 collection/round``: (operations + first collection) / n, a collection
   every ``CYCLES``/``COMMANDS``/``REQUESTS`` operations (milliseconds apart;
   an exporter collects every 10-60 s), as earlier runs reported it;
@@ -79,8 +85,8 @@ import otel_backpressure
 from benchmarks._redis_server import free_port
 
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "41"))
-CYCLES = int(os.environ.get("BENCH_CYCLES", "1000"))
-COMMANDS = int(os.environ.get("BENCH_COMMANDS", "200"))
+CYCLES = int(os.environ.get("BENCH_CYCLES", "10000"))
+COMMANDS = int(os.environ.get("BENCH_COMMANDS", "2000"))
 REQUESTS = int(os.environ.get("BENCH_REQUESTS", "100"))
 #: ``bare, again``: a second bare run of the same pools, never instrumented: the A/A
 #: control, whose ratio to ``bare`` shows how far the method itself moves a row.
@@ -599,6 +605,13 @@ def _interleaved(label: str, variants: list[Variant], lanes: list[Any], n: int) 
     commands + first collection - second collection, over n). The rounds are
     a multiple of the lanes, and the ratios pooled over them (see ``_rows``).
 
+    The untimed commands that open a round are interleaved the same way, and
+    the variants collect in a shuffled order: warmed one variant after
+    another in a fixed order, the first variant's lane ran its commands in
+    about 155 µs where the others took 270 (the PostgreSQL backends' places
+    on the two cores follow how they were woken), and ``bare``, first in the
+    list, read 1.08 below its own A/A control.
+
     The spare is a lane of its own: run on ``bare``'s lane, those commands
     (a tenth of a round's, five times over) slowed whichever variant had that
     lane in the next round, by 10-15% with psycopg_pool, where the rotation
@@ -626,19 +639,21 @@ def _interleaved(label: str, variants: list[Variant], lanes: list[Any], n: int) 
         with ExitStack() as entered:
             for variant in playing:
                 entered.callback(variant.enter())
-            for variant in playing:
+            ones = [(v.name, v.one) for v in playing if v.one is not None]
+            for variant in _shuffled(playing, -round_ - 1):
                 variant.reader.get_metrics_data()
-                variant.request(max(1, n // 20))
+            for i in range(max(1, n // 20)):  # untimed, interleaved as the timed ones
+                for _, one in _shuffled(ones, -(round_ * n + i) - 1):
+                    one()
             spent = dict.fromkeys(totals, 0.0)
             used = dict.fromkeys(totals, 0.0)
-            ones = [(v.name, v.one) for v in playing if v.one is not None]
             for i in range(n):
                 for name, one in _shuffled(ones, round_ * n + i):
                     cpu_start, start = cpu(), clock()
                     one()
                     spent[name] += clock() - start
                     used[name] += cpu() - cpu_start
-            for variant in playing:
+            for variant in _shuffled(playing, round_):
                 cpu_start, start = cpu(), clock()
                 variant.reader.get_metrics_data()  # folds what the commands buffered
                 first, cpu_first = clock(), cpu()
