@@ -98,18 +98,37 @@ def test_the_summary_s_429s_are_the_rate_limiters_rejections(tmp_path: Path) -> 
         assert {value for _, value in counts} <= {"0", "-"}, (policy, figures)
 
 
-def test_an_unreachable_database_is_one_line_not_a_traceback(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("argument", "url", "shown", "error"),
+    [
+        (
+            "--database-url",
+            "postgresql+asyncpg://postgres:secret@127.0.0.1:1/test",
+            "postgresql+asyncpg://postgres:***@127.0.0.1:1/test",
+            "ConnectionRefusedError: ",
+        ),
+        (
+            "--redis-url",
+            "redis://:secret@127.0.0.1:1/0",
+            "redis://:***@127.0.0.1:1/0",
+            "ConnectionError: ",
+        ),
+    ],
+    ids=["database", "redis"],
+)
+def test_an_unreachable_server_is_one_line_not_a_traceback(
+    tmp_path: Path, argument: str, url: str, shown: str, error: str
+) -> None:
     env = {key: value for key, value in os.environ.items() if not key.startswith("OTEL_")}
-    url = "postgresql+asyncpg://postgres:secret@127.0.0.1:1/test"  # nothing listens on port 1
+    # nothing listens on port 1
     result = subprocess.run(
-        [sys.executable, "-m", "otel_backpressure.demo", "--database-url", url],
+        [sys.executable, "-m", "otel_backpressure.demo", argument, url],
         capture_output=True, text=True, env=env, timeout=120, check=False,
     )  # fmt: skip
     assert result.returncode == 1, result.stdout + result.stderr
     (line,) = result.stderr.splitlines()
     assert line.startswith(
-        "python -m otel_backpressure.demo: error: --database-url: cannot use "
-        "postgresql+asyncpg://postgres:***@127.0.0.1:1/test: ConnectionRefusedError: "
+        f"python -m otel_backpressure.demo: error: {argument}: cannot use {shown}: {error}"
     ), line
     assert "secret" not in result.stdout
 

@@ -30,7 +30,7 @@ import sys
 import tempfile
 import textwrap
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -385,6 +385,17 @@ async def run(args: argparse.Namespace) -> int:
             )
             return 1
         schema = True
+        problem = await _first_contact(profiles.ping())
+        if problem is not None:
+            # the cache is optional, a cache that cannot be reached is a typo: one
+            # line, as for the database, rather than a run of 500s
+            print(
+                f"{PROG}: error: --redis-url: cannot use {_hide_password(args.redis_url)}: "
+                f"{problem}",
+                file=sys.stderr,
+                flush=True,
+            )
+            return 1
         traffic = await _drive(
             args,
             build_app(service, limiter, proposed, profiles),
@@ -523,10 +534,15 @@ async def _create_schema(service: Any, players: int) -> str | None:
     traceback, and waits at most ``CONNECT_SECONDS`` for a host that does not
     answer (asyncpg alone would wait a minute).
     """
+    return await _first_contact(service.create_schema(players))
+
+
+async def _first_contact(contact: Awaitable[object]) -> str | None:
+    """Await a first use of a server: what went wrong, in one line, or None."""
     from sqlalchemy.exc import DBAPIError
 
     try:
-        await asyncio.wait_for(service.create_schema(players), CONNECT_SECONDS)
+        await asyncio.wait_for(contact, CONNECT_SECONDS)
     except asyncio.TimeoutError:  # not the builtin TimeoutError before Python 3.11
         return f"no answer within {CONNECT_SECONDS:g} s"
     except Exception as exc:  # whatever the driver raises: none of it is the demo's

@@ -95,6 +95,11 @@ class Profiles:
             )
             self._redis = redis.asyncio.Redis(connection_pool=pool)
 
+    async def ping(self) -> None:
+        """Reach the cache once (nothing without one); raises what redis-py raises."""
+        if self._redis is not None:
+            await self._redis.ping()
+
     async def lookup(self, player: int) -> dict[str, Any]:
         """The player's profile: from the cache if there, else from the service (cached)."""
         key = f"otel-backpressure-demo:profile:{player}"
