@@ -26,6 +26,7 @@ import logging
 import math
 import os
 import random
+import re
 import sys
 import tempfile
 import textwrap
@@ -34,7 +35,7 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
@@ -199,7 +200,8 @@ def _otlp_endpoint(text: str) -> str:
         parts = urlsplit("")
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise argparse.ArgumentTypeError(
-            f"expected an http:// or https:// URL such as http://localhost:4317, got {text!r}"
+            "expected an http:// or https:// URL such as http://localhost:4317, "
+            f"got {_hide_password(text)!r}"
         )
     return text
 
@@ -214,9 +216,15 @@ def _redis_url(text: str) -> str:
     try:
         parse_url(text)
     except ValueError as exc:
+        # redis-py's reason quotes a part of the URL (the port): left out when
+        # that part may be the password, split where urlsplit stopped reading it
+        secret = _password(text) or ""
+        reason = str(exc)
+        if any(part in reason for part in re.split(r"[^A-Za-z0-9]+", secret) if part):
+            reason = "not a valid URL"
         raise argparse.ArgumentTypeError(
             f"expected a redis://, rediss:// or unix:// URL such as redis://127.0.0.1:6379/0, "
-            f"got {_hide_password(text)!r} ({exc})"
+            f"got {_hide_password(text)!r} ({reason})"
         ) from None
     return text
 
@@ -233,15 +241,32 @@ def _summary_path(text: str) -> Path:
     return path
 
 
+def _password(url: str) -> str | None:
+    """The text of ``url`` that may be a password, or None.
+
+    Read from the text itself, not through ``urlsplit``: a URL bad enough to
+    be refused is one ``urlsplit`` may misread (an unencoded ``/`` or ``#`` in
+    the password ends its netloc early, a stray ``[`` makes it raise, a
+    missing ``:`` before ``//`` leaves no netloc). The user information ends
+    at the last ``@`` and starts after ``//`` (or the scheme's ``:`` when
+    there is no ``//`` before it); the password is what follows its first ``:``.
+    """
+    at = url.rfind("@")
+    if at < 0:
+        return None
+    slashes = url.find("//", 0, at)
+    start = slashes + 2 if slashes >= 0 else url.find(":", 0, at) + 1
+    colon = url.find(":", start, at)
+    return None if colon < 0 else url[colon + 1 : at]
+
+
 def _hide_password(url: str) -> str:
-    try:
-        parts = urlsplit(url)
-    except ValueError:
+    """``url`` with its password, as ``_password`` finds it, shown as ``***``."""
+    password = _password(url)
+    if password is None:
         return url
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))
+    at = url.rfind("@")
+    return f"{url[: at - len(password)]}***{url[at:]}"
 
 
 def _database_problem(args: argparse.Namespace) -> str | None:
@@ -259,7 +284,7 @@ def _database_problem(args: argparse.Namespace) -> str | None:
 
     try:
         url = make_url(args.database_url)
-    except exc.ArgumentError:
+    except (exc.ArgumentError, ValueError):  # ValueError: a port that is no number
         return (
             f"expected a SQLAlchemy URL (dialect+driver://user@host/database), "
             f"got {_hide_password(args.database_url)!r}"

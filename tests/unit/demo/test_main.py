@@ -66,6 +66,37 @@ def test_a_bad_value_names_its_argument_and_what_it_expects(
 
 
 @pytest.mark.parametrize(
+    "url",
+    [
+        "redis://user:secret@[bad/0",  # urlsplit raises: no netloc to take it from
+        "redis://user:sec/ret@h/0",  # an unencoded "/" ends urlsplit's netloc early
+        "redis://user:sec#ret@h/0",  # so does "#"
+        "redos://user:secret@h/0",
+    ],
+)
+@pytest.mark.parametrize("argument", ["--redis-url", "--limiter-redis-url"])
+def test_a_bad_redis_url_never_shows_its_password(
+    argument: str, url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    line = rejected([argument, url], capsys)
+    assert f"argument {argument}: expected a redis://" in line, line
+    assert "secret" not in line, line
+    assert "sec" not in line.partition(" got ")[2], line
+
+
+@pytest.mark.parametrize(
+    "url", ["grpc://user:secret@collector:4317", "http://user:secret@[collector:4317"]
+)
+def test_a_bad_otlp_endpoint_never_shows_its_password(
+    url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    line = rejected(["--otlp-endpoint", url], capsys)
+    assert "argument --otlp-endpoint: expected an http:// or https:// URL" in line, line
+    assert "secret" not in line, line
+    assert "user:***@" in line, line
+
+
+@pytest.mark.parametrize(
     ("argv", "attribute", "value"),
     [
         # what SQLAlchemy's QueuePool accepts: no overflow, unlimited overflow, no size limit
@@ -116,6 +147,11 @@ def test_usable_database_urls_are_accepted_without_connecting(url: str) -> None:
         ("sqlite:///game.db", "driver 'pysqlite' is not async"),
         ("postgresql+psycopg2://postgres:secret@h/db", "driver 'psycopg2' is not async"),
         ("sqlite+aiosqlite://", "its pool takes no --pool-size/--max-overflow/--pool-timeout"),
+        # make_url raises ValueError, not ArgumentError, for a port that is no number
+        ("postgresql+asyncpg://postgres:secret@h:5432x/db", "expected a SQLAlchemy URL"),
+        ("postgresql+asyncpg://postgres:secret@[::1/db", "expected a SQLAlchemy URL"),
+        # no "://": urlsplit finds no password, but the text has one
+        ("postgresql+asyncpg//postgres:secret@h/db", "expected a SQLAlchemy URL"),
     ],
 )
 def test_an_unusable_database_url_is_an_argument_error(
