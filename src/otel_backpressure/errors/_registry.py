@@ -83,6 +83,11 @@ def missing_from_loaded(path: str) -> str | None:
     is None, "may", when no prefix is imported, when a module is still being
     imported or answers names through ``__getattr__`` (PEP 562), and when a
     missing name may be a submodule of a package that is not imported yet.
+    It is None too for ``__main__``, the script, which runs until the program
+    ends (its classes may follow the ``instrument()`` call), and for anything
+    that is not a plain module or a class: a module subclass (importlib's
+    ``LazyLoader`` runs the module at its first attribute access, ``__dict__``
+    too) or another object may run code to answer.
     """
     parts = path.split(".")
     for split in range(len(parts) - 1, 0, -1):
@@ -90,8 +95,13 @@ def missing_from_loaded(path: str) -> str | None:
         owner: object = sys.modules.get(module_name)
         if owner is None:
             continue
+        if module_name == "__main__":
+            return None
         where = module_name
         for name in parts[split:]:
+            # type(), not isinstance(): isinstance() may read __class__ off the object
+            if type(owner) is not ModuleType and not issubclass(type(owner), type):
+                return None
             if isinstance(owner, ModuleType):
                 namespace = owner.__dict__
                 if getattr(owner.__spec__, "_initializing", False) or "__getattr__" in namespace:

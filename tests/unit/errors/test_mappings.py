@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import importlib.util
 import logging
+import os
 import re
+import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.trace import StatusCode
 
+import otel_backpressure
 from otel_backpressure import BackpressureInstrumentor, Settings
 from otel_backpressure.errors import ErrorOutcome, NotFoundError, parse_mappings, registry
 from otel_backpressure.errors._mappings import SYNTAX
@@ -152,3 +157,58 @@ def test_a_mapping_that_may_still_match_is_not_logged(
     before = set(sys.modules)
     assert _warnings_enabling(entry, caplog) == []
     assert "nosuch" not in {name.partition(".")[0] for name in set(sys.modules) - before}
+
+
+def test_a_mapping_into_the_running_script_is_not_logged(tmp_path: Path) -> None:
+    """``__main__`` runs until the program ends: its classes may come after instrument()."""
+    script = tmp_path / "app.py"
+    script.write_text(
+        "import logging\n"
+        "logging.basicConfig(level=logging.WARNING, format='%(name)s: %(message)s')\n"
+        "from otel_backpressure import BackpressureInstrumentor, Settings\n"
+        "from otel_backpressure.errors import registry\n"
+        "mappings = '__main__.QuotaExceeded=error:429'\n"
+        "BackpressureInstrumentor().instrument(settings=Settings(error_mappings=mappings))\n"
+        "class QuotaExceeded(Exception):\n"
+        "    pass\n"
+        "print(registry.lookup(QuotaExceeded()).http_status)\n"
+    )
+    package_root = Path(otel_backpressure.__file__).parent.parent
+    environment = {**os.environ, "PYTHONPATH": str(package_root)}
+    result = subprocess.run(
+        [sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env=environment,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "429"  # the mapping matches the class
+    assert TYPO_WARNING not in result.stderr, result.stderr
+
+
+def test_a_lazily_loaded_module_is_not_executed_to_check_a_mapping(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """importlib's LazyLoader runs a module at its first attribute access: not ours to make."""
+    name = "otel_backpressure_test_lazy_module"
+    (tmp_path / f"{name}.py").write_text(
+        "import sys\nsys.modules[__name__].executed = True\nclass Boom(Exception):\n    pass\n"
+    )
+    sys.path.insert(0, str(tmp_path))
+    try:
+        spec = importlib.util.find_spec(name)
+        assert spec is not None
+        assert spec.loader is not None
+        loader = importlib.util.LazyLoader(spec.loader)
+        spec.loader = loader
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        loader.exec_module(module)
+        warnings = _warnings_enabling(f"{name}.Boom=error:503,{name}.Nope=error:503", caplog)
+        assert "executed" not in object.__getattribute__(module, "__dict__")
+        assert warnings == []  # whether it holds either is not known without running it
+    finally:
+        sys.path.remove(str(tmp_path))
+        sys.modules.pop(name, None)
