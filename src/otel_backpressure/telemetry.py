@@ -445,7 +445,9 @@ def _check_kinds(
         ("metric_readers", metric_readers, MetricReader),
         ("span_processors", span_processors, SpanProcessor),
     ):
-        if not isinstance(items, (list, tuple)):
+        # any sequence, as annotated; a lone reader or processor, a string or a
+        # one-shot iterator is not one (the items are read more than once)
+        if not isinstance(items, Sequence) or isinstance(items, (str, bytes)):
             raise TypeError(
                 f"{argument} must be a list of {kind.__name__}s, got {type(items).__name__}"
             )

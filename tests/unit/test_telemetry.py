@@ -5,6 +5,7 @@ Delivery to a real collector is proven in tests/e2e/test_configure_telemetry.py.
 
 from __future__ import annotations
 
+import collections
 import os
 import socket
 import subprocess
@@ -201,6 +202,10 @@ def test_bad_arguments_raise_naming_them(kwargs: dict[str, Any], named: str) -> 
         (
             {"metric_readers": [InMemoryMetricReader(), "reader"]},
             "metric_readers[1] must be a MetricReader, got str",
+        ),
+        (
+            {"metric_readers": (reader for reader in [InMemoryMetricReader()])},
+            "metric_readers must be a list of MetricReaders, got generator",
         ),
         (
             {"span_processors": SimpleSpanProcessor(InMemorySpanExporter())},
@@ -445,6 +450,25 @@ class BrokenReader(MetricReader):
 
     def shutdown(self, timeout_millis: float = 0, **kwargs: Any) -> None:
         pass
+
+
+def test_readers_and_processors_come_in_any_sequence() -> None:
+    """Annotated ``Sequence``: a deque serves as a list does."""
+    reader = InMemoryMetricReader()
+    spans = InMemorySpanExporter()
+    telemetry = configure(
+        export=False,
+        metric_readers=collections.deque([reader]),
+        span_processors=collections.deque([SimpleSpanProcessor(spans)]),
+    )
+    try:
+        telemetry.meter_provider.get_meter("t").create_counter("hits").add(1)
+        with telemetry.tracer_provider.get_tracer("t").start_as_current_span("work"):
+            pass
+        assert reader.get_metrics_data() is not None
+        assert [span.name for span in spans.get_finished_spans()] == ["work"]
+    finally:
+        telemetry.shutdown()
 
 
 def test_force_flush_reports_a_failing_reader_instead_of_raising(
