@@ -34,7 +34,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
@@ -54,6 +54,7 @@ _EXPORTER_VARIABLES = ("OTEL_METRICS_EXPORTER", "OTEL_TRACES_EXPORTER")
 
 
 PROG = "python -m otel_backpressure.demo"
+_N = TypeVar("_N", int, float)
 #: seconds the first connection to the database may take
 CONNECT_SECONDS = 15.0
 
@@ -156,37 +157,29 @@ def _integer(text: str, expected: str) -> int:
         raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
 
 
-def _seconds_above_zero(text: str) -> float:
-    expected = "a number of seconds > 0"
-    value = _number(text, expected)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
-    return value
+def _bounded(
+    parse: Callable[[str, str], _N], expected: str, fits: Callable[[_N], bool]
+) -> Callable[[str], _N]:
+    """An argument type: ``parse`` (``_number`` or ``_integer``), then ``fits`` the value."""
 
-
-def _seconds_from_zero(text: str) -> float:
-    expected = "a number of seconds >= 0"
-    value = _number(text, expected)
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
-    return value
-
-
-def _at_least(minimum: int, expected: str) -> Callable[[str], int]:
-    def check(text: str) -> int:
-        value = _integer(text, expected)
-        if value < minimum:
+    def check(text: str) -> _N:
+        value = parse(text, expected)
+        if not fits(value):
             raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
         return value
 
     return check
 
 
+_seconds_above_zero = _bounded(_number, "a number of seconds > 0", lambda value: value > 0)
+_seconds_from_zero = _bounded(_number, "a number of seconds >= 0", lambda value: value >= 0)
 # SQLAlchemy's QueuePool: pool_size 0 keeps every connection (no limit),
 # max_overflow 0 opens none beyond pool_size and -1 any number.
-_player_count = _at_least(1, "a whole number of players >= 1")
-_pool_size = _at_least(0, "a whole number >= 0 (0: no limit)")
-_max_overflow = _at_least(-1, "a whole number >= -1 (0: no overflow, -1: no limit)")
+_player_count = _bounded(_integer, "a whole number of players >= 1", lambda value: value >= 1)
+_pool_size = _bounded(_integer, "a whole number >= 0 (0: no limit)", lambda value: value >= 0)
+_max_overflow = _bounded(
+    _integer, "a whole number >= -1 (0: no overflow, -1: no limit)", lambda value: value >= -1
+)
 
 
 def _whole_number(text: str) -> int:
@@ -402,24 +395,14 @@ async def run(args: argparse.Namespace) -> int:
     try:
         problem = await _create_schema(service, args.players)
         if problem is not None:
-            print(
-                f"{PROG}: error: --database-url: cannot use "
-                f"{engine.url.render_as_string(hide_password=True)}: {problem}",
-                file=sys.stderr,
-                flush=True,
-            )
+            _cannot_use("--database-url", engine.url.render_as_string(hide_password=True), problem)
             return 1
         schema = True
+        # the cache is optional, a cache that cannot be reached is a typo: one
+        # line, as for the database, rather than a run of 500s
         problem = await _first_contact(profiles.ping())
         if problem is not None:
-            # the cache is optional, a cache that cannot be reached is a typo: one
-            # line, as for the database, rather than a run of 500s
-            print(
-                f"{PROG}: error: --redis-url: cannot use {_hide_password(args.redis_url)}: "
-                f"{problem}",
-                file=sys.stderr,
-                flush=True,
-            )
+            _cannot_use("--redis-url", _hide_password(args.redis_url), problem)
             return 1
         traffic = await _drive(
             args,
@@ -549,6 +532,11 @@ async def _warm_up(client: Any) -> list[int]:
         (await client.request(method, path, json=body)).status_code
         for method, path, body in WARM_UP
     ]
+
+
+def _cannot_use(argument: str, shown: str, problem: str) -> None:
+    """The one line a server that ``argument`` names but cannot be used ends the demo with."""
+    print(f"{PROG}: error: {argument}: cannot use {shown}: {problem}", file=sys.stderr, flush=True)
 
 
 async def _create_schema(service: Any, players: int) -> str | None:
